@@ -1,0 +1,175 @@
+"""Model-family adapters: everything family-specific, declared in one small record per family.
+
+An adapter knows
+  * the family's multi-turn chat format (how one demonstration turn is written, where images go),
+  * where the decoder lives in the `*ForConditionalGeneration` module tree, and so its layers,
+    attention modules and `o_proj`,
+  * head counts (incl. grouped-query KV heads) and the image token id,
+  * the family's quirks in feeding images to its processor and in positions (1-D RoPE vs M-RoPE).
+
+Every other module is family-agnostic and talks to the model only through an adapter.
+
+    adapter = adapter_for(model)                 # by config.model_type
+    adapter.layers(model)[0].self_attn.o_proj    # == adapter.o_proj(model, 0)
+    adapter.n_heads(model), adapter.n_kv_heads(model), adapter.head_dim(model)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a multi-turn MICL prompt is written: each demo is a user turn (images + question) followed by an
+    assistant turn (answer); the query is a final user turn followed by the assistant prefix.
+
+    Rendered turn:  {user}{image}…{image}{question}{user_end}{assistant}{answer_sep}{answer}{assistant_end}
+    The query turn stops after {assistant}: the model's next token is the first answer token.
+    `image` must contain the processor's image placeholder exactly once.
+    """
+
+    user: str
+    image: str
+    user_end: str
+    assistant: str
+    answer_sep: str
+    assistant_end: str
+    system: str = ""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    model_types: tuple[str, ...]  # `config.model_type` values this adapter serves
+    chat: ChatFormat
+    decoder_path: str = "model.language_model"  # dotted path from the *ForConditionalGeneration to the decoder
+    nest_images: bool = False  # processor wants images grouped per sample: images=[[img, img, …]]
+    rope: str = "1d"  # "1d" rotary or "mrope" (Qwen2-VL's 3-D multimodal rotary, positions from image grids)
+    notes: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    # --- module tree ------------------------------------------------------------------------------------
+    def decoder(self, model: nn.Module) -> nn.Module:
+        mod = model
+        for part in self.decoder_path.split("."):
+            mod = getattr(mod, part)
+        return mod
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.decoder(model).layers
+
+    def attention(self, model: nn.Module, layer: int) -> nn.Module:
+        return self.layers(model)[layer].self_attn
+
+    def o_proj(self, model: nn.Module, layer: int) -> nn.Linear:
+        return self.attention(model, layer).o_proj
+
+    # --- shapes -----------------------------------------------------------------------------------------
+    @staticmethod
+    def text_config(model: nn.Module):
+        cfg = model.config
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg.text_config
+
+    def n_layers(self, model) -> int:
+        return self.text_config(model).num_hidden_layers
+
+    def n_heads(self, model) -> int:
+        return self.text_config(model).num_attention_heads
+
+    def n_kv_heads(self, model) -> int:
+        tc = self.text_config(model)
+        return getattr(tc, "num_key_value_heads", None) or tc.num_attention_heads
+
+    def head_dim(self, model) -> int:
+        tc = self.text_config(model)
+        return getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads
+
+    def max_positions(self, model) -> int:
+        return self.text_config(model).max_position_embeddings
+
+    @staticmethod
+    def image_token_id(model) -> int:
+        cfg = model.config
+        tid = getattr(cfg, "image_token_id", None)
+        return tid if tid is not None else cfg.image_token_index
+
+    # --- processor --------------------------------------------------------------------------------------
+    def images_arg(self, images: list) -> list | None:
+        if not images:
+            return None
+        return [images] if self.nest_images else images
+
+    def image_feature_counts(self, model, inputs) -> list[int]:
+        """Image features the model itself produces for `inputs`, per image (or one total where the family
+        flattens images into patches, as Idefics3 does). Runs the vision tower: an independent check of the
+        layout's image positions."""
+        text_keys = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"}
+        kwargs = {k: v for k, v in inputs.items() if k not in text_keys}
+        with torch.no_grad():
+            out = model.model.get_image_features(**kwargs)
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        if isinstance(feats, (list, tuple)):
+            return [f.reshape(-1, f.shape[-1]).shape[0] for f in feats]
+        return [feats.reshape(-1, feats.shape[-1]).shape[0]]
+
+
+# --- the families ---------------------------------------------------------------------------------------
+_VICUNA = ChatFormat(user="USER: ", image="<image>\n", user_end=" ", assistant="ASSISTANT:", answer_sep=" ",
+                     assistant_end="</s>")
+_MISTRAL = ChatFormat(user="[INST] ", image="<image>\n", user_end=" ", assistant="[/INST]", answer_sep=" ",
+                      assistant_end="</s>")
+_QWEN = ChatFormat(system="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
+                   user="<|im_start|>user\n", image="<|vision_start|><|image_pad|><|vision_end|>",
+                   user_end="<|im_end|>\n", assistant="<|im_start|>assistant\n", answer_sep="",
+                   assistant_end="<|im_end|>\n")
+_ONEVISION = ChatFormat(user="<|im_start|>user ", image="<image>\n", user_end="<|im_end|>",
+                        assistant="<|im_start|>assistant\n", answer_sep="", assistant_end="<|im_end|>")
+_IDEFICS3 = ChatFormat(user="User:", image="<image>", user_end="<end_of_utterance>\n", assistant="Assistant:",
+                       answer_sep=" ", assistant_end="<end_of_utterance>\n")
+# The shipped organisms' own compact format (see micl_probe.organisms).
+ORGANISM_CHAT = ChatFormat(user="", image="<image>", user_end="", assistant=" A:", answer_sep=" ",
+                           assistant_end="\n")
+
+ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
+    Adapter("llava", ("llava",), _VICUNA, notes="LLaVA-1.5: one <image> per image, 576 tokens at 336 px."),
+    Adapter("llava_next", ("llava_next",), _MISTRAL,
+            notes="LLaVA-NeXT: anyres tiling, variable image-token count incl. row newlines; chat format of the "
+                  "Mistral checkpoints (pass chat= for Vicuna/Llama-3 ones)."),
+    Adapter("llava_onevision", ("llava_onevision",), _ONEVISION,
+            notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
+    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, rope="mrope",
+            notes="Qwen2-VL: 2x2 patch merging, <|vision_start|>/<|vision_end|> markup, M-RoPE positions."),
+    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, rope="mrope",
+            notes="Qwen2.5-VL: as Qwen2-VL, windowed vision attention."),
+    Adapter("idefics3", ("idefics3",), _IDEFICS3, decoder_path="model.text_model", nest_images=True,
+            notes="Idefics3 / SmolVLM(v1): image splitting into row/col tiles plus a global image, each tile "
+                  "framed by <fake_token_around_image> and <row_i_col_j>/<global-img> markup."),
+    Adapter("organism", (), ORGANISM_CHAT,
+            notes="micl_probe's own model organisms: a tiny LLaVA (CLIP tower + Llama decoder)."),
+]}
+
+
+def supported_families() -> list[str]:
+    return sorted(ADAPTERS)
+
+
+def get_adapter(family: str) -> Adapter:
+    if family not in ADAPTERS:
+        raise ValueError(f"unsupported model family {family!r}; supported families: {', '.join(supported_families())}")
+    return ADAPTERS[family]
+
+
+def adapter_for(model: nn.Module, family: str | None = None) -> Adapter:
+    """The adapter for `model` (by `config.model_type`), or the one named by `family`."""
+    if family is not None:
+        return get_adapter(family)
+    model_type = getattr(model.config, "model_type", None)
+    for a in ADAPTERS.values():
+        if model_type in a.model_types:
+            return a
+    raise ValueError(f"unsupported model family: config.model_type={model_type!r} "
+                     f"({type(model).__name__}); supported families: {', '.join(supported_families())}")

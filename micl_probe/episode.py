@@ -1,0 +1,170 @@
+"""Multimodal in-context episodes: demonstrations + a query, immutable and serialisable.
+
+    demo    = Demo(images=(img,), question="What is it?", answer="dax")
+    episode = Episode(demos=(demo, ...), query=Query(images=(img,), question="What is it?", answer="wug"),
+                      task="novel_binding")
+    episode.zero_shot()            # no demos
+    episode.without_demo_images()  # demos keep text, lose images (TrueMICL's "no-image" control)
+    episode.with_shuffled_answers(seed=0)
+
+The query's gold answer is kept on the episode for scoring and is never rendered into a prompt.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def _as_image(x: Any) -> Image.Image:
+    if isinstance(x, Image.Image):
+        return x
+    if isinstance(x, np.ndarray):
+        return Image.fromarray(x)
+    raise TypeError(f"an image must be a PIL.Image or an HxWxC uint8 numpy array, got {type(x).__name__}")
+
+
+def _images(xs: Sequence[Any] | Image.Image | None) -> tuple[Image.Image, ...]:
+    if xs is None:
+        return ()
+    if isinstance(xs, (Image.Image, np.ndarray)):
+        xs = [xs]
+    return tuple(_as_image(x) for x in xs)
+
+
+@dataclass(frozen=True)
+class Demo:
+    """One demonstration: image(s), a question and its answer."""
+
+    images: tuple[Image.Image, ...]
+    question: str
+    answer: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "images", _images(self.images))
+        if not self.question.strip():
+            raise ValueError("a demonstration needs a non-empty question")
+        if not str(self.answer).strip():
+            raise ValueError("a demonstration needs a non-empty answer")
+
+
+@dataclass(frozen=True)
+class Query:
+    """The query: image(s) and a question; `answer` is the gold answer, kept aside for scoring."""
+
+    images: tuple[Image.Image, ...]
+    question: str
+    answer: str | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "images", _images(self.images))
+        if not self.question.strip():
+            raise ValueError("the query needs a non-empty question")
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Ordered demonstrations + a query + the task name and free-form metadata."""
+
+    demos: tuple[Demo, ...]
+    query: Query
+    task: str = "unnamed"
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "demos", tuple(self.demos))
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    # --- views -----------------------------------------------------------------------------------------
+    @property
+    def shots(self) -> int:
+        return len(self.demos)
+
+    @property
+    def images(self) -> tuple[Image.Image, ...]:
+        """Every image in prompt order: demo 0's, demo 1's, …, then the query's."""
+        return tuple(im for d in self.demos for im in d.images) + self.query.images
+
+    @property
+    def condition(self) -> str:
+        return self.meta.get("condition", f"{self.shots}-shot")
+
+    # --- controls --------------------------------------------------------------------------------------
+    def _with(self, condition: str, **changes) -> Episode:
+        return replace(self, meta={**self.meta, "condition": condition}, **changes)
+
+    def with_shots(self, k: int) -> Episode:
+        """The first `k` demonstrations only."""
+        if not 0 <= k <= self.shots:
+            raise ValueError(f"episode has {self.shots} demos; cannot take {k}")
+        return self._with(f"{k}-shot", demos=self.demos[:k])
+
+    def zero_shot(self) -> Episode:
+        return self._with("zero-shot", demos=())
+
+    def without_demo_images(self) -> Episode:
+        """Demos keep question and answer but lose their images (TrueMICL's 'no-image' control)."""
+        return self._with("no-image", demos=tuple(replace(d, images=()) for d in self.demos))
+
+    def with_shuffled_answers(self, seed: int = 0) -> Episode:
+        """Demo answers permuted among the demos (a derangement when answers differ), images untouched."""
+        answers = [d.answer for d in self.demos]
+        rng = random.Random(seed)
+        perm = list(range(len(answers)))
+        for _ in range(100):
+            rng.shuffle(perm)
+            if all(answers[p] != answers[i] for i, p in enumerate(perm)) or len(set(answers)) < 2:
+                break
+        demos = tuple(replace(d, answer=answers[p]) for d, p in zip(self.demos, perm))
+        return self._with("shuffled-answers", demos=demos)
+
+    # --- serialisation ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        def imgs(xs):
+            return [_png_b64(x) for x in xs]
+
+        return {
+            "task": self.task,
+            "meta": dict(self.meta),
+            "demos": [{"images": imgs(d.images), "question": d.question, "answer": d.answer} for d in self.demos],
+            "query": {"images": imgs(self.query.images), "question": self.query.question,
+                      "answer": self.query.answer},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Episode:
+        def imgs(xs):
+            return tuple(_from_png_b64(x) for x in xs)
+
+        return cls(demos=tuple(Demo(imgs(x["images"]), x["question"], x["answer"]) for x in d["demos"]),
+                   query=Query(imgs(d["query"]["images"]), d["query"]["question"], d["query"].get("answer")),
+                   task=d.get("task", "unnamed"), meta=d.get("meta", {}))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Episode:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _png_b64(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _from_png_b64(s: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(s)))
+    im.load()
+    return im

@@ -1,0 +1,112 @@
+"""TokenLayout: for every position of a built prompt, which demonstration owns it and what it is.
+
+    layout.owner[pos]        # demo index 0..k-1, QUERY (-1) or NONE (-2: system prompt, BOS)
+    layout.role[pos]         # index into ROLES: image | image_markup | question | answer | template | special
+    layout.image_index[pos]  # which image of the prompt (prompt order) an image/markup token belongs to, else -1
+
+    layout.positions(owner=2, role="image")    # all image tokens of demo 2
+    layout.positions(role="answer", owner=QUERY)  # empty: the query's answer is not in the prompt
+    layout.answer_position   # the position whose logits predict the query's first answer token: the last prompt
+                             # token, or (prompt rendered with the query answer) the token before that answer
+    layout.segments()                           # {"demo0.image": positions, ..., "query.question": ..., "special": ...}
+
+Roles:
+  image         positions the model scatters image features into (the family's image token id)
+  image_markup  tokens framing an image: Qwen2-VL's <|vision_start|>/<|vision_end|>, Idefics3's
+                <fake_token_around_image>, <row_i_col_j>, <global-img>, LLaVA's newline after <image>
+  question      the question text of a demo or of the query
+  answer        a demo's answer text (including the separator the model is trained to emit before it)
+  template      chat-template text of a turn ("USER:", "<|im_start|>user\\n" when not special …)
+  special       special tokens outside images (BOS, <|im_start|>, </s>, <end_of_utterance>): attention sinks
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ROLES = ("image", "image_markup", "question", "answer", "template", "special")
+ROLE = {name: i for i, name in enumerate(ROLES)}
+QUERY = -1
+NONE = -2
+
+
+def owner_name(owner: int) -> str:
+    return "query" if owner == QUERY else "none" if owner == NONE else f"demo{owner}"
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    owner: torch.Tensor  # [seq] long
+    role: torch.Tensor  # [seq] long, index into ROLES
+    image_index: torch.Tensor  # [seq] long, -1 where the token is not part of an image
+    n_demos: int
+    n_images: int
+    answer_position: int  # position whose logits predict the query's first answer token
+
+    def __len__(self) -> int:
+        return self.owner.numel()
+
+    @property
+    def seq_len(self) -> int:
+        return len(self)
+
+    def mask(self, owner: int | None = None, role: str | None = None, image: int | None = None) -> torch.Tensor:
+        """Boolean [seq] mask of positions matching every given criterion."""
+        m = torch.ones(len(self), dtype=torch.bool)
+        if owner is not None:
+            m &= self.owner == owner
+        if role is not None:
+            if role not in ROLE:
+                raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+            m &= self.role == ROLE[role]
+        if image is not None:
+            m &= self.image_index == image
+        return m
+
+    def positions(self, owner: int | None = None, role: str | None = None, image: int | None = None) -> torch.Tensor:
+        """Long tensor of positions matching every given criterion (sorted)."""
+        return self.mask(owner, role, image).nonzero().flatten()
+
+    def text_positions(self) -> torch.Tensor:
+        """Question, answer and template text of every turn (not images, markup or special tokens)."""
+        return ((self.role == ROLE["question"]) | (self.role == ROLE["answer"])
+                | (self.role == ROLE["template"])).nonzero().flatten()
+
+    def image_positions(self, owner: int | None = None) -> torch.Tensor:
+        return self.positions(owner=owner, role="image")
+
+    def segment_ids(self) -> tuple[list[str], torch.Tensor]:
+        """(names, seg[seq]): every position's segment index. Segments are "<owner>.<role>" for turn content
+        and a single "special" segment for every special token wherever it stands, never folded into text."""
+        names: list[str] = []
+        index: dict[tuple[int, int], int] = {}
+        seg = torch.empty(len(self), dtype=torch.long)
+        for pos, (o, r) in enumerate(zip(self.owner.tolist(), self.role.tolist())):
+            key = (NONE, ROLE["special"]) if r == ROLE["special"] else (o, r)
+            if key not in index:
+                index[key] = len(names)
+                names.append("special" if r == ROLE["special"] else f"{owner_name(o)}.{ROLES[r]}")
+            seg[pos] = index[key]
+        return names, seg
+
+    def segments(self) -> dict[str, torch.Tensor]:
+        names, seg = self.segment_ids()
+        return {n: (seg == i).nonzero().flatten() for i, n in enumerate(names)}
+
+    def describe(self) -> str:
+        """A table of segments: name, number of tokens, first..last position."""
+        rows = [f"{'segment':<22}{'tokens':>7}  span"]
+        for name, pos in self.segments().items():
+            rows.append(f"{name:<22}{pos.numel():>7}  {pos[0].item()}..{pos[-1].item()}")
+        return "\n".join(rows)
+
+    def to_dict(self) -> dict:
+        return {"owner": self.owner.tolist(), "role": self.role.tolist(), "image_index": self.image_index.tolist(),
+                "n_demos": self.n_demos, "n_images": self.n_images, "answer_position": self.answer_position}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenLayout:
+        t = lambda k: torch.tensor(d[k], dtype=torch.long)  # noqa: E731
+        return cls(t("owner"), t("role"), t("image_index"), d["n_demos"], d["n_images"], d["answer_position"])
