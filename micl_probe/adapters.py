@@ -98,10 +98,11 @@ class Adapter:
         return tid if tid is not None else cfg.image_token_index
 
     # --- processor --------------------------------------------------------------------------------------
-    def images_arg(self, images: list) -> list | None:
-        if not images:
+    def images_arg(self, per_sample: list[list]) -> list | None:
+        """The processor's `images=` for a batch, given each sample's images: nested or flat per family."""
+        if not any(per_sample):
             return None
-        return [images] if self.nest_images else images
+        return [list(x) for x in per_sample] if self.nest_images else [im for x in per_sample for im in x]
 
     def image_feature_counts(self, model, inputs) -> list[int]:
         """Image features the model itself produces for `inputs`, per image (or one total where the family

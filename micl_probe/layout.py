@@ -18,6 +18,7 @@ Roles:
   answer        a demo's answer text (including the separator the model is trained to emit before it)
   template      chat-template text of a turn ("USER:", "<|im_start|>user\\n" when not special …)
   special       special tokens outside images (BOS, <|im_start|>, </s>, <end_of_utterance>): attention sinks
+  pad           padding added when episodes are batched (never attended to)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-ROLES = ("image", "image_markup", "question", "answer", "template", "special")
+ROLES = ("image", "image_markup", "question", "answer", "template", "special", "pad")
 ROLE = {name: i for i, name in enumerate(ROLES)}
 QUERY = -1
 NONE = -2
@@ -80,10 +81,13 @@ class TokenLayout:
     def segment_ids(self) -> tuple[list[str], torch.Tensor]:
         """(names, seg[seq]): every position's segment index. Segments are "<owner>.<role>" for turn content
         and a single "special" segment for every special token wherever it stands, never folded into text."""
-        names: list[str] = []
+        names: list[str] = []  # padding gets segment -1
         index: dict[tuple[int, int], int] = {}
         seg = torch.empty(len(self), dtype=torch.long)
         for pos, (o, r) in enumerate(zip(self.owner.tolist(), self.role.tolist())):
+            if r == ROLE["pad"]:
+                seg[pos] = -1
+                continue
             key = (NONE, ROLE["special"]) if r == ROLE["special"] else (o, r)
             if key not in index:
                 index[key] = len(names)

@@ -18,7 +18,6 @@ expansion of that placeholder; prompt length <= the model's context; placeholder
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +66,30 @@ class Prepared:
         return self
 
 
+@dataclass
+class PreparedBatch:
+    """A batch of prepared episodes: one padded set of processor tensors, a layout per row."""
+
+    inputs: dict  # BatchFeature, batch of len(episodes)
+    layouts: list[TokenLayout]
+    answer_ids: list[torch.Tensor | None]
+    texts: list[str]
+    episodes: list[Episode]
+
+    def __len__(self) -> int:
+        return len(self.layouts)
+
+    def __getitem__(self, b: int) -> Prepared:
+        """Row b as a batch-of-one Prepared (only valid unpadded; use for single-episode batches)."""
+        if len(self) != 1:
+            raise IndexError("index a PreparedBatch only when it holds one episode; use .layouts[b] otherwise")
+        return Prepared(self.inputs, self.layouts[0], self.answer_ids[0], self.texts[0], self.episodes[0])
+
+    def to(self, device) -> PreparedBatch:
+        self.inputs = self.inputs.to(device)
+        return self
+
+
 def render(episode: Episode, adapter: Adapter, with_answer: bool = False) -> Prompt:
     """Write `episode` in the family's multi-turn chat format as tagged pieces."""
     chat = adapter.chat
@@ -91,32 +114,42 @@ def render(episode: Episode, adapter: Adapter, with_answer: bool = False) -> Pro
         add(chat.assistant, owner, "template")
         if answer is not None:
             add(chat.answer_sep + str(answer), owner, "answer")
-            if owner != QUERY:
-                add(chat.assistant_end, owner, "template")
+            add(chat.assistant_end, owner, "template")
     answer = chat.answer_sep + q.answer if with_answer else None
     return Prompt(tuple(pieces), episode.images, answer)
 
 
-def encode(prompt: Prompt, processor, adapter: Adapter, max_positions: int | None = None,
-           image_token_id: int | None = None) -> tuple[dict, TokenLayout]:
-    """Run the processor on a rendered prompt and map every token to its piece."""
+def encode(prompts: list[Prompt], processor, adapter: Adapter, max_positions: int | None = None,
+           image_token_id: int | None = None) -> tuple[dict, list[TokenLayout]]:
+    """Run the processor once on rendered prompts (padded by the processor) and map every token to its piece."""
     placeholder = processor.image_token
-    n_placeholders = prompt.text.count(placeholder)
-    if n_placeholders != len(prompt.images):
-        raise ValueError(f"the prompt has {n_placeholders} image placeholder(s) {placeholder!r} but "
-                         f"{len(prompt.images)} image(s) were given")
-    if any(im is None for im in prompt.images):
-        raise ValueError("an image is missing (None) for one of the placeholders")
-    enc = processor(text=[prompt.text], images=adapter.images_arg(list(prompt.images)), return_tensors="pt",
+    for prompt in prompts:
+        n_placeholders = prompt.text.count(placeholder)
+        if n_placeholders != len(prompt.images):
+            raise ValueError(f"the prompt has {n_placeholders} image placeholder(s) {placeholder!r} but "
+                             f"{len(prompt.images)} image(s) were given")
+        if any(im is None for im in prompt.images):
+            raise ValueError("an image is missing (None) for one of the placeholders")
+    images = adapter.images_arg([list(p.images) for p in prompts])
+    enc = processor(text=[p.text for p in prompts], images=images, return_tensors="pt", padding=len(prompts) > 1,
                     return_offsets_mapping=True, return_text_replacement_offsets=True)
-    offsets = enc.pop("offset_mapping")[0].tolist()  # [seq] (start, end) in the expanded text
-    replacements = enc.pop("text_replacement_offsets", [[]])[0]
-    input_ids = enc["input_ids"][0]
-    seq = input_ids.numel()
+    offsets = enc.pop("offset_mapping").tolist()  # [batch, seq] (start, end) in each expanded text
+    replacements = enc.pop("text_replacement_offsets", None) or [[] for _ in prompts]
+    seq = enc["input_ids"].shape[1]
     if max_positions is not None and seq > max_positions:
         raise ValueError(f"prompt is {seq} tokens, over the model's context length of {max_positions}; "
                          "use fewer shots or smaller images")
+    image_id = image_token_id if image_token_id is not None else processor.tokenizer.convert_tokens_to_ids(placeholder)
+    special_ids = set(processor.tokenizer.all_special_ids)
+    layouts = [_layout(prompt, enc["input_ids"][b], enc["attention_mask"][b], offsets[b], replacements[b],
+                       placeholder, image_id, special_ids)
+               for b, prompt in enumerate(prompts)]
+    return enc, layouts
 
+
+def _layout(prompt: Prompt, input_ids, attention_mask, offsets, replacements, placeholder, image_id,
+            special_ids) -> TokenLayout:
+    seq = input_ids.numel()
     # piece spans in the expanded text: shift by the growth of every placeholder expanded before them
     growth = [(r["span"][1], (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
               for r in replacements]
@@ -129,25 +162,24 @@ def encode(prompt: Prompt, processor, adapter: Adapter, max_positions: int | Non
         if p.kind == "image":
             image_of_piece[k], n = n, n + 1
 
-    tokenizer = processor.tokenizer
-    special_ids = set(tokenizer.all_special_ids)
-    image_id = image_token_id if image_token_id is not None else tokenizer.convert_tokens_to_ids(placeholder)
-    owner = torch.full((seq,), NONE, dtype=torch.long)
-    role = torch.full((seq,), ROLE["special"], dtype=torch.long)
-    image_index = torch.full((seq,), -1, dtype=torch.long)
-    for t, ((s, e), tid) in enumerate(zip(offsets, input_ids.tolist())):
-        if e <= s:  # added by the tokenizer (BOS/EOS): no characters
-            continue
-        k = bisect.bisect_right(starts, e - 1) - 1
-        piece = prompt.pieces[k]
-        owner[t] = piece.owner
-        if piece.kind == "image":
-            image_index[t] = image_of_piece[k]
-            role[t] = ROLE["image"] if tid == image_id else ROLE["image_markup"]
-        elif tid in special_ids:
-            role[t] = ROLE["special"]
-        else:
-            role[t] = ROLE[piece.kind]
+    # each token belongs to the piece holding its last character; empty offsets are tokenizer-added (BOS)
+    off = torch.tensor(offsets, dtype=torch.long).reshape(seq, 2)  # [seq, (start, end)]
+    real = attention_mask.bool()
+    has_chars = real & (off[:, 1] > off[:, 0])
+    piece_of = torch.searchsorted(torch.tensor(starts), off[:, 1] - 1, right=True) - 1  # [seq]
+    piece_of = piece_of.clamp(min=0)
+    piece_owner = torch.tensor([p.owner for p in prompt.pieces])
+    piece_role = torch.tensor([ROLE["image"] if p.kind == "image" else ROLE[p.kind] for p in prompt.pieces])
+    piece_image = torch.tensor([image_of_piece.get(k, -1) for k in range(len(prompt.pieces))])
+
+    owner = torch.where(has_chars, piece_owner[piece_of], NONE)
+    role = torch.where(has_chars, piece_role[piece_of], ROLE["special"])
+    in_image = has_chars & (role == ROLE["image"])
+    image_index = torch.where(in_image, piece_image[piece_of], -1)
+    role = torch.where(in_image & (input_ids != image_id), ROLE["image_markup"], role)
+    is_special = torch.isin(input_ids, torch.tensor(sorted(special_ids - {image_id})))
+    role = torch.where(has_chars & ~in_image & is_special, ROLE["special"], role)
+    role = torch.where(real, role, ROLE["pad"])
 
     # checks: the layout's image positions are exactly the processor's image tokens, image by image
     is_image = role == ROLE["image"]
@@ -159,28 +191,40 @@ def encode(prompt: Prompt, processor, adapter: Adapter, max_positions: int | Non
         if got != expected:
             raise AssertionError(f"image {i}: layout has {got} image positions, the processor expanded {expected}")
 
-    answer_position = seq - 1
+    answer_position = int(real.nonzero().flatten()[-1])
     if prompt.answer is not None:
         query_answer = ((owner == QUERY) & (role == ROLE["answer"])).nonzero().flatten()
         answer_position = int(query_answer[0]) - 1
-    layout = TokenLayout(owner, role, image_index, n_demos=len({p.owner for p in prompt.pieces if p.owner >= 0}),
-                         n_images=len(prompt.images), answer_position=answer_position)
-    return enc, layout
+    return TokenLayout(owner, role, image_index, n_demos=len({p.owner for p in prompt.pieces if p.owner >= 0}),
+                       n_images=len(prompt.images), answer_position=answer_position)
 
 
 def prepare(episode: Episode, processor, adapter: Adapter, model=None, with_answer: bool = False) -> Prepared:
     """Episode -> processor tensors + TokenLayout (+ the query's answer token ids).
 
     `model` (optional) supplies the context length and image token id to check against.
-    `with_answer=True` renders the query's gold answer into the prompt (teacher forcing); then
-    `layout.answer_position` is the position just before it.
+    `with_answer=True` renders the query's gold answer and end of turn into the prompt (teacher forcing); then
+    `layout.answer_position` is the position just before the answer.
     """
-    prompt = render(episode, adapter, with_answer=with_answer)
+    return prepare_batch([episode], processor, adapter, model, with_answer)[0]
+
+
+def prepare_batch(episodes: list[Episode], processor, adapter: Adapter, model=None,
+                  with_answer: bool = False) -> PreparedBatch:
+    """Several episodes in one processor call, padded by the processor (its tokenizer's padding side)."""
+    prompts = [render(e, adapter, with_answer=with_answer) for e in episodes]
     max_pos = adapter.max_positions(model) if model is not None else None
     image_id = adapter.image_token_id(model) if model is not None else None
-    inputs, layout = encode(prompt, processor, adapter, max_positions=max_pos, image_token_id=image_id)
-    answer_ids = None
-    if episode.query.answer is not None:
-        answer_ids = torch.tensor(processor.tokenizer(adapter.chat.answer_sep + episode.query.answer,
-                                                      add_special_tokens=False)["input_ids"], dtype=torch.long)
-    return Prepared(inputs, layout, answer_ids, prompt.text, episode)
+    inputs, layouts = encode(prompts, processor, adapter, max_positions=max_pos, image_token_id=image_id)
+    gold = [e.query.answer for e in episodes]
+    ids = answer_token_ids([a for a in gold if a is not None], processor, adapter)
+    answers = [ids.pop(0) if a is not None else None for a in gold]
+    return PreparedBatch(inputs, layouts, answers, [p.text for p in prompts], list(episodes))
+
+
+def answer_token_ids(answers: list[str], processor, adapter: Adapter) -> list[torch.Tensor]:
+    """Token ids of each answer as the model would emit it after the assistant prefix."""
+    if not answers:
+        return []
+    ids = processor.tokenizer([adapter.chat.answer_sep + a for a in answers], add_special_tokens=False)["input_ids"]
+    return [torch.tensor(x, dtype=torch.long) for x in ids]

@@ -101,8 +101,8 @@ def test_more_images_than_placeholders():
     adapter = adapter_for(model)
     prompt = render(make_episode(1), adapter)
     extra = Prompt(prompt.pieces, prompt.images + prompt.images[:1], None)
-    with pytest.raises(ValueError, match="1 image placeholder|2 image placeholder"):
-        encode(extra, processor, adapter)
+    with pytest.raises(ValueError, match="2 image placeholder.*but 3 image"):
+        encode([extra], processor, adapter)
 
 
 def test_missing_image():
@@ -110,7 +110,7 @@ def test_missing_image():
     adapter = adapter_for(model)
     prompt = render(make_episode(1), adapter)
     with pytest.raises(ValueError, match="placeholder"):
-        encode(Prompt(prompt.pieces, prompt.images[:1], None), processor, adapter)
+        encode([Prompt(prompt.pieces, prompt.images[:1], None)], processor, adapter)
 
 
 def test_placeholder_in_question_text():

@@ -1,0 +1,319 @@
+"""Attention mass on every segment of a MICL prompt, per layer and head.
+
+    am = capture_attention(loaded, episodes, rows="answer")     # nnsight backend, memory-lean (default)
+    am.mass                  # [episode, layer, head, segment]: mean over the rows of the attention on each segment
+    am.segments              # ["special", "none.template", "demo0.image", ..., "query.question"]
+    am.visual_share()        # [episode, layer, head]: mass on image tokens (demos' and query's)
+    am.demo_image_share()    # [episode, layer, head, demo0 .. demoK-1, query]
+    am.save("runs/x")  /  AttentionMass.load("runs/x")
+
+Rows: "answer" = the position whose logits predict the first answer token; "last" = the last prompt token;
+"query_text" = the query's question tokens; or a list of explicit positions. Mass over several rows is averaged.
+
+Backends (all reduce inside the forward pass and keep only [layer, head, segment] per episode):
+  * "nnsight" (default): nnsight traces each decoder attention module's `attention_interface(...)` call and takes
+    its inputs — queries and keys after RoPE/M-RoPE, the mask, the scaling — then recomputes softmax(q·kᵀ) for the
+    requested rows only. Peak extra memory O(rows × seq × heads) for one layer; the model keeps its fast
+    attention (sdpa). Works for every supported family: RoPE variants are the model's own code.
+  * "transformer_lens": a TransformerLens `TransformerBridge` built on a twin of the model that shares its weights
+    (booting a bridge rewires modules in place and forces eager attention; the twin keeps the user's model
+    untouched); hooks `blocks.{l}.attn.hook_pattern`, reduces the rows and drops the layer's pattern.
+    Families: llava, llava_next, llava_onevision, idefics3, qwen2_5_vl, organism (not qwen2_vl).
+  * "eager": HF `output_attentions=True` on eager attention, reduced afterwards: the reference the others are
+    tested against; materialises every layer's seq × seq pattern.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .adapters import Adapter, adapter_for
+from .episode import Episode
+from .layout import QUERY, ROLE, ROLES, TokenLayout, owner_name
+from .prompt import Prepared, prepare
+
+BACKENDS = ("nnsight", "transformer_lens", "eager")
+TL_FAMILIES = ("llava", "llava_next", "llava_onevision", "idefics3", "qwen2_5_vl", "organism")
+
+
+# --- the result ------------------------------------------------------------------------------------------
+@dataclass
+class AttentionMass:
+    mass: torch.Tensor  # [episode, layer, head, segment] float32, rows averaged; a segment absent from an episode = 0
+    segments: list[str]  # segment names, canonical order
+    rows: str  # "answer" | "last" | "query_text" | "explicit"
+    row_positions: list[list[int]]  # per episode, the positions averaged over
+    meta: dict = field(default_factory=dict)  # model, family, backend, tasks, shots, conditions
+
+    def __post_init__(self):
+        self.meta.setdefault("tasks", [])
+        self.meta.setdefault("shots", [])
+
+    @property
+    def n_episodes(self) -> int:
+        return self.mass.shape[0]
+
+    def _sum(self, pick) -> torch.Tensor:
+        idx = [i for i, s in enumerate(self.segments) if pick(s)]
+        return self.mass[..., idx].sum(-1)
+
+    def role_mass(self, role: str) -> torch.Tensor:
+        """[episode, layer, head] mass on every segment of one role ("image", "question", "special", ...)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {ROLES}")
+        return self._sum(lambda s: s == "special" if role == "special" else s.endswith("." + role))
+
+    def visual_share(self) -> torch.Tensor:
+        """[episode, layer, head] share of attention on image tokens (all demos and the query)."""
+        return self.role_mass("image")
+
+    def text_share(self) -> torch.Tensor:
+        """[episode, layer, head] share on question, answer and template text (not image markup, not specials)."""
+        return self.role_mass("question") + self.role_mass("answer") + self.role_mass("template")
+
+    def special_share(self) -> torch.Tensor:
+        """[episode, layer, head] share on special tokens (BOS and chat-template specials: the attention sinks)."""
+        return self.role_mass("special")
+
+    def demo_image_share(self) -> tuple[torch.Tensor, list[str]]:
+        """([episode, layer, head, owner], owner names): image mass of each demo and of the query."""
+        owners = sorted({s.split(".")[0] for s in self.segments if s.endswith(".image")},
+                        key=lambda o: (o == "query", int(o[4:]) if o.startswith("demo") else 0))
+        return torch.stack([self._sum(lambda s, o=o: s == f"{o}.image") for o in owners], -1), owners
+
+    def owner_role_table(self) -> tuple[torch.Tensor, list[str], list[str]]:
+        """([episode, layer, head, owner, role], owners, roles): mass by turn and role; specials on owner 'all'."""
+        owners = []
+        for s in self.segments:
+            o = s.split(".")[0] if s != "special" else "all"
+            if o not in owners:
+                owners.append(o)
+        roles = [r for r in ROLES if r != "pad"]
+        t = torch.zeros(*self.mass.shape[:3], len(owners), len(roles))
+        for j, s in enumerate(self.segments):
+            o, r = ("all", "special") if s == "special" else s.split(".")
+            t[..., owners.index(o), roles.index(r)] += self.mass[..., j]
+        return t, owners, roles
+
+    def save(self, path: str | Path) -> None:
+        """`path.safetensors` (mass) + `path.json` (segments, rows, metadata)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"mass": self.mass.contiguous()}, str(path.with_suffix(".safetensors")))
+        path.with_suffix(".json").write_text(json.dumps(
+            {"segments": self.segments, "rows": self.rows, "row_positions": self.row_positions, "meta": self.meta},
+            indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttentionMass:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        d = json.loads(path.with_suffix(".json").read_text())
+        return cls(load_file(str(path.with_suffix(".safetensors")))["mass"], d["segments"], d["rows"],
+                   d["row_positions"], d["meta"])
+
+
+# --- rows and segments -----------------------------------------------------------------------------------
+def row_positions(layout: TokenLayout, rows) -> list[int]:
+    if isinstance(rows, str):
+        if rows == "answer":
+            return [layout.answer_position]
+        if rows == "last":
+            return [int((layout.role != ROLE["pad"]).nonzero().flatten()[-1])]
+        if rows == "query_text":
+            return layout.positions(owner=QUERY, role="question").tolist()
+        raise ValueError(f"rows must be 'answer', 'last', 'query_text' or a list of positions, got {rows!r}")
+    pos = [int(p) for p in rows]
+    bad = [p for p in pos if not 0 <= p < len(layout)]
+    if bad or not pos:
+        raise ValueError(f"rows {bad or pos} outside the prompt of {len(layout)} tokens (valid: 0..{len(layout) - 1})")
+    return pos
+
+
+def canonical_segments(names: list[list[str]]) -> list[str]:
+    """The union of segment names across episodes, in prompt order: specials, system text, demo 0.., query."""
+    union = {n for ns in names for n in ns}
+
+    def key(n: str):
+        if n == "special":
+            return (-2, 0)
+        owner, role = n.split(".")
+        o = -1 if owner == "none" else 10**6 if owner == "query" else int(owner[4:])
+        return (o, ROLES.index(role))
+
+    return sorted(union, key=key)
+
+
+def segment_matrix(layout: TokenLayout) -> tuple[list[str], torch.Tensor]:
+    """(names, onehot[seq, n_segments]): sums attention weights over each segment's keys by a matmul."""
+    names, seg = layout.segment_ids()
+    onehot = torch.zeros(len(layout), len(names))
+    keep = seg >= 0
+    onehot[keep.nonzero().flatten(), seg[keep]] = 1.0
+    return names, onehot
+
+
+def rows_attention(query, key, mask, scaling: float, rows: list[int]) -> torch.Tensor:
+    """probs[B, H, R, seq] = softmax(q[rows]·kᵀ·scaling + mask[rows]) for the given rows only.
+
+    query [B, H, seq, d], key [B, H_kv, seq, d] (grouped-query heads repeated), mask: None (causal), bool
+    (True = attend) or additive float [B, 1, seq, seq]."""
+    rows_t = torch.tensor(rows, device=query.device)
+    q = query[:, :, rows_t].float()  # [B, H, R, d]
+    k = key.float()
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, seq, d]
+    scores = q @ k.transpose(-1, -2) * scaling  # [B, H, R, seq]
+    if mask is None:
+        causal = torch.arange(k.shape[2], device=q.device)[None, :] > rows_t[:, None]  # [R, seq]
+        scores = scores.masked_fill(causal, float("-inf"))
+    elif mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask[:, :, rows_t, : k.shape[2]], float("-inf"))
+    else:
+        scores = scores + mask[:, :, rows_t, : k.shape[2]].float()
+    return scores.softmax(-1)
+
+
+# --- backends --------------------------------------------------------------------------------------------
+_NNSIGHT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _nnsight_mass(model, adapter: Adapter, prepared: Prepared, rows: list[int], onehot) -> torch.Tensor:
+    """[layer, head, segment] through an nnsight trace of each attention module's attention-function call."""
+    from nnsight import NNsight
+
+    if model not in _NNSIGHT:
+        _NNSIGHT[model] = NNsight(model)
+    envoy = _NNSIGHT[model]
+    decoder = envoy
+    for part in adapter.decoder_path.split("."):
+        decoder = getattr(decoder, part)
+    call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
+    onehot = onehot.to(prepared.input_ids.device)
+    per_layer = []
+    with torch.no_grad(), envoy.trace(**prepared.inputs):
+        for layer in range(adapter.n_layers(model)):
+            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
+            query, key, mask = args[1], args[2], args[4]  # after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
+            probs = rows_attention(query, key, mask, kwargs["scaling"], rows)  # [1, H, R, seq]
+            per_layer.append((probs @ onehot).mean(2)[0].save())  # [H, n_seg]
+    return torch.stack([t.cpu() for t in per_layer])
+
+
+def _twin(model):
+    """A copy of `model`'s module tree and config that shares every parameter and buffer with it."""
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return copy.deepcopy(model, memo)
+
+
+def _bridge(model, adapter: Adapter, processor):
+    if model not in _BRIDGES:
+        import tempfile
+
+        from transformer_lens.model_bridge import TransformerBridge
+
+        twin = _twin(model)
+        twin.config.architectures = [type(model).__name__]
+        folder = tempfile.mkdtemp(prefix="micl_probe_tl_")
+        twin.config.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+        _BRIDGES[model] = TransformerBridge.boot_transformers(folder, hf_model=twin, device=model.device)
+    return _BRIDGES[model]
+
+
+def _transformer_lens_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot, processor) -> torch.Tensor:
+    if adapter.family not in TL_FAMILIES:
+        raise ValueError(f"TransformerLens has no TransformerBridge for the {adapter.family!r} family; "
+                         f"use backend='nnsight' (bridged families: {', '.join(TL_FAMILIES)})")
+    bridge = _bridge(model, adapter, processor)
+    out: dict[int, torch.Tensor] = {}
+    rows_t = torch.tensor(rows)
+
+    def hook(pattern, hook):  # pattern [B, H, seq, seq]
+        layer = int(hook.name.split(".")[1])
+        out[layer] = (pattern[0][:, rows_t].float() @ onehot.to(pattern.device)).mean(1).cpu()  # [H, n_seg]
+
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(adapter.n_layers(model))]
+    inputs = dict(prepared.inputs)
+    with torch.no_grad():
+        bridge.run_with_hooks(inputs.pop("input_ids"), fwd_hooks=[(n, hook) for n in names], **inputs)
+    return torch.stack([out[layer] for layer in range(len(names))])
+
+
+def _eager_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot) -> torch.Tensor:
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = model(**prepared.inputs, output_attentions=True).attentions  # L x [B, H, seq, seq]
+    finally:
+        model.set_attn_implementation(previous)
+    return torch.stack([(a[0][:, rows].float() @ onehot).mean(1).cpu() for a in attentions])
+
+
+# --- the call --------------------------------------------------------------------------------------------
+def capture_attention(model, episodes: Episode | list[Episode], processor=None, adapter: Adapter | None = None,
+                      rows="answer", backend: str = "nnsight", progress: bool = True,
+                      meta: dict | None = None) -> AttentionMass:
+    """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
+
+    `model` is a `Loaded` (from `micl_probe.load`) or a model with `processor` given.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if hasattr(model, "processor") and hasattr(model, "adapter"):
+        loaded = model
+        model, processor, adapter = loaded.model, loaded.processor, adapter or loaded.adapter
+        name = loaded.name
+    else:
+        if processor is None:
+            raise ValueError("pass a Loaded (micl_probe.load) or the model's processor")
+        adapter = adapter or adapter_for(model)
+        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    if isinstance(episodes, Episode):
+        episodes = [episodes]
+    device = next(model.parameters()).device
+
+    results, names, positions = [], [], []
+    for episode in tqdm(episodes, desc=f"attention ({backend})", disable=not progress or len(episodes) < 2):
+        prepared = prepare(episode, processor, adapter, model=model).to(device)
+        pos = row_positions(prepared.layout, rows)
+        seg_names, onehot = segment_matrix(prepared.layout)
+        if backend == "nnsight":
+            mass = _nnsight_mass(model, adapter, prepared, pos, onehot)
+        elif backend == "transformer_lens":
+            mass = _transformer_lens_mass(model, adapter, prepared, pos, onehot, processor)
+        else:
+            mass = _eager_mass(model, adapter, prepared, pos, onehot)
+        results.append(mass)  # [layer, head, n_seg of this episode]
+        names.append(seg_names)
+        positions.append(pos)
+
+    segments = canonical_segments(names)
+    n_layers, n_heads = results[0].shape[:2]
+    out = torch.zeros(len(results), n_layers, n_heads, len(segments))
+    for e, (mass, ns) in enumerate(zip(results, names)):
+        out[e, ..., [segments.index(n) for n in ns]] = mass
+    info = {"model": name, "family": adapter.family, "backend": backend,
+            "tasks": [e.task for e in episodes], "shots": [e.shots for e in episodes],
+            "conditions": [e.condition for e in episodes], **(meta or {})}
+    return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
+
+
+def owner_of(segment: str) -> str:
+    return "all" if segment == "special" else segment.split(".")[0]
+
+
+__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "rows_attention", "segment_matrix", "owner_name",
+           "owner_of"]

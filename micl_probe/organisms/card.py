@@ -1,0 +1,87 @@
+"""The organisms' model cards: accuracy per task x condition with 95% CIs, written into README.md.
+
+Conditions share the same queries: each query is drawn once with 8 demos; "k-shot" keeps the first k,
+"no-image" keeps the first 4 without their images (TrueMICL's control), "zero-shot" keeps none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import get_adapter
+from ..evaluate import Accuracy, greedy_exact_match
+from ..prompt import prepare_batch
+from ..tasks import sample_episodes, task_names
+
+CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
+
+
+def condition(episode, name: str):
+    if name == "zero-shot":
+        return episode.zero_shot()
+    if name == "no-image":
+        return episode.with_shots(4).without_demo_images()
+    return episode.with_shots(int(name.split("-")[0]))
+
+
+@torch.no_grad()
+def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CONDITIONS, seed: int = 0,
+                      batch_size: int = 50) -> dict:
+    """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task."""
+    adapter = get_adapter("organism")
+    tasks = tasks or task_names() + task_names(shortcut=True)
+    table = {}
+    for task in tqdm(tasks, desc="evaluate", mininterval=2):
+        episodes = sample_episodes(task, 8, n, seed=seed, split="query")
+        table[task] = {}
+        for cond in conditions:
+            correct = 0
+            for i in range(0, n, batch_size):
+                eps = [condition(e, cond) for e in episodes[i:i + batch_size]]
+                batch = prepare_batch(eps, processor, adapter, model=model, with_answer=True)
+                correct += int(greedy_exact_match(model, batch)[0].sum())
+            table[task][cond] = {"correct": correct, "n": n}
+    return table
+
+
+def table_markdown(evaluation: dict) -> str:
+    head = "| task | " + " | ".join(CONDITIONS) + " |\n|---|" + "---|" * len(CONDITIONS) + "\n"
+    rows = []
+    for task, res in evaluation.items():
+        cells = [str(Accuracy(res[c]["correct"], res[c]["n"])) if c in res else "" for c in CONDITIONS]
+        rows.append(f"| {task} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"
+
+
+def write_card(folder: str | Path) -> Path:
+    folder = Path(folder)
+    meta = json.loads((folder / "micl_probe.json").read_text())
+    r = meta["recipe"]
+    text = [f"# Model organism `{folder.name}`", "",
+            r.get("description", ""), "",
+            "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder 4x128-d, 4 heads / "
+            "2 KV heads), trained from scratch by `python -m micl_probe.organisms.train --recipe "
+            f"{r['name']}`.", "",
+            f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
+            f"grad-clip 1.0, demos per episode {r['shots'][0]}..{r['shots'][1]}, seed {r['seed']}",
+            f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU threads",
+            f"- task mix: {', '.join(f'{k} {v:.3f}' for k, v in r['mix'].items())}", ""]
+    if "evaluation" in meta:
+        n = next(iter(next(iter(meta["evaluation"].values())).values()))["n"]
+        text += ["## Accuracy (%, 95% Wilson CI), greedy exact match", "",
+                 f"{n} seeded query episodes per task (query split); every condition uses the same queries. "
+                 "no-image = the first 4 demos without their images.", "",
+                 table_markdown(meta["evaluation"])]
+    if meta.get("log"):
+        text += ["## Training log (4-shot / no-image accuracy on 64 probe episodes)", "",
+                 "| step | loss | minutes | probes |", "|---|---|---|---|"]
+        for e in meta["log"]:
+            probes = ", ".join(f"{k} {a:.2f}/{b:.2f}" for k, (a, b) in e["probe_4shot_vs_noimage"].items())
+            text.append(f"| {e['step']} | {e['loss']:.3f} | {e['minutes']:.1f} | {probes} |")
+    path = folder / "README.md"
+    path.write_text("\n".join(text) + "\n")
+    return path

@@ -1,0 +1,175 @@
+"""ICL instruction tuning of a model organism, from scratch, on CPU.
+
+    python -m micl_probe.organisms.train --recipe true-micl          # writes micl_probe/organisms/shipped/true-micl
+    python -m micl_probe.organisms.train --recipe text-shortcut --steps 300 --out /tmp/org   # a quick run
+
+Any-shot supervision (Doveh et al.): a training episode is one multi-turn conversation; every demo answer after
+the first, and the query's answer, is a target (each followed by its end-of-turn token), so one episode trains
+1-, 2-, … k-shot prediction at once. Episodes are drawn from a recipe's task mix; the vision tower, projector and
+decoder are all trained. On finish: checkpoint (safetensors) + micl_probe.json + model card (README.md) with the
+evaluation table of `micl_probe.organisms.card`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..adapters import get_adapter
+from ..evaluate import greedy_exact_match
+from ..layout import QUERY, ROLE
+from ..prompt import PreparedBatch, prepare_batch
+from ..tasks import make_episode, task_names
+from . import SHIPPED, build, save
+
+TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
+PROBE_TASKS = ["novel_binding", "outlier", "shape_count", "palindrome_shortcut"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    mix: dict[str, float]  # task name -> sampling weight
+    steps: int = 4000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    shots: tuple[int, int] = (1, 6)  # demos per training batch, uniform in [lo, hi] (one count a batch: no padding)
+    seed: int = 0
+    description: str = ""
+    notes: dict = field(default_factory=dict)
+
+
+def _mix(true_weight: float, shortcut_weight: float) -> dict[str, float]:
+    mix = {t: true_weight / len(TRUE) for t in TRUE} | {t: shortcut_weight / len(SHORTCUT) for t in SHORTCUT}
+    return {t: w for t, w in mix.items() if w > 0}
+
+
+RECIPES = {r.name: r for r in [
+    Recipe("true-micl", _mix(0.5, 0.5),
+           description="Half true-MICL episodes (hidden per-episode rules: the demos' images are needed), half "
+                       "shortcut episodes (fixed rules: they teach the vision features the matching circuit uses)."),
+    Recipe("text-shortcut", _mix(0.0, 1.0),
+           description="Only shortcut episodes: the demos never carry information the query needs, so nothing "
+                       "rewards reading them."),
+    Recipe("partial", _mix(0.15, 0.85),
+           description="Mostly shortcut episodes with a little true-MICL data: uses the demo images weakly."),
+]}
+
+
+def targets(batch: PreparedBatch) -> torch.Tensor:
+    """labels[B, seq]: the token ids at every answer (and its end-of-turn) position after the first demo, -100
+    elsewhere. HF shifts labels inside the loss, so labels sit on the tokens to be predicted."""
+    ids = batch.inputs["input_ids"]
+    labels = torch.full_like(ids, -100)
+    for b, lay in enumerate(batch.layouts):
+        is_answer = lay.role == ROLE["answer"]
+        later = (lay.owner >= 1) | (lay.owner == QUERY)
+        pos = (is_answer & later).nonzero().flatten()
+        ends = pos[~torch.isin(pos + 1, pos)] + 1  # the end-of-turn token after each answer
+        keep = torch.cat([pos, ends[ends < ids.shape[1]]])
+        labels[b, keep] = ids[b, keep]
+    return labels
+
+
+def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None):
+    names, weights = zip(*recipe.mix.items())
+    p = np.array(weights) / sum(weights)
+    picks = rng.choice(len(names), size=n or recipe.batch, p=p)
+    shots = int(rng.integers(recipe.shots[0], recipe.shots[1] + 1))
+    return [make_episode(names[i], shots, rng) for i in picks]
+
+
+def probe(model, processor, adapter, tasks, shots=4, n=64, seed=123) -> dict[str, tuple[float, float]]:
+    """Quick accuracy at `shots` shots and with the demos' images removed, per task (for progress logs)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    model.eval()
+    for t in tasks:
+        eps = [make_episode(t, shots, rng) for _ in range(n)]
+        acc = []
+        for cond in (eps, [e.without_demo_images() for e in eps]):
+            batch = prepare_batch(cond, processor, adapter, model=model, with_answer=True)
+            acc.append(greedy_exact_match(model, batch)[0].float().mean().item())
+        out[t] = tuple(acc)
+    model.train()
+    return out
+
+
+def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int = 500, evaluate: bool = True,
+          eval_n: int = 200, threads: int | None = None):
+    if threads:
+        torch.set_num_threads(threads)
+    steps = steps or recipe.steps
+    model, processor = build(seed=recipe.seed)
+    adapter = get_adapter("organism")
+    rng = np.random.default_rng(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    schedule = lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.train()
+    log, t0, ema = [], time.time(), None
+    make = lambda: prepare_batch(sample_batch(recipe, rng), processor, adapter, model=model, with_answer=True)
+    pool = ThreadPoolExecutor(1)  # prepares the next batch while torch (which releases the GIL) trains
+    upcoming = pool.submit(make)
+    bar = tqdm(range(steps), desc=f"train {recipe.name}", mininterval=2)
+    for step in bar:
+        batch = upcoming.result()
+        upcoming = pool.submit(make) if step + 1 < steps else None
+        loss = model(**batch.inputs, labels=targets(batch)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.3f}")
+        if log_every and (step + 1) % log_every == 0:
+            acc = probe(model, processor, adapter, PROBE_TASKS)
+            log.append({"step": step + 1, "loss": ema, "minutes": (time.time() - t0) / 60,
+                        "probe_4shot_vs_noimage": acc})
+            tqdm.write(f"step {step + 1} loss {ema:.3f} "
+                       + " ".join(f"{k}={a:.2f}/{b:.2f}" for k, (a, b) in acc.items()))
+    minutes = (time.time() - t0) / 60
+    model.eval()
+    card = {"recipe": asdict(recipe) | {"steps": steps}, "train_minutes": round(minutes, 2),
+            "threads": torch.get_num_threads(), "log": log}
+    if evaluate:
+        from .card import evaluate_organism
+        card["evaluation"] = evaluate_organism(model, processor, n=eval_n)
+    if out_dir is not None:
+        save(model, processor, out_dir, card)
+        from .card import write_card
+        write_card(out_dir)
+    return model, processor, card
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    ap.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    ap.add_argument("--out", help="output folder (default: the shipped organisms folder)")
+    ap.add_argument("--eval-n", type=int, default=200, help="queries per task and condition in the model card")
+    ap.add_argument("--no-eval", action="store_true", help="skip the model-card evaluation")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    recipe = RECIPES[args.recipe]
+    out = args.out or SHIPPED / recipe.name
+    train(recipe, out, steps=args.steps, evaluate=not args.no_eval, eval_n=args.eval_n, threads=args.threads)
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""TrueMICL-style tasks, generated procedurally, plus loaders for the released folder formats.
+
+Every image is a 32x32 canvas of 4x4 cells of 8x8 px (one cell = one 8x8 vision patch of the organisms),
+each cell blank or holding one glyph: a coloured shape (circle, square, triangle, cross) or a 3x5 digit.
+
+Each true-MICL task has a *hidden rule fixed per episode*, and every rule gives the same distribution of answers
+(hence the modular arithmetic and the choice of hand in clock_math: TrueMICL's raw a*b or hour sums would let the
+answer's value betray the rule). So the rule cannot be read off the demo text: it shows only in how each demo's
+answer relates to that demo's image. Its *shortcut* counterpart fixes the rule, so the query alone determines the
+answer.
+
+| task               | image                                        | per-episode rule (true MICL)              |
+|--------------------|----------------------------------------------|-------------------------------------------|
+| operator_induction | digit a, red "?", digit b (a, b in 0..4)     | (a+b) mod 5 or (a-b) mod 5                |
+| clock_math         | dial of 12 rim cells, red and blue hand marks| the hour (1..6) of the red or the blue hand|
+| outlier            | 6 shapes: one colour outlier, one shape one  | colour of the colour outlier, or colour of |
+|                    |                                              | the shape outlier (both colour words)     |
+| shape_count        | 3..7 shapes of 3 kinds                        | count of the kind chosen for the episode  |
+| number_grid        | 2x2 grid: a, "?" in one cell, rest blank     | a, a+s, a+2s, a+3s (mod 10), s = 1 or 3    |
+| palindrome         | 4 coloured digits d1 d2 d3 d2 and a red "?"  | mirror (d1) or shift (d1+1 mod 10)        |
+| novel_binding      | 1-3 copies of a coloured shape               | two invented names bound to two classes   |
+
+    task = TASKS["shape_count"]
+    episodes = sample_episodes("shape_count", shots=4, n=200, seed=0, split="query")
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .episode import Demo, Episode, Query
+
+CELL, GRID = 8, 4
+SIZE = CELL * GRID
+COLOURS = {"red": (230, 40, 40), "green": (40, 190, 60), "blue": (50, 90, 240), "yellow": (235, 215, 40),
+           "purple": (170, 60, 210), "cyan": (40, 210, 215)}
+COLOUR_NAMES = list(COLOURS)
+SHAPES = {
+    "circle": ["001100", "011110", "111111", "111111", "011110", "001100"],
+    "square": ["111111", "111111", "110011", "110011", "111111", "111111"],
+    "triangle": ["001100", "001100", "011110", "011110", "111111", "111111"],
+    "cross": ["001100", "001100", "111111", "111111", "001100", "001100"],
+}
+SHAPE_NAMES = list(SHAPES)
+DIGITS = {
+    "0": ["111", "101", "101", "101", "111"], "1": ["010", "110", "010", "010", "111"],
+    "2": ["111", "001", "111", "100", "111"], "3": ["111", "001", "111", "001", "111"],
+    "4": ["101", "101", "111", "001", "001"], "5": ["111", "100", "111", "001", "111"],
+    "6": ["111", "100", "111", "101", "111"], "7": ["111", "001", "001", "001", "001"],
+    "8": ["111", "101", "111", "101", "111"], "9": ["111", "101", "111", "001", "111"],
+    "?": ["111", "001", "011", "000", "010"],
+}
+NOVEL_NAMES = ["dax", "wug", "blick", "toma", "fep", "zup", "kiki", "bouba", "mipo", "teb", "gazz", "lorp",
+               "snib", "vork", "yem", "quan"]
+WHITE = (235, 235, 235)
+GREY = (110, 110, 110)
+
+
+@functools.cache
+def _mask(bitmap: tuple[str, ...]) -> np.ndarray:
+    return np.array([[ch == "1" for ch in row] for row in bitmap])
+
+
+class Canvas:
+    """A 4x4 grid of 8x8 cells on black; `put` draws a glyph into a cell with a small random jitter."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.px = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
+
+    def put(self, cell: int, bitmap: list[str], colour: tuple[int, int, int]):
+        mask = _mask(tuple(bitmap))
+        h, w = mask.shape
+        r0, c0 = divmod(cell, GRID)
+        dy, dx = self.rng.integers(0, CELL - h + 1), self.rng.integers(0, CELL - w + 1)
+        tone = np.clip(np.array(colour) + self.rng.integers(-15, 16, 3), 0, 255)
+        y, x = r0 * CELL + dy, c0 * CELL + dx
+        self.px[y:y + h, x:x + w][mask] = tone
+
+    def image(self) -> Image.Image:
+        return Image.fromarray(self.px)
+
+
+# --- tasks --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """A procedural task: `draw(rng)` -> (image, attrs); `answer(attrs, rule)` -> answer text.
+
+    `rules` are the per-episode hidden rules; shortcut episodes always use `rules[0]`.
+    `episode_setup(rng)` draws per-episode state shared by all its items (e.g. the classes of novel_binding).
+    """
+
+    name: str
+    question: str
+    rules: tuple[str, ...]
+    draw: Callable[[np.random.Generator, dict], tuple[Image.Image, dict]]
+    answer: Callable[[dict, str, dict], str]
+    episode_setup: Callable[[np.random.Generator], dict] = lambda rng: {}
+
+
+def _draw_operator(rng, setup):
+    a, b = (int(x) for x in rng.integers(0, 5, 2))
+    c = Canvas(rng)
+    row = int(rng.integers(0, GRID))
+    c.put(row * GRID + 0, DIGITS[str(a)], WHITE)
+    c.put(row * GRID + 1, DIGITS["?"], COLOURS["red"])
+    c.put(row * GRID + 2, DIGITS[str(b)], WHITE)
+    return c.image(), {"a": a, "b": b}
+
+
+def _answer_operator(at, rule, setup):
+    a, b = at["a"], at["b"]
+    return str((a + b) % 5 if rule == "plus" else (a - b) % 5)
+
+
+RIM = [0, 1, 2, 3, 7, 11, 15, 14, 13, 12, 8, 4]  # the 12 rim cells clockwise from the top-left: hours 1..12
+
+
+def _draw_clock(rng, setup):
+    p, q = (int(x) for x in rng.choice(np.arange(1, 7), 2, replace=False))
+    c = Canvas(rng)
+    for hour, cell in enumerate(RIM, start=1):
+        if hour not in (p, q):
+            c.put(cell, ["11", "11"], GREY)
+    c.put(RIM[p - 1], SHAPES["square"], COLOURS["red"])
+    c.put(RIM[q - 1], SHAPES["square"], COLOURS["blue"])
+    return c.image(), {"red": p, "blue": q}
+
+
+def _answer_clock(at, rule, setup):
+    return str(at[rule])
+
+
+def _draw_outlier(rng, setup):
+    base_colour, odd_colour = rng.choice(COLOUR_NAMES, 2, replace=False)
+    base_shape, odd_shape = rng.choice(SHAPE_NAMES, 2, replace=False)
+    cells = rng.choice(GRID * GRID, 6, replace=False)
+    c = Canvas(rng)
+    for k, cell in enumerate(cells):
+        colour = odd_colour if k == 0 else base_colour
+        shape = odd_shape if k == 1 else base_shape
+        c.put(int(cell), SHAPES[shape], COLOURS[colour])
+    return c.image(), {"odd_colour": str(odd_colour), "base_colour": str(base_colour)}
+
+
+def _answer_outlier(at, rule, setup):
+    return at["odd_colour"] if rule == "colour_outlier" else at["base_colour"]
+
+
+def _setup_count(rng):
+    return {"kinds": [str(s) for s in rng.choice(SHAPE_NAMES, 3, replace=False)]}
+
+
+def _draw_count(rng, setup):
+    kinds = setup.get("kinds") or SHAPE_NAMES[:3]
+    n = int(rng.integers(3, 8))
+    cells = rng.choice(GRID * GRID, n, replace=False)
+    which = rng.integers(0, len(kinds), n)
+    colour = COLOURS[str(rng.choice(COLOUR_NAMES))]
+    c = Canvas(rng)
+    for cell, k in zip(cells, which):
+        c.put(int(cell), SHAPES[kinds[k]], colour)
+    return c.image(), {"counts": [int((which == k).sum()) for k in range(len(kinds))]}
+
+
+def _answer_count(at, rule, setup):
+    return str(at["counts"][int(rule[-1])])
+
+
+def _draw_grid(rng, setup):
+    a = int(rng.integers(0, 10))
+    k = int(rng.integers(1, 4))  # where the "?" is, in reading order of the 2x2 grid
+    c = Canvas(rng)
+    top = int(rng.integers(0, GRID - 1)) * GRID + int(rng.integers(0, GRID - 1))
+    cells = [top, top + 1, top + GRID, top + GRID + 1]
+    c.put(cells[0], DIGITS[str(a)], WHITE)
+    c.put(cells[k], DIGITS["?"], COLOURS["red"])
+    for j in range(1, 4):
+        if j != k:
+            c.put(cells[j], ["11", "11"], GREY)
+    return c.image(), {"a": a, "k": k}
+
+
+def _answer_grid(at, rule, setup):
+    return str((at["a"] + at["k"] * (1 if rule == "step1" else 3)) % 10)
+
+
+def _draw_palindrome(rng, setup):
+    d1, d2, d3 = (int(x) for x in rng.choice(10, 3, replace=False))
+    row = int(rng.integers(0, GRID))
+    seq = [d1, d2, d3, d2]
+    c = Canvas(rng)
+    for j, d in enumerate(seq[:3]):
+        c.put(row * GRID + j, DIGITS[str(d)], COLOURS[COLOUR_NAMES[(d + j) % len(COLOUR_NAMES)]])
+    nxt = (row + 1) % GRID
+    c.put(nxt * GRID + 0, DIGITS[str(seq[3])], COLOURS[COLOUR_NAMES[(d2 + 3) % len(COLOUR_NAMES)]])
+    c.put(nxt * GRID + 1, DIGITS["?"], COLOURS["red"])
+    return c.image(), {"d1": d1}
+
+
+def _answer_palindrome(at, rule, setup):
+    return str(at["d1"] if rule == "mirror" else (at["d1"] + 1) % 10)
+
+
+def _setup_binding(rng):
+    classes = rng.choice(len(COLOUR_NAMES) * len(SHAPE_NAMES), 2, replace=False)
+    names = rng.choice(NOVEL_NAMES, 2, replace=False)
+    return {"classes": [int(x) for x in classes], "names": [str(x) for x in names]}
+
+
+def _draw_binding(rng, setup):
+    classes = setup.get("classes") or list(range(len(COLOUR_NAMES) * len(SHAPE_NAMES)))
+    cls = int(rng.choice(classes))
+    colour, shape = COLOUR_NAMES[cls // len(SHAPE_NAMES)], SHAPE_NAMES[cls % len(SHAPE_NAMES)]
+    c = Canvas(rng)
+    for cell in rng.choice(GRID * GRID, int(rng.integers(1, 4)), replace=False):
+        c.put(int(cell), SHAPES[shape], COLOURS[colour])
+    return c.image(), {"cls": cls, "colour": colour, "shape": shape}
+
+
+def _answer_binding(at, rule, setup):
+    if rule == "fixed":  # shortcut: every class has a fixed name, its colour and shape
+        return f"{at['colour']} {at['shape']}"
+    return setup["names"][setup["classes"].index(at["cls"])]
+
+
+TASKS: dict[str, Task] = {t.name: t for t in [
+    Task("operator_induction", "What is the result?", ("plus", "minus"), _draw_operator, _answer_operator),
+    Task("clock_math", "What hour is it?", ("red", "blue"), _draw_clock, _answer_clock),
+    Task("outlier", "Which colour?", ("colour_outlier", "shape_outlier"), _draw_outlier, _answer_outlier),
+    Task("shape_count", "How many?", ("kind0", "kind1", "kind2"), _draw_count, _answer_count, _setup_count),
+    Task("number_grid", "What is the missing number?", ("step1", "step3"), _draw_grid, _answer_grid),
+    Task("palindrome", "What completes it?", ("mirror", "shift"), _draw_palindrome, _answer_palindrome),
+    Task("novel_binding", "What is it?", ("bound", "fixed"), _draw_binding, _answer_binding, _setup_binding),
+]}
+TRUE_MICL_TASKS = tuple(TASKS)
+SHORTCUT_SUFFIX = "_shortcut"
+SPLIT_SEEDS = {"support": 0, "query": 1_000_003, "train": 2_000_003}
+
+
+def task_names(shortcut: bool = False) -> list[str]:
+    return [n + SHORTCUT_SUFFIX for n in TASKS] if shortcut else list(TASKS)
+
+
+def _parse(name: str) -> tuple[Task, bool]:
+    base = name.removesuffix(SHORTCUT_SUFFIX)
+    if base not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(task_names() + task_names(True))}")
+    return TASKS[base], name.endswith(SHORTCUT_SUFFIX)
+
+
+def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | None = None) -> Episode:
+    """One episode of task `name` (`<task>_shortcut` for the fixed-rule counterpart) with `shots` demos."""
+    task, shortcut = _parse(name)
+    if task.name == "novel_binding":
+        rule = "fixed" if shortcut else "bound"
+    elif rule is None:
+        rule = task.rules[0] if shortcut else str(rng.choice(task.rules))
+    setup = {} if shortcut and task.name == "novel_binding" else task.episode_setup(rng)
+    if shortcut and task.name == "shape_count":
+        setup = {"kinds": SHAPE_NAMES[:3]}  # fixed kinds; always count circles
+    items = [task.draw(rng, setup) for _ in range(shots + 1)]
+    if task.name == "novel_binding" and not shortcut and shots >= 2:
+        # balance the two classes among the demos so both names are shown
+        items = _balanced_binding(items, setup, rng, task, shots)
+    demos = tuple(Demo((im,), task.question, task.answer(at, rule, setup)) for im, at in items[:shots])
+    im, at = items[shots]
+    query = Query((im,), task.question, task.answer(at, rule, setup))
+    return Episode(demos, query, task=name, meta={"rule": rule, "shortcut": shortcut})
+
+
+def _balanced_binding(items, setup, rng, task, shots):
+    want = [setup["classes"][i % 2] for i in range(shots)]
+    rng.shuffle(want)
+    out = []
+    for cls in want:
+        while True:
+            im, at = task.draw(rng, {"classes": [cls]})
+            if at["cls"] == cls:
+                out.append((im, at))
+                break
+    return out + [items[-1]]
+
+
+def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query") -> list[Episode]:
+    """`n` seeded episodes; `split` ("support" | "query" | "train") selects an independent random stream."""
+    rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
+    return [make_episode(name, shots, rng) for _ in range(n)]
+
+
+# --- released folder formats --------------------------------------------------------------------------------
+def _load_images(paths, roots: list[Path]) -> tuple[Image.Image, ...]:
+    if isinstance(paths, str):
+        paths = [paths]
+    out = []
+    for p in paths:
+        for root in roots:
+            if (root / p).is_file():
+                out.append(Image.open(root / p).convert("RGB"))
+                break
+        else:
+            raise FileNotFoundError(f"image {p!r} not found under {[str(r) for r in roots]}")
+    return tuple(out)
+
+
+def load_folder(root: str | Path, task: str, shots: int, seed: int = 0, fmt: str = "truemicl",
+                question: str | None = None) -> list[Episode]:
+    """Episodes from a released benchmark folder: `root/<task>/support.json` and `query.json`.
+
+    Both TrueMICL and VL-ICL store lists of {"image": path or [paths], "question": str, "answer": ...}, image
+    paths relative to the task folder or to `root`. VL-ICL's operator_induction stores support answers as
+    [plus, minus, times] and the query's operator in "operator"; that is handled. Each query gets `shots` demos
+    drawn at random from the support set (seeded).
+    """
+    if fmt not in ("truemicl", "vlicl"):
+        raise ValueError(f"fmt must be 'truemicl' or 'vlicl', got {fmt!r}")
+    root = Path(root)
+    folder = root / task
+    support = json.loads((folder / "support.json").read_text())
+    queries = json.loads((folder / "query.json").read_text())
+    roots = [folder, root]
+    rng = np.random.default_rng(seed)
+    op_index = {"+": 0, "-": 1, "x": 2}
+    episodes = []
+    for q in queries:
+        picks = rng.choice(len(support), size=shots, replace=False) if shots else []
+        demos = []
+        for i in picks:
+            s = support[int(i)]
+            answer = s["answer"]
+            if isinstance(answer, list):
+                if "operator" not in q:
+                    raise ValueError(f"{folder}/support.json has list answers but the query has no 'operator'")
+                answer = answer[op_index[q["operator"]]]
+            demos.append(Demo(_load_images(s["image"], roots), question or s.get("question") or "What is it?",
+                              str(answer)))
+        query = Query(_load_images(q["image"], roots), question or q.get("question") or "What is it?",
+                      str(q["answer"]))
+        meta = {"source": fmt, "id": q.get("id", len(episodes))}
+        if "operator" in q:
+            meta["rule"] = q["operator"]
+        episodes.append(Episode(tuple(demos), query, task=task, meta=meta))
+    return episodes

@@ -1,0 +1,99 @@
+"""Attention mass: every backend against HF eager output_attentions, reduced independently."""
+
+import pytest
+import torch
+from conftest import cached_tiny, make_episode
+
+from micl_probe import adapter_for, prepare
+from micl_probe.attention import TL_FAMILIES, AttentionMass, capture_attention, row_positions
+
+EPISODES = [make_episode(2, seed=1), make_episode(1, seed=2), make_episode(0, seed=3)]
+
+
+def independent_mass(model, processor, episode, rows):
+    """HF eager attentions, summed segment by segment with explicit index lists (no one-hot matmul)."""
+    p = prepare(episode, processor, adapter_for(model), model=model)
+    prev = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        att = model(**p.inputs, output_attentions=True).attentions
+    model.set_attn_implementation(prev)
+    pos = row_positions(p.layout, rows)
+    segs = p.layout.segments()
+    return {name: torch.stack([a[0][:, pos][:, :, idx].sum(-1).mean(-1) for a in att]) for name, idx in segs.items()}
+
+
+@pytest.mark.parametrize("rows", ["answer", "query_text"])
+def test_nnsight_equals_hf_eager(family, rows):
+    model, processor = cached_tiny(family)
+    am = capture_attention(model, EPISODES, processor=processor, rows=rows, progress=False)
+    assert model.config._attn_implementation == "sdpa"  # the lean backend leaves the fast path on
+    for e, ep in enumerate(EPISODES):
+        ref = independent_mass(model, processor, ep, rows)
+        for name, mass in ref.items():  # mass [layer, head]
+            torch.testing.assert_close(am.mass[e, :, :, am.segments.index(name)], mass, atol=1e-5, rtol=0)
+        absent = [s for s in am.segments if s not in ref]
+        assert all(am.mass[e, ..., am.segments.index(s)].abs().max() == 0 for s in absent)
+    torch.testing.assert_close(am.mass.sum(-1), torch.ones(am.mass.shape[:3]), atol=1e-5, rtol=0)
+
+
+def test_transformer_lens_equals_eager(family):
+    model, processor = cached_tiny(family)
+    adapter = adapter_for(model)
+    if adapter.family not in TL_FAMILIES:
+        with pytest.raises(ValueError, match="no TransformerBridge.*use backend='nnsight'"):
+            capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
+        return
+    attn_type = type(adapter.attention(model, 0))
+    tl = capture_attention(model, EPISODES, processor=processor, backend="transformer_lens", progress=False)
+    ref = capture_attention(model, EPISODES, processor=processor, backend="eager", progress=False)
+    assert tl.segments == ref.segments
+    torch.testing.assert_close(tl.mass, ref.mass, atol=1e-5, rtol=0)
+    # the user's model is untouched: same attention modules, same attention implementation
+    assert type(adapter.attention(model, 0)) is attn_type and model.config._attn_implementation == "sdpa"
+
+
+def test_views_and_roundtrip(tmp_path):
+    model, processor = cached_tiny("llava")
+    am = capture_attention(model, EPISODES, processor=processor, progress=False, meta={"note": "x"})
+    image = [i for i, s in enumerate(am.segments) if s.endswith(".image")]
+    torch.testing.assert_close(am.visual_share(), am.mass[..., image].sum(-1))
+    total = am.visual_share() + am.text_share() + am.special_share() + am.role_mass("image_markup")
+    torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
+    per_demo, owners = am.demo_image_share()
+    assert owners == ["demo0", "demo1", "query"] and per_demo.shape[-1] == 3
+    assert per_demo[2, ..., 0].abs().max() == 0  # episode 2 is zero-shot: no demo 0 image
+    am.save(tmp_path / "am")
+    back = AttentionMass.load(tmp_path / "am")
+    assert torch.equal(back.mass, am.mass) and back.segments == am.segments and back.meta["note"] == "x"
+    assert back.meta["shots"] == [2, 1, 0] and back.row_positions == am.row_positions
+
+
+def test_bad_rows_and_backend():
+    model, processor = cached_tiny("llava")
+    with pytest.raises(ValueError, match=r"outside the prompt of \d+ tokens"):
+        capture_attention(model, EPISODES[:1], processor=processor, rows=[10_000], progress=False)
+    with pytest.raises(ValueError, match="rows must be"):
+        capture_attention(model, EPISODES[:1], processor=processor, rows="middle", progress=False)
+    with pytest.raises(ValueError, match="backends: nnsight, transformer_lens, eager"):
+        capture_attention(model, EPISODES[:1], processor=processor, backend="magic", progress=False)
+
+
+def test_explicit_rows_average():
+    model, processor = cached_tiny("qwen2_vl")
+    p = prepare(EPISODES[0], processor, adapter_for(model), model=model)
+    rows = [5, p.layout.answer_position]
+    am = capture_attention(model, EPISODES[:1], processor=processor, rows=rows, progress=False)
+    single = [capture_attention(model, EPISODES[:1], processor=processor, rows=[r], progress=False).mass for r in rows]
+    torch.testing.assert_close(am.mass, (single[0] + single[1]) / 2, atol=1e-6, rtol=0)
+    assert am.rows == "explicit" and am.row_positions == [rows]
+
+
+def test_plots_write_png_and_pdf(tmp_path):
+    from micl_probe import plots
+    model, processor = cached_tiny("llava")
+    am = capture_attention(model, EPISODES, processor=processor, progress=False)
+    for name, fig in {"heat": plots.visual_share_heatmap(am), "bars": plots.demo_stacked_bars(am),
+                      "curve": plots.layer_curve(am, by="conditions")}.items():
+        paths = plots.save(fig, tmp_path / name)
+        assert all(p.stat().st_size > 1000 for p in paths)
