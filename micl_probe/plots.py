@@ -90,3 +90,70 @@ def layer_curve(am: AttentionMass, by: str | None = None, title: str | None = No
     ax.set_xticks(range(share.shape[1]))
     ax.set_title(title or "Attention on image tokens by layer")
     return fig
+
+
+# --- figures from harness records (lists of dicts, see micl_probe.harness) ---------------------------------
+def _frame(records):
+    import pandas as pd
+
+    return pd.DataFrame(records)
+
+
+def accuracy_bars(records, title: str | None = None):
+    """Accuracy per task and condition (bars, 95% CI), one panel per model."""
+    style()
+    df = _frame(records)
+    df["accuracy"] = df["correct"].astype(float)
+    models = list(dict.fromkeys(df["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sns.barplot(df[df["model"] == model], x="task", y="accuracy", hue="condition", errorbar=("ci", 95), ax=ax,
+                    hue_order=list(dict.fromkeys(df["condition"])))
+        ax.set_title(model)
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", rotation=30)
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(title or "Accuracy by task and condition (95% CI)")
+    return fig
+
+
+def visual_share_bars(records, title: str | None = None):
+    """Share of attention on image tokens at the answer position, per condition and model (95% CI)."""
+    style()
+    df = _frame(records)
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    sns.barplot(df, x="condition", y="visual_share", hue="model", errorbar=("ci", 95), ax=ax)
+    ax.set_ylabel("attention on image tokens")
+    ax.set_title(title or "Where the answer position looks")
+    ax.legend(fontsize=8, frameon=False)
+    return fig
+
+
+def layer_share_curves(records, title: str | None = None):
+    """Visual share per layer (mean over heads), one line per model x condition, episodes as 95% CI bands."""
+    style()
+    rows = [{"layer": layer, "visual share": v, "model / condition": f"{r['model']} / {r['condition']}"}
+            for r in records for layer, v in enumerate(r["visual_share_by_layer"])]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    sns.lineplot(_frame(rows), x="layer", y="visual share", hue="model / condition", errorbar=("ci", 95),
+                 marker="o", ax=ax)
+    ax.set_title(title or "Attention on image tokens by layer")
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def head_heatmaps(records, condition: str, title: str | None = None):
+    """Layer x head visual share under one condition, one panel per model."""
+    style()
+    models = list(dict.fromkeys(r["model"] for r in records))
+    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.2), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        heads = np.array([r["visual_share_by_head"] for r in records
+                          if r["model"] == model and r["condition"] == condition]).mean(0)
+        sns.heatmap(heads, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=heads.size <= 64, fmt=".2f",
+                    cbar=ax is axes[0][-1])
+        ax.set_title(model)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+    fig.suptitle(title or f"Attention on image tokens per head ({condition})")
+    return fig

@@ -30,7 +30,7 @@ from ..tasks import make_episode, task_names
 from . import SHIPPED, build, save
 
 TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
-PROBE_TASKS = ["novel_binding", "outlier", "shape_count", "palindrome_shortcut"]
+PROBE_TASKS = ["novel_binding", "outlier", "clock_math", "novel_binding_shortcut"]
 
 
 @dataclass(frozen=True)
@@ -42,19 +42,34 @@ class Recipe:
     lr: float = 1e-3
     warmup: int = 200
     weight_decay: float = 0.01
-    shots: tuple[int, int] = (1, 6)  # demos per training batch, uniform in [lo, hi] (one count a batch: no padding)
+    shots: tuple[int, int] = (1, 5)  # demos per training batch, uniform in [lo, hi] (one count a batch: no padding)
+    warm_shots: tuple[int, int] = (0, 2)  # demos per batch during the first `warm_frac` of training (curriculum:
+    warm_frac: float = 0.15  # few-demo batches teach the vision features first)
     seed: int = 0
     description: str = ""
     notes: dict = field(default_factory=dict)
 
 
-def _mix(true_weight: float, shortcut_weight: float) -> dict[str, float]:
-    mix = {t: true_weight / len(TRUE) for t in TRUE} | {t: shortcut_weight / len(SHORTCUT) for t in SHORTCUT}
+# The organisms are trained on the colour/shape tasks; the digit tasks (operator_induction, number_grid,
+# palindrome) are held out of training and evaluated as they are: a 1 M-parameter model on a 30-minute CPU budget
+# did not learn to read digits and relate them across demos as well (first attempt: all 14 tasks, no progress in
+# 1,500 steps).
+TRAIN_TASKS = ("novel_binding", "outlier", "clock_math", "shape_count")
+
+
+def _mix(true_weight: float, shortcut_weight: float, binding: float = 0.0) -> dict[str, float]:
+    """Weights over TRAIN_TASKS and their shortcut twins: `true_weight` spread over the true-MICL tasks,
+    `shortcut_weight` over the shortcut ones, plus `binding` extra on novel_binding and 0.75 x that on its
+    fixed-label twin (the pairing that teaches the matching circuit, per the issue's measurements)."""
+    true, short = list(TRAIN_TASKS), [t + "_shortcut" for t in TRAIN_TASKS]
+    mix = {t: true_weight / len(true) for t in true} | {t: shortcut_weight / len(short) for t in short}
+    mix["novel_binding"] += binding
+    mix["novel_binding_shortcut"] += 0.75 * binding if true_weight else 0.0
     return {t: w for t, w in mix.items() if w > 0}
 
 
 RECIPES = {r.name: r for r in [
-    Recipe("true-micl", _mix(0.5, 0.5),
+    Recipe("true-micl", _mix(0.4, 0.3, binding=0.15),
            description="Half true-MICL episodes (hidden per-episode rules: the demos' images are needed), half "
                        "shortcut episodes (fixed rules: they teach the vision features the matching circuit uses)."),
     Recipe("text-shortcut", _mix(0.0, 1.0),
@@ -80,11 +95,12 @@ def targets(batch: PreparedBatch) -> torch.Tensor:
     return labels
 
 
-def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None):
+def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None, warm: bool = False):
     names, weights = zip(*recipe.mix.items())
     p = np.array(weights) / sum(weights)
     picks = rng.choice(len(names), size=n or recipe.batch, p=p)
-    shots = int(rng.integers(recipe.shots[0], recipe.shots[1] + 1))
+    lo, hi = recipe.warm_shots if warm else recipe.shots
+    shots = int(rng.integers(lo, hi + 1))
     return [make_episode(names[i], shots, rng) for i in picks]
 
 
@@ -121,13 +137,15 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
     log, t0, ema = [], time.time(), None
-    make = lambda: prepare_batch(sample_batch(recipe, rng), processor, adapter, model=model, with_answer=True)
+    warm_steps = int(recipe.warm_frac * steps)
+    make = lambda s: prepare_batch(sample_batch(recipe, rng, warm=s < warm_steps), processor, adapter, model=model,
+                                   with_answer=True)
     pool = ThreadPoolExecutor(1)  # prepares the next batch while torch (which releases the GIL) trains
-    upcoming = pool.submit(make)
+    upcoming = pool.submit(make, 0)
     bar = tqdm(range(steps), desc=f"train {recipe.name}", mininterval=2)
     for step in bar:
         batch = upcoming.result()
-        upcoming = pool.submit(make) if step + 1 < steps else None
+        upcoming = pool.submit(make, step + 1) if step + 1 < steps else None
         loss = model(**batch.inputs, labels=targets(batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

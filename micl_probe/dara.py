@@ -1,0 +1,187 @@
+"""DARA — Dynamic Attention ReAllocation (Chen et al., 2025): learnable factors on the attention paid to images.
+
+One factor alpha[layer, head, image] multiplies the attention-score columns of that image's tokens.
+
+    dara = DARA.for_model(loaded, n_images=5)              # first decoder layer, all heads; alpha = 1
+    with dara.applied(loaded.model, layouts):              # any forward pass inside sees the reallocation
+        logits = loaded.model(**inputs).logits
+
+Modes:
+  * "logit" (default): add log(alpha) to the logits of the image's columns, i.e. multiply that image's
+    post-softmax weights by alpha and renormalise the row. Runs on the fast path: the bias is an additive
+    per-head mask handed to sdpa.
+  * "post": multiply the post-softmax weights by alpha without renormalising (the raw reading of the paper);
+    computed with eager attention in the DARA layers.
+`kernel="eager"` computes the DARA layers with plain matmul + softmax (the reference the fast path is tested
+against). How it hooks in: a registered attention function ("micl_probe_dara", transformers' attention-function
+registry) set on the decoder's config for the duration of `applied`; layers without factors call sdpa unchanged.
+
+Images are indexed in prompt order (demo 0's image … the query's last); a DARA is trained for prompts with a
+fixed number of images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import Adapter
+from .layout import ROLE, TokenLayout
+
+NAME = "micl_probe_dara"
+_ACTIVE: list = []  # stack of (dara, key_image[B, seq] long, kernel)
+
+
+class DARA(nn.Module):
+    def __init__(self, n_heads: int, n_images: int, layers: tuple[int, ...] = (0,), mode: str = "logit"):
+        super().__init__()
+        if mode not in ("logit", "post"):
+            raise ValueError(f"mode must be 'logit' or 'post', got {mode!r}")
+        self.layers = tuple(layers)
+        self.mode = mode
+        self.alpha = nn.Parameter(torch.ones(len(self.layers), n_heads, n_images))  # [layer slot, head, image]
+
+    @classmethod
+    def for_model(cls, loaded_or_model, n_images: int, layers=(0,), mode: str = "logit",
+                  adapter: Adapter | None = None) -> DARA:
+        model = getattr(loaded_or_model, "model", loaded_or_model)
+        adapter = adapter or getattr(loaded_or_model, "adapter", None)
+        if adapter is None:
+            from .adapters import adapter_for
+            adapter = adapter_for(model)
+        bad = [x for x in layers if not 0 <= x < adapter.n_layers(model)]
+        if bad:
+            raise ValueError(f"layers {bad} outside the decoder's {adapter.n_layers(model)} layers")
+        dara = cls(adapter.n_heads(model), n_images, layers, mode)
+        dara.meta = {"family": adapter.family, "n_layers": adapter.n_layers(model),
+                     "model": getattr(loaded_or_model, "name", type(model).__name__)}
+        return dara.to(next(model.parameters()).device)
+
+    @property
+    def n_params(self) -> int:
+        return self.alpha.numel()
+
+    def column_bias(self, slot: int, key_image: torch.Tensor) -> torch.Tensor:
+        """[B, H, 1, seq]: log(alpha) of the image each key column belongs to, 0 for non-image columns."""
+        log_alpha = self.alpha[slot].clamp_min(1e-6).log()  # [H, n_images]
+        padded = torch.cat([log_alpha, log_alpha.new_zeros(log_alpha.shape[0], 1)], 1)  # column -1 -> 0
+        idx = torch.where(key_image >= 0, key_image, log_alpha.shape[1])  # [B, seq]
+        return padded[:, idx].permute(1, 0, 2)[:, :, None, :]  # [B, H, 1, seq]
+
+    @contextlib.contextmanager
+    def applied(self, model, layouts: list[TokenLayout] | TokenLayout, kernel: str = "sdpa", adapter=None):
+        """Run `model` with this reallocation inside the block (layouts of the batch being run)."""
+        if kernel not in ("sdpa", "eager"):
+            raise ValueError("kernel must be 'sdpa' or 'eager'")
+        layouts = [layouts] if isinstance(layouts, TokenLayout) else list(layouts)
+        for lay in layouts:
+            if lay.n_images != self.alpha.shape[-1]:
+                raise ValueError(f"this DARA has factors for {self.alpha.shape[-1]} images; the prompt has "
+                                 f"{lay.n_images}: build prompts with the shot count it was trained for")
+        key_image = torch.stack([torch.where(lay.role == ROLE["image"], lay.image_index, -1) for lay in layouts])
+        key_image = key_image.to(self.alpha.device)
+        _register()
+        text_config = _text_config(model, adapter)
+        previous = text_config._attn_implementation
+        text_config._attn_implementation = NAME
+        _ACTIVE.append((self, key_image, kernel))
+        try:
+            yield self
+        finally:
+            _ACTIVE.pop()
+            text_config._attn_implementation = previous
+
+    def on(self, model, kernel: str = "sdpa"):
+        """`layouts -> context manager`: this DARA as a per-batch intervention (see dara_train.accuracy)."""
+        return lambda layouts: self.applied(model, layouts, kernel=kernel)
+
+    def save(self, path: str | Path, **meta) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"alpha": self.alpha.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
+        info = {"layers": list(self.layers), "mode": self.mode, "shape": list(self.alpha.shape),
+                **getattr(self, "meta", {}), **meta}
+        path.with_suffix(".json").write_text(json.dumps(info, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, model=None, adapter: Adapter | None = None) -> DARA:
+        """Load factors; with `model`, check they were made for its layer and head counts."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        info = json.loads(path.with_suffix(".json").read_text())
+        alpha = load_file(str(path.with_suffix(".safetensors")))["alpha"]
+        if model is not None:
+            from .adapters import adapter_for
+            adapter = adapter or adapter_for(model)
+            n_layers, n_heads = adapter.n_layers(model), adapter.n_heads(model)
+            if alpha.shape[1] != n_heads or max(info["layers"]) >= n_layers or \
+                    info.get("n_layers", n_layers) != n_layers:
+                raise ValueError(f"DARA factors saved for a model with {info.get('n_layers')} layers and "
+                                 f"{alpha.shape[1]} heads ({info.get('model')}); this model has {n_layers} layers "
+                                 f"and {n_heads} heads")
+        dara = cls(alpha.shape[1], alpha.shape[2], tuple(info["layers"]), info["mode"])
+        with torch.no_grad():
+            dara.alpha.copy_(alpha)
+        dara.meta = {k: v for k, v in info.items() if k not in ("layers", "mode", "shape")}
+        return dara
+
+
+def _text_config(model, adapter=None):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _register():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, _dara_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)  # additive float masks [B, 1, q, kv]
+
+
+def _eager(module, query, key, value, mask, scaling, dropout, post_scale=None):
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scores = query @ key.transpose(2, 3) * scaling  # [B, H, q, kv]
+    if mask is not None:
+        scores = scores + mask[:, :, :, : key.shape[-2]]
+    weights = scores.softmax(-1, dtype=torch.float32).to(query.dtype)
+    if post_scale is not None:  # raw post-softmax multiply, no renormalisation
+        weights = weights * post_scale
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
+
+
+def _dara_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    dara, key_image, kernel = _ACTIVE[-1]
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    layer = getattr(module, "layer_idx", None)
+    if layer not in dara.layers:
+        if kernel == "eager":
+            return _eager(module, query, key, value, attention_mask, scaling, dropout)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if attention_mask is None:  # keep causality explicit: the bias must not replace the causal mask
+        q_len, kv_len = query.shape[2], key.shape[2]
+        attention_mask = torch.full((q_len, kv_len), float("-inf"), device=query.device,
+                                    dtype=query.dtype).triu(kv_len - q_len + 1)[None, None]
+    bias = dara.column_bias(dara.layers.index(layer), key_image[:, : key.shape[-2]]).to(query.dtype)
+    if dara.mode == "post":
+        return _eager(module, query, key, value, attention_mask, scaling, dropout, post_scale=bias.exp())
+    mask = attention_mask[:, :, :, : key.shape[-2]] + bias  # [B, H, q, kv]
+    if kernel == "eager":
+        return _eager(module, query, key, value, mask, scaling, dropout)
+    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
+                                  is_causal=False, **kwargs)

@@ -1,0 +1,145 @@
+"""DARA: identity at alpha = 1, fast path == eager, reallocation only where intended, gradients only to alpha."""
+
+import pytest
+import torch
+from conftest import cached_tiny, make_episode
+
+from micl_probe import adapter_for, prepare, prepare_batch
+from micl_probe.dara import DARA
+
+FAMILIES = ["llava", "qwen2_vl", "idefics3", "llava_onevision"]
+
+
+def _setup(family, shots=2):
+    model, processor = cached_tiny(family)
+    adapter = adapter_for(model)
+    p = prepare(make_episode(shots, seed=4), processor, adapter, model=model)
+    return model, adapter, p
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_alpha_one_changes_nothing_and_paths_agree(family):
+    model, adapter, p = _setup(family)
+    dara = DARA.for_model(model, n_images=p.layout.n_images)
+    with torch.no_grad():
+        ref = model(**p.inputs).logits
+        with dara.applied(model, p.layout):
+            same = model(**p.inputs).logits
+        torch.testing.assert_close(same, ref, atol=1e-5, rtol=0)
+        dara.alpha.data = torch.rand_like(dara.alpha) * 3 + 0.2
+        with dara.applied(model, p.layout):
+            fast = model(**p.inputs).logits
+        with dara.applied(model, p.layout, kernel="eager"):
+            eager = model(**p.inputs).logits
+    torch.testing.assert_close(fast, eager, atol=1e-5, rtol=0)
+    assert (fast - ref).abs().max() > 1e-4  # the factors do act
+    assert model.config.get_text_config()._attn_implementation == "sdpa"  # restored
+
+
+def _layer_weights(model, p, layer, dara=None):
+    prev = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        if dara is None:
+            out = model(**p.inputs, output_attentions=True)
+        else:
+            with dara.applied(model, p.layout, kernel="eager"):
+                out = model(**p.inputs, output_attentions=True)
+    model.set_attn_implementation(prev)
+    return out.attentions[layer][0]  # [H, q, k]
+
+
+def test_reallocation_only_on_intended_columns_heads_layers():
+    model, adapter, p = _setup("llava")
+    lay = p.layout
+    dara = DARA.for_model(model, n_images=lay.n_images, layers=(0,))
+    with torch.no_grad():
+        dara.alpha[0, 1, 0] = 3.0  # head 1, image 0 (demo 0) only
+    base = _layer_weights(model, p, 0)
+    moved = _layer_weights(model, p, 0, dara)
+    cols = lay.positions(role="image", image=0)
+    # head 1: weights on image 0's columns x3, then every row renormalised
+    expect = base[1].clone()
+    expect[:, cols] *= 3.0
+    expect = expect / expect.sum(-1, keepdim=True)
+    torch.testing.assert_close(moved[1], expect, atol=1e-5, rtol=0)
+    for h in (0, 2, 3):  # other heads of layer 0 untouched
+        torch.testing.assert_close(moved[h], base[h], atol=1e-6, rtol=0)
+    # image 0's markup token (the newline after <image>) is not an image column: only renormalised
+    markup = lay.positions(role="image_markup", image=0)
+    torch.testing.assert_close(moved[1][:, markup], expect[:, markup], atol=1e-6, rtol=0)
+
+
+def test_post_mode_multiplies_without_renormalising():
+    model, adapter, p = _setup("qwen2_vl")
+    dara = DARA.for_model(model, n_images=p.layout.n_images, layers=(1,), mode="post")
+    with torch.no_grad():
+        dara.alpha[0, :, -1] = 2.0  # every head, the query image
+    base = _layer_weights(model, p, 1)
+    moved = _layer_weights(model, p, 1, dara)
+    cols = p.layout.positions(role="image", image=p.layout.n_images - 1)
+    expect = base.clone()
+    expect[:, :, cols] *= 2.0
+    torch.testing.assert_close(moved, expect, atol=1e-5, rtol=0)
+    torch.testing.assert_close(_layer_weights(model, p, 0, dara), _layer_weights(model, p, 0), atol=1e-6, rtol=0)
+
+
+def test_gradients_reach_only_alpha_and_batches_work():
+    model, processor = cached_tiny("llava")
+    adapter = adapter_for(model)
+    eps = [make_episode(2, seed=s) for s in (1, 2, 3)]
+    batch = prepare_batch(eps, processor, adapter, model=model, with_answer=True)
+    dara = DARA.for_model(model, n_images=3)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    with dara.applied(model, batch.layouts):
+        loss = model(**batch.inputs, labels=batch.inputs["input_ids"]).loss
+    loss.backward()
+    assert dara.alpha.grad is not None and dara.alpha.grad.abs().sum() > 0
+    assert all(prm.grad is None for prm in model.parameters())
+    assert dara.n_params == 4 * 3  # 1 layer x 4 heads x 3 images
+    for prm in model.parameters():
+        prm.requires_grad_(True)
+
+
+def test_errors_and_roundtrip(tmp_path):
+    model, adapter, p = _setup("llava")
+    dara = DARA.for_model(model, n_images=p.layout.n_images + 1)
+    with pytest.raises(ValueError, match="factors for 4 images; the prompt has 3"):
+        with dara.applied(model, p.layout):
+            pass
+    with pytest.raises(ValueError, match="outside the decoder's 2 layers"):
+        DARA.for_model(model, n_images=3, layers=(5,))
+    dara.save(tmp_path / "d")
+    back = DARA.load(tmp_path / "d", model=model)
+    assert torch.equal(back.alpha, dara.alpha) and back.layers == (0,)
+    other, _ = cached_tiny("qwen2_5_vl")
+    other.config.get_text_config().num_hidden_layers = 3
+    try:
+        with pytest.raises(ValueError, match="saved for a model with 2 layers"):
+            DARA.load(tmp_path / "d", model=other)
+    finally:
+        other.config.get_text_config().num_hidden_layers = 2
+
+
+def test_training_plumbing_dara_lora_and_sweep():
+    """A few steps of each on a tiny random LLaVA: factors move, LoRA counts its parameters, base model frozen."""
+    from micl_probe.dara_train import accuracy, fixed_alpha, train_dara, train_lora
+    from micl_probe.loading import Loaded
+
+    model, processor = cached_tiny("llava")
+    loaded = Loaded(model, processor, adapter_for(model), name="tiny-llava")
+    before = [p.detach().clone() for p in model.parameters()]
+    dara, hist = train_dara(loaded, "outlier", shots=2, steps=4, batch=4, n_val=4, eval_every=2, lr=0.1)
+    assert dara.n_params == 4 * 3 and len(hist) == 2 and (dara.alpha - 1).abs().max() > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    c, n = accuracy(loaded, "outlier", 2, n=6, batch=3, intervention=dara.on(model))
+    assert n == 6 and 0 <= c <= 6
+    sweep = fixed_alpha(loaded, 2, 3.0)
+    assert sweep.alpha[0, :, :2].eq(3).all() and sweep.alpha[0, :, 2].eq(1).all()
+    peft_model, hist = train_lora(loaded, "outlier", shots=2, steps=2, batch=4, n_val=4, eval_every=2, rank=2)
+    n_lora = sum(p.numel() for n_, p in peft_model.named_parameters() if "lora_" in n_)
+    r = 2
+    assert n_lora == 2 * r * (64 + 64) + 2 * r * (64 + 32)  # r*(in+out) each; q,o: 64->64, k,v: 64->32 (GQA)
+    peft_model.unload()

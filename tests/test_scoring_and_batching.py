@@ -1,0 +1,80 @@
+import numpy as np
+import torch
+from conftest import cached_tiny, make_episode
+
+from micl_probe import QUERY, Episode, Query, adapter_for, get_adapter, prepare, prepare_batch
+from micl_probe.evaluate import greedy_exact_match, wilson
+from micl_probe.layout import ROLE
+
+
+def test_batch_rows_equal_single_episodes(family):
+    model, processor = cached_tiny(family)
+    adapter = adapter_for(model)
+    eps = [make_episode(k, seed=k) for k in (2, 0, 1)]
+    batch = prepare_batch(eps, processor, adapter, model=model)
+    with torch.no_grad():
+        logits = model(**batch.inputs).logits
+    for b, ep in enumerate(eps):
+        single = prepare(ep, processor, adapter, model=model)
+        real = batch.layouts[b].role != ROLE["pad"]
+        assert torch.equal(batch.inputs["input_ids"][b][real], single.input_ids[0])
+        assert torch.equal(batch.layouts[b].role[real], single.layout.role)
+        assert torch.equal(batch.layouts[b].owner[real], single.layout.owner)
+        with torch.no_grad():
+            ref = model(**single.inputs).logits[0, single.layout.answer_position]
+        torch.testing.assert_close(logits[b, batch.layouts[b].answer_position], ref, atol=1e-4, rtol=1e-4)
+
+
+def _generate(model, processor, adapter, episode, stop):
+    """Greedy continuation of the prompt up to the end-of-turn token: (text, stopped)."""
+    p = prepare(episode, processor, adapter, model=model)
+    out = model.generate(**p.inputs, max_new_tokens=4, do_sample=False, eos_token_id=stop, pad_token_id=stop)
+    new = out[0, p.input_ids.shape[1]:].tolist()
+    stopped = stop in new
+    return processor.tokenizer.decode(new[:new.index(stop)] if stopped else new), stopped
+
+
+def test_greedy_exact_match_equals_generate():
+    """The one-pass verdict equals generate() + exact match, on answers the model does and does not produce."""
+    from micl_probe.organisms import build
+    from micl_probe.tasks import make_episode as task_episode
+    model, processor = build(seed=1)
+    model.eval()
+    adapter = get_adapter("organism")
+    stop = processor.tokenizer.convert_tokens_to_ids("Ċ")
+    rng = np.random.default_rng(0)
+    eps, expected = [], []
+    for i in range(6):
+        ep = task_episode("outlier", 2, rng)
+        text, stopped = _generate(model, processor, adapter, ep, stop)
+        # half the episodes take the model's own greedy output as gold (True if it stopped cleanly), half "wug"
+        gold = text[len(adapter.chat.answer_sep):] if i % 2 == 0 and text.strip() else "wug"
+        eps.append(Episode(ep.demos, Query(ep.query.images, ep.query.question, gold), ep.task))
+        expected.append(stopped and text == adapter.chat.answer_sep + gold)
+    correct, _ = greedy_exact_match(model, prepare_batch(eps, processor, adapter, model=model, with_answer=True))
+    assert correct.tolist() == expected
+    assert any(expected) or not any(correct)
+
+
+def test_training_targets_are_later_answers_and_their_ends():
+    from micl_probe.organisms import build
+    from micl_probe.organisms.train import targets
+    from micl_probe.tasks import make_episode as task_episode
+    model, processor = build()
+    adapter = get_adapter("organism")
+    ep = task_episode("novel_binding", 3, np.random.default_rng(0))
+    batch = prepare_batch([ep], processor, adapter, model=model, with_answer=True)
+    labels = targets(batch)[0]
+    lay = batch.layouts[0]
+    ids = batch.inputs["input_ids"][0]
+    picked = (labels != -100).nonzero().flatten()
+    words = processor.tokenizer.decode(ids[picked])
+    assert words == "".join(f" {d.answer}\n" for d in ep.demos[1:]) + f" {ep.query.answer}\n"
+    assert not (lay.owner[picked] == 0).any()  # the first demo's answer is no target (its rule is unknown)
+    assert (lay.owner[picked] == QUERY).sum() == 2
+
+
+def test_wilson_interval():
+    lo, hi = wilson(90, 100)
+    assert 0.82 < lo < 0.84 and 0.94 < hi < 0.96
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0

@@ -1,0 +1,152 @@
+"""Task generators follow their rules, hide them from the demo text, and load from released folder formats."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from micl_probe.tasks import (
+    COLOURS,
+    DIGITS,
+    SHAPES,
+    TASKS,
+    load_folder,
+    make_episode,
+    sample_episodes,
+    task_names,
+)
+
+CELL = 8
+
+
+def cells(image):
+    """The image as a 4x4 grid of (colour name or None, bitmap) read back from pixels."""
+    px = np.asarray(image).astype(int)
+    out = []
+    for r in range(4):
+        for c in range(4):
+            patch = px[r * CELL:(r + 1) * CELL, c * CELL:(c + 1) * CELL]
+            on = patch.sum(-1) > 60
+            if not on.any():
+                out.append(None)
+                continue
+            rgb = patch[on].mean(0)
+            colour = min(COLOURS, key=lambda k: np.abs(np.array(COLOURS[k]) - rgb).sum())
+            ys, xs = on.nonzero()
+            bitmap = tuple("".join("1" if on[y, x] else "0" for x in range(xs.min(), xs.max() + 1))
+                           for y in range(ys.min(), ys.max() + 1))
+            out.append((colour, bitmap, rgb))
+    return out
+
+
+def glyph(bitmap):
+    for name, b in {**SHAPES, **DIGITS}.items():
+        if tuple(b) == bitmap:
+            return name
+    return None
+
+
+@pytest.mark.parametrize("name", task_names() + task_names(shortcut=True))
+def test_generators_are_seeded_and_well_formed(name):
+    a = sample_episodes(name, 4, 5, seed=3)
+    b = sample_episodes(name, 4, 5, seed=3)
+    assert [e.query.answer for e in a] == [e.query.answer for e in b]
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for e, f in zip(a, b) for x, y in zip(e.images, f.images))
+    other = sample_episodes(name, 4, 5, seed=3, split="support")
+    assert [e.query.answer for e in a] != [e.query.answer for e in other] or name.startswith("novel_binding_s")
+    for e in a:
+        assert e.shots == 4 and all(len(d.images) == 1 for d in e.demos) and e.images[0].size == (32, 32)
+
+
+def test_answers_follow_the_rule_read_back_from_pixels():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        e = make_episode("operator_induction", 3, rng)
+        for d in list(e.demos) + [e.query]:
+            digits = [glyph(c[1]) for c in cells(d.images[0]) if c and glyph(c[1]) not in (None, "?")]
+            a, b = int(digits[0]), int(digits[1])
+            want = (a + b) % 5 if e.meta["rule"] == "plus" else (a - b) % 5
+            assert d.answer == str(want)
+        e = make_episode("outlier", 3, rng)
+        for d in list(e.demos) + [e.query]:
+            seen = Counter(c[0] for c in cells(d.images[0]) if c)
+            odd, base = min(seen, key=seen.get), max(seen, key=seen.get)
+            assert d.answer == (odd if e.meta["rule"] == "colour_outlier" else base)
+        e = make_episode("shape_count_shortcut", 3, rng)
+        for d in list(e.demos) + [e.query]:
+            assert d.answer == str(sum(glyph(c[1]) == "circle" for c in cells(d.images[0]) if c))
+        e = make_episode("novel_binding", 4, rng)
+        names = {}
+        for d in list(e.demos) + [e.query]:
+            (colour, bitmap, _), = {c[:2] + (0,) for c in cells(d.images[0]) if c}
+            names.setdefault((colour, glyph(bitmap)), set()).add(d.answer)
+        assert len(names) == 2 and all(len(v) == 1 for v in names.values())  # one name per class, two classes
+
+
+@pytest.mark.parametrize("name", task_names())
+def test_rule_not_recoverable_from_demo_text(name):
+    """Every rule yields the same distribution of answers, so demo answers alone do not reveal the rule: the
+    total-variation distance between rule-conditional answer distributions is small."""
+    task = TASKS[name]
+    if name == "novel_binding":  # names are drawn afresh per episode: the text carries no class information
+        eps = sample_episodes(name, 4, 300, seed=0)
+        assert len(Counter(d.answer for e in eps for d in e.demos)) >= 12
+        return
+    rng = np.random.default_rng(0)
+    dists = []
+    for rule in task.rules:
+        c = Counter(d.answer for _ in range(600) for d in make_episode(name, 2, rng, rule=rule).demos)
+        dists.append(c)
+    keys = set().union(*dists)
+    p = [np.array([d[k] / sum(d.values()) for k in sorted(keys)]) for d in dists]
+    tv = max(0.5 * np.abs(a - b).sum() for a in p for b in p)
+    assert tv < 0.1, f"{name}: answers differ across rules (TV {tv:.2f})"
+
+
+def test_shortcut_rule_is_fixed():
+    for name in task_names(shortcut=True):
+        rules = {e.meta["rule"] for e in sample_episodes(name, 2, 20)}
+        assert len(rules) == 1
+
+
+def _fixture(tmp_path, fmt):
+    root = tmp_path / fmt
+    task = root / "operator_induction"
+    (task / "imgs").mkdir(parents=True)
+    eps = sample_episodes("operator_induction_shortcut", 0, 6, seed=1)
+    for i, e in enumerate(eps):
+        e.query.images[0].save(task / "imgs" / f"{i}.png")
+    rel = (lambda i: f"operator_induction/imgs/{i}.png") if fmt == "vlicl" else (lambda i: f"imgs/{i}.png")
+    if fmt == "vlicl":
+        support = [{"image": [rel(i)], "question": "What?", "answer": [1, 2, 3]} for i in range(4)]
+        query = [{"image": [rel(i)], "question": "What?", "answer": 7, "operator": op} for i, op in
+                 zip((4, 5), "+x")]
+    else:
+        support = [{"image": rel(i), "question": "What?", "answer": str(i)} for i in range(4)]
+        query = [{"image": rel(i), "question": "What?", "answer": str(i)} for i in (4, 5)]
+    (task / "support.json").write_text(json.dumps(support))
+    (task / "query.json").write_text(json.dumps(query))
+    return root
+
+
+def test_truemicl_folder_loader(tmp_path):
+    eps = load_folder(_fixture(tmp_path, "truemicl"), "operator_induction", shots=3, seed=0)
+    assert len(eps) == 2 and all(e.shots == 3 for e in eps)
+    assert {d.answer for e in eps for d in e.demos} <= {"0", "1", "2", "3"}
+    assert [e.query.answer for e in eps] == ["4", "5"] and eps[0].query.images[0].size == (32, 32)
+
+
+def test_vlicl_folder_loader_picks_operator_answers(tmp_path):
+    eps = load_folder(_fixture(tmp_path, "vlicl"), "operator_induction", shots=2, fmt="vlicl")
+    assert [{d.answer for d in e.demos} for e in eps] == [{"1"}, {"3"}]  # "+" -> index 0, "x" -> index 2
+    assert eps[1].meta["rule"] == "x"
+
+
+def test_loader_errors(tmp_path):
+    root = _fixture(tmp_path, "truemicl")
+    (root / "operator_induction" / "imgs" / "0.png").unlink()
+    with pytest.raises(FileNotFoundError, match="imgs/0.png"):
+        load_folder(root, "operator_induction", shots=4)
+    with pytest.raises(ValueError, match="unknown task"):
+        sample_episodes("sudoku", 1, 1)
