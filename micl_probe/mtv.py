@@ -1,0 +1,321 @@
+"""Multimodal Task Vectors (Huang et al., 2024) and the baselines the field compares them to.
+
+    mtv = extract(loaded, support_episodes, n_shots=4, n_prompts=100)     # mean[layer, head, d_head]
+    mask = locate(loaded, mtv, support_zero_shot, val_zero_shot)         # REINFORCE over heads -> bool[layer, head]
+    with inject(loaded, mtv.mean, mask, layouts):                        # replace those heads at the last token
+        logits = loaded.model(**zero_shot_inputs).logits
+
+Hook points (every family, through its adapter): the input of each decoder layer's `o_proj`, viewed as
+head_out[batch, seq, head, d_head] — the head's output before the output projection. Extraction reads it with an
+nnsight trace; injection rewrites it with a forward pre-hook (so it also works inside `generate`).
+
+Baselines on the same machinery:
+  * function vectors (Todd et al.): heads ranked by causal indirect effect of patching their mean output into a
+    zero-shot prompt; the sum of the top heads' mean outputs, projected by their o_proj slices, added to the
+    residual stream after one layer at the last token;
+  * task vectors (Hendel et al.): the mean last-token hidden state after one layer, patched (replaced) into the
+    zero-shot prompt at that layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .prompt import prepare_batch
+
+
+# --- the artifact ----------------------------------------------------------------------------------------
+@dataclass
+class TaskVector:
+    """A saved vector with its metadata: MTV means [layer, head, d_head], a function vector [d_model], a task
+    vector [d_model], or a head mask [layer, head]."""
+
+    values: torch.Tensor
+    kind: str  # "mtv" | "mtv_mask" | "function_vector" | "task_vector"
+    meta: dict = field(default_factory=dict)  # model, family, task, n_shots, n_prompts, seed, layer, heads …
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.values
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"values": self.values.contiguous().float() if self.values.dtype != torch.bool
+                   else self.values.to(torch.uint8)}, str(path.with_suffix(".safetensors")))
+        path.with_suffix(".json").write_text(json.dumps({"kind": self.kind, "shape": list(self.values.shape),
+                                                         **self.meta}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, loaded=None) -> TaskVector:
+        """Load; with `loaded`, check the artifact was made for a model of the same layer/head/width shape."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        values = load_file(str(path.with_suffix(".safetensors")))["values"]
+        kind = meta.pop("kind")
+        meta.pop("shape", None)
+        if kind == "mtv_mask":
+            values = values.bool()
+        tv = cls(values, kind, meta)
+        if loaded is not None:
+            tv.check(loaded)
+        return tv
+
+    def check(self, loaded) -> None:
+        m, a = loaded.model, loaded.adapter
+        want = {"mtv": (a.n_layers(m), a.n_heads(m), a.head_dim(m)), "mtv_mask": (a.n_layers(m), a.n_heads(m)),
+                "function_vector": (a.text_config(m).hidden_size,),
+                "task_vector": (a.text_config(m).hidden_size,)}[self.kind]
+        if tuple(self.values.shape) != want:
+            raise ValueError(f"{self.kind} of shape {tuple(self.values.shape)} (made for {self.meta.get('model')}) "
+                             f"does not fit {loaded.name}: expected {want}")
+
+
+# --- hook points -----------------------------------------------------------------------------------------
+def _decoder_envoy(envoy, adapter):
+    for part in adapter.decoder_path.split("."):
+        envoy = getattr(envoy, part)
+    return envoy
+
+
+_ENVOYS: dict = {}
+
+
+def _envoy(model):
+    from nnsight import NNsight
+
+    key = id(model)
+    if key not in _ENVOYS or _ENVOYS[key][0] is not model:
+        _ENVOYS[key] = (model, NNsight(model))
+    return _ENVOYS[key][1]
+
+
+@torch.no_grad()
+def head_outputs(loaded, batch, positions: list[int]) -> torch.Tensor:
+    """head_out[B, layer, head, d_head] at one position per row (the o_proj input, per head), via nnsight."""
+    model, adapter = loaded.model, loaded.adapter
+    H, D = adapter.n_heads(model), adapter.head_dim(model)
+    envoy = _envoy(model)
+    decoder = _decoder_envoy(envoy, adapter)
+    rows = torch.arange(len(positions))
+    pos = torch.tensor(positions)
+    saved = []
+    with envoy.trace(**batch.inputs):
+        for layer in range(adapter.n_layers(model)):
+            x = decoder.layers[layer].self_attn.o_proj.input  # [B, seq, H * D]
+            saved.append(x[rows, pos].save())
+    return torch.stack([s.reshape(len(positions), H, D).float().cpu() for s in saved], 1)
+
+
+@torch.no_grad()
+def extract(loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, meta: dict | None = None
+            ) -> TaskVector:
+    """MTV means[layer, head, d_head]: head outputs at the last prompt token, averaged over `n_prompts` k-shot
+    prompts drawn from `episode_stream` (an iterator of Episodes). The mean is streamed: one batch at a time."""
+    total, count = None, 0
+    bar = tqdm(total=n_prompts, desc="extract MTV", mininterval=1)
+    while count < n_prompts:
+        eps = [next(episode_stream) for _ in range(min(batch_size, n_prompts - count))]
+        b = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model).to(loaded.device)
+        out = head_outputs(loaded, b, [lay.answer_position for lay in b.layouts])  # [B, L, H, D]
+        total = out.sum(0) if total is None else total + out.sum(0)
+        count += len(eps)
+        bar.update(len(eps))
+    bar.close()
+    info = {"model": loaded.name, "family": loaded.adapter.family, "n_prompts": n_prompts,
+            "n_shots": eps[0].shots, "task": eps[0].task, **(meta or {})}
+    return TaskVector(total / count, "mtv", info)
+
+
+@contextlib.contextmanager
+def inject(loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False):
+    """Replace the selected heads' outputs with `means` at each row's last prompt token.
+
+    means [layer, head, d_head]; mask bool [layer, head] or [B, layer, head] (one mask per row);
+    every_token: also at every token generated after the prompt (`generate`), not only the first.
+    """
+    model, adapter = loaded.model, loaded.adapter
+    H, D = adapter.n_heads(model), adapter.head_dim(model)
+    positions = torch.tensor([lay.answer_position for lay in layouts])
+    prompt_len = layouts[0].seq_len
+    handles = []
+    mask = mask.to(torch.bool)
+
+    def hook_for(layer):
+        def pre_hook(module, args):
+            x = args[0]  # [B, seq, H * D]
+            m = mask[layer] if mask.dim() == 2 else mask[:, layer]  # [H] or [B, H]
+            if not m.any():
+                return None
+            x = x.clone()
+            B, seq = x.shape[:2]
+            heads = x.view(B, seq, H, D)
+            value = means[layer].to(x.dtype).to(x.device)  # [H, D]
+            if seq == prompt_len:  # the prompt pass: patch the last prompt token of each row
+                rows = torch.arange(B, device=x.device)
+                cur = heads[rows, positions.to(x.device)]  # [B, H, D]
+                sel = m.to(x.device).expand(B, H)[..., None]
+                heads[rows, positions.to(x.device)] = torch.where(sel, value.expand(B, H, D), cur)
+            elif every_token:  # a generated token (KV cache): patch it too
+                sel = m.to(x.device).expand(B, H)[:, None, :, None]
+                heads[:, -1:] = torch.where(sel, value.expand(B, 1, H, D), heads[:, -1:])
+            return (heads.view(B, seq, H * D),) + tuple(args[1:])
+        return pre_hook
+
+    for layer in range(adapter.n_layers(model)):
+        handles.append(adapter.o_proj(model, layer).register_forward_pre_hook(hook_for(layer)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# --- locating heads: REINFORCE ---------------------------------------------------------------------------
+def reinforce(n_layers: int, n_heads: int, loss_of_masks, steps: int = 600, n_masks: int = 32, lr: float = 0.1,
+              init: float = -1.0, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """The paper's head search, model-free: logits theta[layer, head] (init -1), p = clamp(sigmoid(theta)),
+    each step draws `n_masks` Bernoulli masks, scores them with `loss_of_masks(masks[n, L, H]) -> losses[n]`,
+    and minimises mean(log p(mask) * normalised advantage). Returns p[layer, head]."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.full((n_layers, n_heads), float(init), requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    for _ in tqdm(range(steps), desc="REINFORCE heads", disable=not progress, mininterval=1):
+        p = torch.sigmoid(theta).clamp(1e-3, 1 - 1e-3)
+        masks = torch.bernoulli(p.detach().expand(n_masks, n_layers, n_heads), generator=gen)
+        with torch.no_grad():
+            losses = loss_of_masks(masks.bool()).float()
+        adv = (losses - losses.mean()) / (losses.std() + 1e-3)
+        log_p = (masks * p.log() + (1 - masks) * (1 - p).log()).sum((1, 2))
+        (log_p * adv).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return torch.sigmoid(theta).clamp(1e-3, 1 - 1e-3).detach()
+
+
+def first_token_ce(loaded, batch, means, masks) -> torch.Tensor:
+    """Cross-entropy of each row's first answer token with `masks[B, L, H]` heads replaced by `means`."""
+    with inject(loaded, means, masks, batch.layouts):
+        logits = loaded.model(**batch.inputs).logits
+    rows = torch.arange(len(batch))
+    pos = torch.tensor([lay.answer_position for lay in batch.layouts])
+    target = torch.stack([a[0] for a in batch.answer_ids]).to(logits.device)
+    return torch.nn.functional.cross_entropy(logits[rows, pos].float(), target, reduction="none")
+
+
+def locate(loaded, mtv: TaskVector, train_stream, val_episodes, steps: int = 600, n_masks: int = 32,
+           lr: float = 0.1, n_final: int = 10, seed: int = 0) -> TaskVector:
+    """REINFORCE over heads on zero-shot examples from `train_stream` (one per step, `n_masks` masks batched),
+    then the best of `n_final` sampled masks by mean first-token CE on `val_episodes`."""
+    adapter, model = loaded.adapter, loaded.model
+    means = mtv.mean
+
+    def loss_of_masks(masks):
+        ep = next(train_stream)
+        b = prepare_batch([ep] * len(masks), loaded.processor, adapter, model=model).to(loaded.device)
+        return first_token_ce(loaded, b, means, masks).cpu()
+
+    p = reinforce(adapter.n_layers(model), adapter.n_heads(model), loss_of_masks, steps=steps, n_masks=n_masks,
+                  lr=lr, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    candidates = torch.bernoulli(p.expand(n_final, *p.shape), generator=gen).bool()
+    val = prepare_batch(val_episodes, loaded.processor, adapter, model=model).to(loaded.device)
+    scores = []
+    with torch.no_grad():
+        for mask in candidates:
+            scores.append(float(first_token_ce(loaded, val, means, mask.expand(len(val), *mask.shape)).mean()))
+    best = candidates[int(np.argmin(scores))]
+    return TaskVector(best, "mtv_mask", {**mtv.meta, "p": p.tolist(), "val_ce": scores, "steps": steps})
+
+
+# --- baselines -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def residual_at(loaded, layer: int, layouts, vector: torch.Tensor, mode: str):
+    """At each row's last prompt token, after decoder layer `layer`: "add" `vector` [d_model] to the residual
+    stream, or "replace" the hidden state with it."""
+    positions = torch.tensor([lay.answer_position for lay in layouts])
+    prompt_len = layouts[0].seq_len
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output  # [B, seq, d_model]
+        if hidden.shape[1] != prompt_len:
+            return None
+        hidden = hidden.clone()
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        v = vector.to(hidden.dtype).to(hidden.device)
+        pos = positions.to(hidden.device)
+        hidden[rows, pos] = hidden[rows, pos] + v if mode == "add" else v.expand(len(rows), -1)
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = loaded.adapter.layers(loaded.model)[layer].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def indirect_effects(loaded, mtv: TaskVector, episodes) -> torch.Tensor:
+    """CIE[layer, head]: mean increase of p(first answer token) when one head's last-token output is replaced by
+    its mean, on zero-shot prompts (Todd et al.'s causal indirect effect, with zero-shot as the corrupted run)."""
+    adapter, model = loaded.adapter, loaded.model
+    L, H = adapter.n_layers(model), adapter.n_heads(model)
+    b = prepare_batch(episodes, loaded.processor, adapter, model=model).to(loaded.device)
+    target = torch.stack([a[0] for a in b.answer_ids]).to(loaded.device)
+    rows = torch.arange(len(b))
+    pos = torch.tensor([lay.answer_position for lay in b.layouts])
+
+    def prob(mask):
+        with inject(loaded, mtv.mean, mask, b.layouts):
+            logits = model(**b.inputs).logits[rows, pos].float()
+        return logits.softmax(-1)[rows, target]
+
+    base = prob(torch.zeros(L, H, dtype=torch.bool))
+    cie = torch.zeros(L, H)
+    for layer in tqdm(range(L), desc="indirect effects", mininterval=1):
+        for head in range(H):
+            m = torch.zeros(L, H, dtype=torch.bool)
+            m[layer, head] = True
+            cie[layer, head] = float((prob(m) - base).mean())
+    return cie
+
+
+def function_vector(loaded, mtv: TaskVector, cie: torch.Tensor, top_k: int = 4) -> TaskVector:
+    """Sum over the top-k heads by CIE of their mean outputs projected by their o_proj slices: [d_model]."""
+    adapter, model = loaded.adapter, loaded.model
+    D = adapter.head_dim(model)
+    flat = cie.flatten().topk(top_k).indices
+    heads = [(int(i) // cie.shape[1], int(i) % cie.shape[1]) for i in flat]
+    fv = 0
+    for layer, head in heads:
+        w = adapter.o_proj(model, layer).weight[:, head * D:(head + 1) * D].float().cpu()  # [d_model, D]
+        fv = fv + w @ mtv.mean[layer, head]
+    return TaskVector(fv.detach(), "function_vector", {**mtv.meta, "heads": heads, "top_k": top_k})
+
+
+@torch.no_grad()
+def task_vector(loaded, episode_stream, layer: int, n_prompts: int = 100, batch_size: int = 10) -> TaskVector:
+    """Mean last-token hidden state after decoder layer `layer` over k-shot prompts: [d_model]."""
+    total, count = None, 0
+    while count < n_prompts:
+        eps = [next(episode_stream) for _ in range(min(batch_size, n_prompts - count))]
+        b = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model).to(loaded.device)
+        hs = loaded.model(**b.inputs, output_hidden_states=True).hidden_states[layer + 1]  # after `layer`
+        rows = torch.arange(len(eps))
+        pos = torch.tensor([lay.answer_position for lay in b.layouts])
+        v = hs[rows, pos].float().sum(0).cpu()
+        total = v if total is None else total + v
+        count += len(eps)
+    return TaskVector(total / count, "task_vector", {"model": loaded.name, "layer": layer, "n_prompts": n_prompts,
+                                                     "n_shots": eps[0].shots, "task": eps[0].task})

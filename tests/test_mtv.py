@@ -1,0 +1,107 @@
+"""MTV: extraction against a direct computation, injection touches only the selected heads, REINFORCE finds
+planted heads, artifacts refuse a model of another shape."""
+
+import pytest
+import torch
+from conftest import cached_tiny, make_episode
+
+from micl_probe import adapter_for, prepare_batch
+from micl_probe.loading import Loaded
+from micl_probe.mtv import TaskVector, extract, head_outputs, inject, reinforce
+
+
+def _loaded(family="llava"):
+    model, processor = cached_tiny(family)
+    return Loaded(model, processor, adapter_for(model), name=f"tiny-{family}")
+
+
+def _direct_head_outputs(loaded, episode):
+    """Per-head outputs at the last token from HF eager attentions and v_proj of the layer-normed hidden state."""
+    model, adapter = loaded.model, loaded.adapter
+    b = prepare_batch([episode], loaded.processor, adapter, model=model)
+    prev = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        out = model(**b.inputs, output_attentions=True, output_hidden_states=True)
+    model.set_attn_implementation(prev)
+    H, D, Hkv = adapter.n_heads(model), adapter.head_dim(model), adapter.n_kv_heads(model)
+    heads = []
+    for layer in range(adapter.n_layers(model)):
+        block = adapter.layers(model)[layer]
+        x = block.input_layernorm(out.hidden_states[layer])  # input of layer `layer`
+        v = block.self_attn.v_proj(x).view(1, -1, Hkv, D).transpose(1, 2).repeat_interleave(H // Hkv, 1)
+        heads.append((out.attentions[layer] @ v)[0, :, -1])  # [H, D] at the last token
+    return torch.stack(heads)
+
+
+def test_extraction_equals_direct_computation():
+    loaded = _loaded()
+    eps = [make_episode(2, seed=s) for s in range(3)]
+    mtv = extract(loaded, iter(eps), n_prompts=3, batch_size=2)
+    direct = torch.stack([_direct_head_outputs(loaded, e) for e in eps]).mean(0)
+    assert mtv.mean.shape == (2, 4, 16)
+    torch.testing.assert_close(mtv.mean, direct.float(), atol=1e-5, rtol=1e-4)
+    assert mtv.meta["n_prompts"] == 3 and mtv.meta["n_shots"] == 2
+
+
+def test_injection_changes_only_selected_heads():
+    loaded = _loaded()
+    eps = [make_episode(0, seed=s) for s in (5, 6)]
+    b = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model)
+    pos = [lay.answer_position for lay in b.layouts]
+    means = torch.randn(2, 4, 16)
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[1, 2] = True
+    base = head_outputs(loaded, b, pos)
+    with inject(loaded, means, mask, b.layouts):
+        patched = head_outputs(loaded, b, pos)
+        before = head_outputs(loaded, b, [p - 1 for p in pos])
+    torch.testing.assert_close(patched[:, 1, 2], means[1, 2].expand(2, 16))  # the selected head carries the mean
+    keep = ~mask
+    torch.testing.assert_close(patched[:, keep], base[:, keep])  # every other head, both layers: unchanged
+    torch.testing.assert_close(before, head_outputs(loaded, b, [p - 1 for p in pos]))  # other positions too
+
+
+def test_injection_in_generation_first_token_or_every_token():
+    loaded = _loaded()
+    b = prepare_batch([make_episode(0, seed=1)], loaded.processor, loaded.adapter, model=loaded.model)
+    means, mask = torch.randn(2, 4, 16) * 5, torch.ones(2, 4, dtype=torch.bool)
+    outs = {}
+    for every in (False, True):
+        with inject(loaded, means, mask, b.layouts, every_token=every):
+            outs[every] = loaded.model.generate(**b.inputs, max_new_tokens=3, do_sample=False,
+                                                output_logits=True, return_dict_in_generate=True)
+    torch.testing.assert_close(outs[False].logits[0], outs[True].logits[0])  # same prompt pass
+    assert (outs[False].logits[2] - outs[True].logits[2]).abs().max() > 1e-4  # later tokens differ
+
+
+def test_reinforce_finds_planted_heads():
+    planted = torch.zeros(3, 4, dtype=torch.bool)
+    planted[0, 1] = planted[2, 3] = True
+    gen = torch.Generator().manual_seed(0)
+
+    def loss(masks):  # lower when planted heads are on and others off, with noise
+        hits = (masks & planted).sum((1, 2)).float()
+        extra = (masks & ~planted).sum((1, 2)).float()
+        return -2 * hits + 0.5 * extra + 0.3 * torch.randn(len(masks), generator=gen)
+
+    p = reinforce(3, 4, loss, steps=300, progress=False)
+    assert (p[planted] > 0.9).all() and (p[~planted] < 0.1).all()
+
+
+def test_artifact_roundtrip_and_shape_check(tmp_path):
+    loaded = _loaded()
+    mtv = extract(loaded, iter([make_episode(1, seed=9)]), n_prompts=1)
+    mtv.save(tmp_path / "v")
+    back = TaskVector.load(tmp_path / "v", loaded=loaded)
+    assert torch.equal(back.mean, mtv.mean) and back.kind == "mtv" and back.meta["model"] == "tiny-llava"
+    mask = TaskVector(torch.ones(2, 4, dtype=torch.bool), "mtv_mask", {"model": "tiny-llava"})
+    mask.save(tmp_path / "m")
+    assert TaskVector.load(tmp_path / "m").values.dtype == torch.bool
+    other = _loaded("qwen2_vl")
+    other.model.config.get_text_config().num_attention_heads = 8  # same layers and width: 8 heads of 8
+    try:
+        with pytest.raises(ValueError, match=r"made for tiny-llava.*does not fit tiny-qwen2_vl: expected \(2, 8, 8\)"):
+            TaskVector.load(tmp_path / "v", loaded=other)
+    finally:
+        other.model.config.get_text_config().num_attention_heads = 4
