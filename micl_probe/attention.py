@@ -251,24 +251,34 @@ def _transformer_lens_mass(model, adapter: Adapter, prepared: Prepared, rows, on
     return torch.stack([out[layer] for layer in range(len(names))])
 
 
-def _eager_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot) -> torch.Tensor:
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            attentions = model(**prepared.inputs, output_attentions=True).attentions  # L x [B, H, seq, seq]
-    finally:
-        model.set_attn_implementation(previous)
+def _eager_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot, intervention=None) -> torch.Tensor:
+    """HF attention weights reduced to segments; inside `intervention([layout])` when given (it must make the
+    attention layers return their weights, e.g. `dara.on(model, kernel="eager")`)."""
+    if intervention is not None:
+        with torch.no_grad(), intervention([prepared.layout]):
+            attentions = model(**prepared.inputs, output_attentions=True).attentions
+    else:
+        previous = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            with torch.no_grad():
+                attentions = model(**prepared.inputs, output_attentions=True).attentions  # L x [B, H, seq, seq]
+        finally:
+            model.set_attn_implementation(previous)
+    if any(a is None for a in attentions):
+        raise ValueError("the attention layers returned no weights; run the intervention with an eager kernel")
     return torch.stack([(a[0][:, rows].float() @ onehot).mean(1).cpu() for a in attentions])
 
 
 # --- the call --------------------------------------------------------------------------------------------
 def capture_attention(model, episodes: Episode | list[Episode], processor=None, adapter: Adapter | None = None,
                       rows="answer", backend: str = "nnsight", progress: bool = True,
-                      meta: dict | None = None) -> AttentionMass:
+                      meta: dict | None = None, intervention=None) -> AttentionMass:
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
     `model` is a `Loaded` (from `micl_probe.load`) or a model with `processor` given.
+    `intervention`: a `layouts -> context manager` factory (e.g. `dara.on(model, kernel="eager")`) under which
+    the attention is measured; it uses the eager path (the attention weights the intervened model computes).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
@@ -290,7 +300,9 @@ def capture_attention(model, episodes: Episode | list[Episode], processor=None, 
         prepared = prepare(episode, processor, adapter, model=model).to(device)
         pos = row_positions(prepared.layout, rows)
         seg_names, onehot = segment_matrix(prepared.layout)
-        if backend == "nnsight":
+        if intervention is not None:
+            mass = _eager_mass(model, adapter, prepared, pos, onehot, intervention)
+        elif backend == "nnsight":
             mass = _nnsight_mass(model, adapter, prepared, pos, onehot)
         elif backend == "transformer_lens":
             mass = _transformer_lens_mass(model, adapter, prepared, pos, onehot, processor)
@@ -308,6 +320,8 @@ def capture_attention(model, episodes: Episode | list[Episode], processor=None, 
     info = {"model": name, "family": adapter.family, "backend": backend,
             "tasks": [e.task for e in episodes], "shots": [e.shots for e in episodes],
             "conditions": [e.condition for e in episodes], **(meta or {})}
+    if intervention is not None:
+        info["backend"] = "eager+intervention"
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from . import plots
+from .analysis import accuracy_vs_attention, head_predictiveness
 from .evaluate import Accuracy
 from .harness import accuracy_table, run
 from .loading import load
@@ -69,6 +70,13 @@ def write_report(out: Path, records: list[dict], settings: dict, seconds: float)
         cond = next((c for c in settings["conditions"] if c.endswith("-shot") and c != "zero-shot"),
                     settings["conditions"][-1])
         figures["fig_head_heatmap"] = plots.head_heatmaps(records, cond)
+        for model in settings["models"]:
+            mine = [r for r in records if r["model"] == model]
+            stats = accuracy_vs_attention(mine)
+            settings.setdefault("accuracy_vs_attention", {})[model] = stats
+            slug = model.replace("organism:", "").replace("/", "_")
+            figures[f"fig_acc_vs_attention_{slug}"] = plots.accuracy_vs_attention(stats, head_predictiveness(mine),
+                                                                                 title=None)
     for stem, fig in figures.items():
         plots.save(fig, out / stem)
     (out / "results.json").write_text(json.dumps({"settings": settings, "seconds": round(seconds, 1),
@@ -87,6 +95,10 @@ def write_report(out: Path, records: list[dict], settings: dict, seconds: float)
                    if c in cells else "" for c in conditions]
             md.append(f"| {task} | " + " | ".join(row) + " |")
         md.append("")
+    for model, stats in settings.get("accuracy_vs_attention", {}).items():
+        sp, lg = stats["spearman"], stats["logistic"]
+        md += [f"Accuracy vs visual attention, {model}: Spearman rho {sp['rho']:.2f} (p {sp['p']:.1e}, "
+               f"n {stats['n']}), logistic slope {lg['slope']:.2f} per s.d. of visual share.", ""]
     md += ["## Figures", ""] + [f"![{stem}]({stem}.png)" for stem in figures]
     (out / "report.md").write_text("\n".join(md) + "\n")
 

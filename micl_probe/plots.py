@@ -157,3 +157,143 @@ def head_heatmaps(records, condition: str, title: str | None = None):
         ax.set_ylabel("layer")
     fig.suptitle(title or f"Attention on image tokens per head ({condition})")
     return fig
+
+
+# --- DARA and MTV (from the experiments' result dicts) -----------------------------------------------------
+def _acc_err(cell):
+    lo, hi = cell["ci"]
+    return cell["acc"], (cell["acc"] - lo, hi - cell["acc"])
+
+
+def _grouped_bars(ax, groups: list[str], series: dict[str, list[dict]]):
+    width = 0.8 / len(series)
+    for i, (label, cells) in enumerate(series.items()):
+        vals = [_acc_err(c) for c in cells]
+        x = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+        ax.bar(x, [v[0] for v in vals], width, yerr=np.array([v[1] for v in vals]).T, label=label,
+               color=PALETTE[i % len(PALETTE)], capsize=2)
+    ax.set_xticks(range(len(groups)), groups, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy")
+
+
+def dara_table_figure(results: dict):
+    """Accuracy per task: zero-shot, no-image demos, random k-shot, LoRA, DARA (95% CI), one panel per organism."""
+    style()
+    orgs = results["organisms"]
+    fig, axes = plt.subplots(1, len(orgs), figsize=(5.5 * len(orgs), 3.6), squeeze=False, sharey=True)
+    keys = {"zero-shot": "zero-shot", "no-image": "no-image", "4-shot": f"{results['shots']}-shot", "lora": "LoRA",
+            "dara": "DARA"}
+    for ax, (name, tasks) in zip(axes[0], orgs.items()):
+        _grouped_bars(ax, list(tasks), {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
+        ax.set_title(name)
+    axes[0][0].legend(fontsize=8, ncol=5, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.25))
+    return fig
+
+
+def dara_factor_heatmaps(results: dict):
+    """Learned factors alpha[head, image] (first decoder layer), one panel per organism x task."""
+    style()
+    panels = [(o, t, np.array(r["dara_alpha"])) for o, ts in results["organisms"].items() for t, r in ts.items()]
+    cols = min(4, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    shots = results["shots"]
+    for ax, (o, t, a) in zip(axes.flat, panels):
+        sns.heatmap(a, ax=ax, cmap="vlag", center=1.0, annot=True, fmt=".2f", cbar=False,
+                    xticklabels=[f"demo{i}" for i in range(shots)] + ["query"])
+        ax.set_title(f"{o}: {t}", fontsize=9)
+        ax.set_ylabel("head")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle("DARA factors (layer 0): >1 draws attention to that image")
+    return fig
+
+
+def dara_sweep(results: dict):
+    """Dose-response: a fixed factor alpha on every demo image vs accuracy (left) and image share (right)."""
+    style()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.5))
+    i = 0
+    for o, ts in results["organisms"].items():
+        for t, r in ts.items():
+            al = [s["alpha"] for s in r["sweep"]]
+            acc = np.array([s["acc"] for s in r["sweep"]])
+            lo = np.array([s["ci"][0] for s in r["sweep"]])
+            hi = np.array([s["ci"][1] for s in r["sweep"]])
+            c = PALETTE[i % len(PALETTE)]
+            ls = "-" if o == "true-micl" else "--"
+            a1.plot(al, acc, marker="o", color=c, ls=ls, label=f"{o}: {t}")
+            a1.fill_between(al, lo, hi, color=c, alpha=0.15)
+            a2.plot(al, [s["image_share"] for s in r["sweep"]], marker="o", color=c, ls=ls)
+            i += 1
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("alpha on demo images (fixed, layer 0)")
+    a1.set_ylabel("accuracy")
+    a2.set_ylabel("attention on image tokens")
+    a1.legend(fontsize=7, frameon=False)
+    fig.suptitle("Making the model look: accuracy and visual attention vs a fixed reallocation")
+    return fig
+
+
+def mtv_table_figure(results: dict):
+    """Accuracy per task: 0/4/8-shot ICL, zero-shot + MTV, + function vector, + task vector (95% CI)."""
+    style()
+    tasks = results["tasks"]
+    keys = {"0-shot": "0-shot", "4-shot": "4-shot ICL", "8-shot": "8-shot ICL", "mtv": "0-shot + MTV",
+            "fv": "0-shot + FV", "tv": "0-shot + TV"}
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    _grouped_bars(ax, [f"{t} ({r['rule']})" for t, r in tasks.items()],
+                  {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
+    ax.legend(fontsize=8, ncol=3, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.3))
+    ax.set_title(results["organism"], pad=40)
+    return fig
+
+
+def mtv_scaling(results: dict):
+    """Accuracy vs demonstrations used: MTV (shots compressed = N x T, zero-shot prompt) vs k-shot ICL."""
+    style()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, (t, r) in enumerate(results["tasks"].items()):
+        c = PALETTE[i]
+        ax.plot([s["shots_compressed"] for s in r["scaling_mtv"]], [s["acc"] for s in r["scaling_mtv"]],
+                marker="o", color=c, label=f"{t}: MTV")
+        ax.plot([s["shots"] for s in r["scaling_icl"]], [s["acc"] for s in r["scaling_icl"]], marker="s", ls="--",
+                color=c, label=f"{t}: k-shot ICL")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("demonstrations used")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title("Many-shot: compressed into a task vector vs in context")
+    return fig
+
+
+def accuracy_vs_attention(stats: dict, head_rho: np.ndarray | None = None, title: str | None = None):
+    """Binned accuracy vs visual share with 95% CIs and the logistic fit; optionally the per-head Spearman map."""
+    style()
+    n = 2 if head_rho is not None else 1
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 3.6), squeeze=False)
+    ax = axes[0][0]
+    b = stats["bins"]
+    x = np.array([c["x"] for c in b])
+    acc = np.array([c["acc"] for c in b])
+    err = np.array([[c["acc"] - c["ci"][0], c["ci"][1] - c["acc"]] for c in b]).T
+    ax.errorbar(x, acc, yerr=err, fmt="o", capsize=3, color=PALETTE[0], label="binned accuracy (95% CI)")
+    lg = stats["logistic"]
+    grid = np.linspace(min(c["lo"] for c in b), max(c["hi"] for c in b), 100)
+    z = (grid - lg["x_mean"]) / (lg["x_std"] + 1e-12)
+    ax.plot(grid, 1 / (1 + np.exp(-(lg["intercept"] + lg["slope"] * z))), color=PALETTE[1], label="logistic fit")
+    ax.set_xlabel("attention on image tokens (answer position)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.05)
+    s = stats["spearman"]
+    ax.set_title(title or f"Spearman rho = {s['rho']:.2f} (p = {s['p']:.1e}, n = {stats['n']})", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    if head_rho is not None:
+        sns.heatmap(head_rho, ax=axes[0][1], cmap="vlag", center=0, annot=head_rho.size <= 64, fmt=".2f")
+        axes[0][1].set_xlabel("head")
+        axes[0][1].set_ylabel("layer")
+        axes[0][1].set_title("Which heads' visual attention predicts success (rho)", fontsize=10)
+    return fig

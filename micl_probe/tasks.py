@@ -6,8 +6,8 @@ each cell blank or holding one glyph: a coloured shape (circle, square, triangle
 Each true-MICL task has a *hidden rule fixed per episode*, and every rule gives the same distribution of answers
 (hence the modular arithmetic and the choice of hand in clock_math: TrueMICL's raw a*b or hour sums would let the
 answer's value betray the rule). So the rule cannot be read off the demo text: it shows only in how each demo's
-answer relates to that demo's image. Its *shortcut* counterpart fixes the rule, so the query alone determines the
-answer.
+answer relates to that demo's image. Its *shortcut* counterpart fixes the rule and its question states it ("How many
+circles?"), so the query alone determines the answer.
 
 | task               | image                                        | per-episode rule (true MICL)              |
 |--------------------|----------------------------------------------|-------------------------------------------|
@@ -100,8 +100,9 @@ class Canvas:
 class Task:
     """A procedural task: `draw(rng)` -> (image, attrs); `answer(attrs, rule)` -> answer text.
 
-    `rules` are the per-episode hidden rules; shortcut episodes always use `rules[0]`.
-    `episode_setup(rng)` draws per-episode state shared by all its items (e.g. the classes of novel_binding).
+    `rules` are the per-episode hidden rules; shortcut episodes always use `rules[0]` and ask `shortcut_question`,
+    which states that rule (the query alone then determines the answer); true-MICL episodes ask `question`, which
+    does not. `episode_setup(rng)` draws per-episode state shared by all its items (e.g. novel_binding's classes).
     """
 
     name: str
@@ -110,6 +111,7 @@ class Task:
     draw: Callable[[np.random.Generator, dict], tuple[Image.Image, dict]]
     answer: Callable[[dict, str, dict], str]
     episode_setup: Callable[[np.random.Generator], dict] = lambda rng: {}
+    shortcut_question: str = ""
 
 
 def _draw_operator(rng, setup):
@@ -239,13 +241,20 @@ def _answer_binding(at, rule, setup):
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("operator_induction", "What is the result?", ("plus", "minus"), _draw_operator, _answer_operator),
-    Task("clock_math", "What hour is it?", ("red", "blue"), _draw_clock, _answer_clock),
-    Task("outlier", "Which colour?", ("colour_outlier", "shape_outlier"), _draw_outlier, _answer_outlier),
-    Task("shape_count", "How many?", ("kind0", "kind1", "kind2"), _draw_count, _answer_count, _setup_count),
-    Task("number_grid", "What is the missing number?", ("step1", "step3"), _draw_grid, _answer_grid),
-    Task("palindrome", "What completes it?", ("mirror", "shift"), _draw_palindrome, _answer_palindrome),
-    Task("novel_binding", "What is it?", ("bound", "fixed"), _draw_binding, _answer_binding, _setup_binding),
+    Task("operator_induction", "What is the result?", ("plus", "minus"), _draw_operator, _answer_operator,
+         shortcut_question="What is the sum mod 5?"),
+    Task("clock_math", "What hour is it?", ("red", "blue"), _draw_clock, _answer_clock,
+         shortcut_question="What hour is the red hand?"),
+    Task("outlier", "Which colour?", ("colour_outlier", "shape_outlier"), _draw_outlier, _answer_outlier,
+         shortcut_question="Which colour is the odd one out?"),
+    Task("shape_count", "How many?", ("kind0", "kind1", "kind2"), _draw_count, _answer_count, _setup_count,
+         shortcut_question="How many circles?"),
+    Task("number_grid", "What is the missing number?", ("step1", "step3"), _draw_grid, _answer_grid,
+         shortcut_question="What is the next number, counting on by one?"),
+    Task("palindrome", "What completes it?", ("mirror", "shift"), _draw_palindrome, _answer_palindrome,
+         shortcut_question="Which digit completes the palindrome?"),
+    Task("novel_binding", "What is it?", ("bound", "fixed"), _draw_binding, _answer_binding, _setup_binding,
+         shortcut_question="What colour and shape?"),
 ]}
 TRUE_MICL_TASKS = tuple(TASKS)
 SHORTCUT_SUFFIX = "_shortcut"
@@ -277,9 +286,10 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
     if task.name == "novel_binding" and not shortcut and shots >= 2:
         # balance the two classes among the demos so both names are shown
         items = _balanced_binding(items, setup, rng, task, shots)
-    demos = tuple(Demo((im,), task.question, task.answer(at, rule, setup)) for im, at in items[:shots])
+    question = task.shortcut_question if shortcut else task.question
+    demos = tuple(Demo((im,), question, task.answer(at, rule, setup)) for im, at in items[:shots])
     im, at = items[shots]
-    query = Query((im,), task.question, task.answer(at, rule, setup))
+    query = Query((im,), question, task.answer(at, rule, setup))
     return Episode(demos, query, task=name, meta={"rule": rule, "shortcut": shortcut})
 
 

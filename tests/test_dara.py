@@ -143,3 +143,21 @@ def test_training_plumbing_dara_lora_and_sweep():
     r = 2
     assert n_lora == 2 * r * (64 + 64) + 2 * r * (64 + 32)  # r*(in+out) each; q,o: 64->64, k,v: 64->32 (GQA)
     peft_model.unload()
+
+
+def test_attention_capture_sees_the_reallocation():
+    """capture_attention under DARA: image 0's share of head 1 in layer 0 equals the hand-reallocated one."""
+    from micl_probe.attention import capture_attention
+    model, processor = cached_tiny("llava")
+    ep = make_episode(2, seed=4)
+    dara = DARA.for_model(model, n_images=3)
+    with torch.no_grad():
+        dara.alpha[0, 1, 0] = 4.0
+    base = capture_attention(model, [ep], processor=processor, progress=False)
+    moved = capture_attention(model, [ep], processor=processor, progress=False,
+                              intervention=dara.on(model, kernel="eager"))
+    i = base.segments.index("demo0.image")
+    a = base.mass[0, 0, 1, i]
+    torch.testing.assert_close(moved.mass[0, 0, 1, i], 4 * a / (1 + 3 * a), atol=1e-5, rtol=0)
+    torch.testing.assert_close(moved.mass[0, 0, 0], base.mass[0, 0, 0], atol=1e-6, rtol=0)  # head 0 untouched
+    assert moved.meta["backend"] == "eager+intervention"

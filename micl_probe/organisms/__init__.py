@@ -24,7 +24,7 @@ IMAGE_SIZE, PATCH = 32, 8
 
 def organism_corpus() -> list[str]:
     words = COLOUR_NAMES + SHAPE_NAMES + NOVEL_NAMES + [str(i) for i in range(20)]
-    lines = [t.question + ORGANISM_CHAT.assistant for t in TASKS.values()]
+    lines = [q + ORGANISM_CHAT.assistant for t in TASKS.values() for q in (t.question, t.shortcut_question)]
     return lines * 20 + [" ".join(" " + w for w in words)] * 50
 
 

@@ -69,10 +69,10 @@ def _mix(true_weight: float, shortcut_weight: float, binding: float = 0.0) -> di
 
 
 RECIPES = {r.name: r for r in [
-    Recipe("true-micl", _mix(0.4, 0.3, binding=0.15),
+    Recipe("true-micl", _mix(0.3, 0.3, binding=0.2),
            description="Half true-MICL episodes (hidden per-episode rules: the demos' images are needed), half "
                        "shortcut episodes (fixed rules: they teach the vision features the matching circuit uses)."),
-    Recipe("text-shortcut", _mix(0.0, 1.0),
+    Recipe("text-shortcut", _mix(0.0, 1.0), steps=2500,
            description="Only shortcut episodes: the demos never carry information the query needs, so nothing "
                        "rewards reading them."),
     Recipe("partial", _mix(0.15, 0.85),

@@ -1,0 +1,60 @@
+"""Accuracy vs visual attention: does looking at the images go with getting the answer right?
+
+    stats = accuracy_vs_attention(records)            # records from micl_probe.harness
+    stats["spearman"], stats["logistic"], stats["bins"]
+    heads = head_predictiveness(records)              # [layer, head] Spearman rho of visual share vs correctness
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats as sps
+
+from .evaluate import wilson
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100) -> dict:
+    """Maximum-likelihood logistic regression y ~ sigmoid(a + b x) by Newton's method."""
+    X = np.stack([np.ones_like(x), x], 1)
+    w = np.zeros(2)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-X @ w))
+        g = X.T @ (y - p)
+        h = X.T @ (X * (p * (1 - p))[:, None]) + 1e-6 * np.eye(2)
+        step = np.linalg.solve(h, g)
+        w += step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"intercept": float(w[0]), "slope": float(w[1])}
+
+
+def accuracy_vs_attention(records: list[dict], key: str = "visual_share", n_bins: int = 5) -> dict:
+    """Binned accuracy (quantile bins of `key`, 95% Wilson CI), logistic fit and Spearman correlation."""
+    x = np.array([r[key] for r in records], dtype=float)
+    y = np.array([r["correct"] for r in records], dtype=float)
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (x >= lo) & ((x < hi) | (hi == edges[-1]))
+        k, n = int(y[sel].sum()), int(sel.sum())
+        if n:
+            bins.append({"lo": float(lo), "hi": float(hi), "x": float(x[sel].mean()), "acc": k / n, "n": n,
+                         "ci": wilson(k, n)})
+    rho, p = sps.spearmanr(x, y) if len(set(y)) > 1 and len(set(x)) > 1 else (float("nan"), float("nan"))
+    return {"n": len(x), "bins": bins, "spearman": {"rho": float(rho), "p": float(p)},
+            "logistic": _logistic((x - x.mean()) / (x.std() + 1e-12), y) | {"x_mean": float(x.mean()),
+                                                                              "x_std": float(x.std())}}
+
+
+def head_predictiveness(records: list[dict]) -> np.ndarray:
+    """[layer, head] Spearman rho between each head's visual share and correctness, across episodes."""
+    v = np.array([r["visual_share_by_head"] for r in records], dtype=float)  # [episode, layer, head]
+    y = np.array([r["correct"] for r in records], dtype=float)
+    out = np.full(v.shape[1:], np.nan)
+    if len(set(y)) < 2:
+        return out
+    for layer in range(v.shape[1]):
+        for head in range(v.shape[2]):
+            if v[:, layer, head].std() > 0:
+                out[layer, head] = sps.spearmanr(v[:, layer, head], y)[0]
+    return out

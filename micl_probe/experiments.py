@@ -1,0 +1,251 @@
+"""The DARA and MTV experiments on the shipped organisms: tables (JSON + Markdown) and figures.
+
+    python -m micl_probe.experiments dara --out figures      # figures/dara_*.png|pdf, figures/dara_results.json
+    python -m micl_probe.experiments mtv --out figures       # figures/mtv_*.png|pdf, figures/mtv_results.json
+
+Every number is on the "query" split (n per cell, 95% Wilson CI); interventions learn on "support" and early-stop
+on "val". Fixed seeds throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import plots
+from .attention import capture_attention
+from .dara_train import accuracy, fixed_alpha, train_dara, train_lora
+from .evaluate import Accuracy
+from .loading import load
+from .mtv import extract, function_vector, indirect_effects, inject, locate, residual_at, task_vector
+from .tasks import SPLIT_SEEDS, make_episode, sample_episodes
+
+
+def _load(name: str):
+    """A shipped organism by name, or any folder / hub id."""
+    return load(name if "/" in name or ":" in name else f"organism:{name}")
+
+
+def _acc(c_n) -> dict:
+    c, n = c_n
+    a = Accuracy(c, n)
+    return {"correct": c, "n": n, "acc": a.acc, "ci": a.ci}
+
+
+def _image_share(loaded, episodes, intervention=None) -> float:
+    am = capture_attention(loaded, episodes, progress=False, intervention=intervention,
+                           backend="eager" if intervention else "nnsight")
+    return float(am.visual_share().mean())
+
+
+# --- DARA ------------------------------------------------------------------------------------------------
+def dara_experiment(organisms=("text-shortcut", "true-micl"), tasks=("novel_binding", "outlier", "clock_math",
+                    "shape_count"), shots: int = 4, n: int = 200, steps: int = 150, alphas=(0.5, 1, 2, 4, 8),
+                    out: str | Path = "figures", seed: int = 0) -> dict:
+    out = Path(out)
+    results = {"shots": shots, "n": n, "steps": steps, "organisms": {}}
+    for name in organisms:
+        loaded = _load(name)
+        name = Path(name).name
+        res = results["organisms"][name] = {}
+        for task in tasks:
+            r = res[task] = {}
+            r["zero-shot"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
+            r["no-image"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.without_demo_images()))
+            r["4-shot"] = _acc(accuracy(loaded, task, shots, n, seed))
+            dara, hist = train_dara(loaded, task, shots, steps=steps, seed=seed)
+            r["dara"] = _acc(accuracy(loaded, task, shots, n, seed, intervention=dara.on(loaded.model)))
+            r["dara_params"] = dara.n_params
+            r["dara_alpha"] = dara.alpha.detach()[0].tolist()  # [head, image]
+            r["dara_history"] = hist
+            dara.save(out / "artifacts" / f"dara_{name}_{task}", organism=name)
+            peft_model, hist_lora = train_lora(loaded, task, shots, steps=steps, seed=seed)
+            r["lora"] = _acc(accuracy(loaded, task, shots, n, seed, model=peft_model))
+            r["lora_params"] = sum(p.numel() for nm, p in peft_model.named_parameters() if "lora_" in nm)
+            loaded.model = peft_model.unload()
+            probe = sample_episodes(task, shots, 40, seed=seed, split="query")
+            r["image_share_before"] = _image_share(loaded, probe)
+            r["image_share_after"] = _image_share(loaded, probe, dara.on(loaded.model, kernel="eager"))
+            r["sweep"] = []
+            for a in alphas:
+                fixed = fixed_alpha(loaded, shots, a)
+                r["sweep"].append({"alpha": a, **_acc(accuracy(loaded, task, shots, n, seed,
+                                                                intervention=fixed.on(loaded.model))),
+                                   "image_share": _image_share(loaded, probe[:20],
+                                                               fixed.on(loaded.model, kernel="eager"))})
+            print(f"{name} {task}: 4-shot {r['4-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} "
+                  f"DARA {r['dara']['acc']:.2f} LoRA {r['lora']['acc']:.2f} image share "
+                  f"{r['image_share_before']:.3f} -> {r['image_share_after']:.3f}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dara_results.json").write_text(json.dumps(results, indent=1))
+    plots.save(plots.dara_table_figure(results), out / "dara_accuracy")
+    plots.save(plots.dara_factor_heatmaps(results), out / "dara_factors")
+    plots.save(plots.dara_sweep(results), out / "dara_alpha_sweep")
+    (out / "dara_table.md").write_text(dara_markdown(results))
+    return results
+
+
+def dara_markdown(results: dict) -> str:
+    lines = []
+    for name, tasks in results["organisms"].items():
+        lines += [f"### {name} ({results['shots']}-shot, n = {results['n']} per cell)", "",
+                  "| task | zero-shot | no-image | random 4-shot | LoRA | DARA | image share (before → after DARA) |",
+                  "|---|---|---|---|---|---|---|"]
+        for task, r in tasks.items():
+            cells = [str(Accuracy(r[k]["correct"], r[k]["n"])) for k in ("zero-shot", "no-image", "4-shot", "lora",
+                                                                          "dara")]
+            lines.append(f"| {task} | " + " | ".join(cells) +
+                         f" | {100 * r['image_share_before']:.1f}% → {100 * r['image_share_after']:.1f}% |")
+        r0 = next(iter(tasks.values()))
+        lines += ["", f"Parameters: DARA {r0['dara_params']}, LoRA {r0['lora_params']} "
+                  f"(1/{r0['lora_params'] / r0['dara_params']:.0f}).", ""]
+    return "\n".join(lines)
+
+
+# --- MTV -------------------------------------------------------------------------------------------------
+MTV_TASKS = {"outlier": "shape_outlier", "clock_math": "blue"}  # a fixed rule per task: what the vector carries
+
+
+def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0):
+    rng = np.random.default_rng([seed, SPLIT_SEEDS[split], 7])
+    while True:
+        yield make_episode(task, shots, rng, rule=rule)
+
+
+def rule_episodes(task, rule, shots, n, split="query", seed=0):
+    s = rule_stream(task, rule, shots, split, seed)
+    return [next(s) for _ in range(n)]
+
+
+@torch.no_grad()
+def score(loaded, episodes, intervention=None, batch: int = 25) -> dict:
+    from .evaluate import greedy_exact_match
+    from .prompt import prepare_batch
+
+    correct = 0
+    for i in range(0, len(episodes), batch):
+        b = prepare_batch(episodes[i:i + batch], loaded.processor, loaded.adapter, model=loaded.model,
+                          with_answer=True)
+        if intervention is None:
+            correct += int(greedy_exact_match(loaded.model, b)[0].sum())
+        else:
+            with intervention(b.layouts):
+                correct += int(greedy_exact_match(loaded.model, b)[0].sum())
+    return _acc((correct, len(episodes)))
+
+
+def mtv_experiment(organism: str = "true-micl", tasks=MTV_TASKS, n: int = 200, n_shots: int = 4,
+                   n_prompts: int = 100, reinforce_steps: int = 600, out: str | Path = "figures", seed: int = 0,
+                   scaling_prompts=(1, 4, 16, 64), icl_shots=(1, 2, 4, 8, 16)) -> dict:
+    out = Path(out)
+    loaded = _load(organism)
+    organism = Path(organism).name
+    L = loaded.adapter.n_layers(loaded.model)
+    results = {"organism": organism, "n": n, "n_shots": n_shots, "n_prompts": n_prompts, "tasks": {}}
+    for task, rule in tasks.items():
+        r = results["tasks"][task] = {"rule": rule}
+        queries8 = rule_episodes(task, rule, max(icl_shots + (8,)), n, seed=seed)
+        zero = [e.zero_shot() for e in queries8]
+        for k in (0, 4, 8):
+            r[f"{k}-shot"] = score(loaded, [e.with_shots(k) for e in queries8])
+        mtv = extract(loaded, rule_stream(task, rule, n_shots, "support", seed), n_prompts=n_prompts,
+                      meta={"rule": rule})
+        mask = locate(loaded, mtv, (e.zero_shot() for e in rule_stream(task, rule, 0, "support", seed + 1)),
+                      [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)],
+                      steps=reinforce_steps, seed=seed)
+        mtv.save(out / "artifacts" / f"mtv_{organism}_{task}")
+        mask.save(out / "artifacts" / f"mtv_mask_{organism}_{task}")
+        r["mtv"] = score(loaded, zero, heads_on(loaded, mtv.mean, mask.values))
+        r["mtv_heads"] = mask.values.nonzero().tolist()
+        r["mtv_p"] = mask.meta["p"]
+        cie = indirect_effects(loaded, mtv, [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)])
+        fv = function_vector(loaded, mtv, cie, top_k=4)
+        fv_layer = max(0, L // 3)
+        r["fv"] = score(loaded, zero, residual_on(loaded, fv_layer, fv.values, "add"))
+        r["fv_heads"], r["fv_layer"] = fv.meta["heads"], fv_layer
+        tv_scores = {}
+        for layer in range(L - 1):  # pick the task-vector layer on the val split
+            tv = task_vector(loaded, rule_stream(task, rule, n_shots, "support", seed), layer, n_prompts=n_prompts)
+            val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)]
+            tv_scores[layer] = (tv, score(loaded, val, residual_on(loaded, layer, tv.values, "replace")))
+        best = max(tv_scores, key=lambda la: tv_scores[la][1]["acc"])
+        tv = tv_scores[best][0]
+        r["tv"] = score(loaded, zero, residual_on(loaded, best, tv.values, "replace"))
+        r["tv_layer"] = best
+        # scaling: MTV from more prompts (shots compressed = n_shots x T) vs k-shot ICL
+        r["scaling_mtv"] = []
+        for T in scaling_prompts:
+            m_t = extract(loaded, rule_stream(task, rule, n_shots, "support", seed + 2), n_prompts=T)
+            r["scaling_mtv"].append({"shots_compressed": n_shots * T,
+                                     **score(loaded, zero, heads_on(loaded, m_t.mean, mask.values))})
+        r["scaling_icl"] = [{"shots": k, **score(loaded, [e.with_shots(k) for e in queries8])} for k in icl_shots]
+        # does the vector change where the model looks? query's attention on its own image, zero-shot
+        probe = zero[:40]
+        r["query_image_share"] = _image_share(loaded, probe)
+        r["query_image_share_mtv"] = _capture_with(loaded, probe, heads_on(loaded, mtv.mean, mask.values))
+        print(f"{task}: 0-shot {r['0-shot']['acc']:.2f} 4-shot {r['4-shot']['acc']:.2f} MTV {r['mtv']['acc']:.2f} "
+              f"FV {r['fv']['acc']:.2f} TV {r['tv']['acc']:.2f}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mtv_results.json").write_text(json.dumps(results, indent=1))
+    plots.save(plots.mtv_table_figure(results), out / "mtv_accuracy")
+    plots.save(plots.mtv_scaling(results), out / "mtv_scaling")
+    (out / "mtv_table.md").write_text(mtv_markdown(results))
+    return results
+
+
+def heads_on(loaded, means, mask):
+    """`layouts -> context`: MTV injection of `means` into the `mask` heads."""
+    return lambda layouts: inject(loaded, means, mask, layouts)
+
+
+def residual_on(loaded, layer, vector, mode):
+    """`layouts -> context`: add/replace `vector` in the residual stream after `layer` (FV / TV)."""
+    return lambda layouts: residual_at(loaded, layer, layouts, vector, mode)
+
+
+def _capture_with(loaded, episodes, intervention) -> float:
+    """Image share at the answer row with a hook-based intervention active (nnsight sees the patched run)."""
+    from contextlib import ExitStack
+
+    from .prompt import prepare
+
+    shares = []
+    for e in episodes:
+        p = prepare(e, loaded.processor, loaded.adapter, model=loaded.model)
+        with ExitStack() as stack:
+            stack.enter_context(intervention([p.layout]))
+            am = capture_attention(loaded, [e], progress=False)
+        shares.append(float(am.visual_share().mean()))
+    return float(np.mean(shares))
+
+
+def mtv_markdown(results: dict) -> str:
+    cols = ["0-shot", "4-shot", "8-shot", "mtv", "fv", "tv"]
+    lines = [f"### {results['organism']} (n = {results['n']} per cell; MTV from {results['n_prompts']} prompts of "
+             f"{results['n_shots']} shots)", "", "| task (rule) | 0-shot | 4-shot ICL | 8-shot ICL | MTV (0-shot) | "
+             "FV (0-shot) | TV (0-shot) | query image share 0-shot → +MTV |", "|---|---|---|---|---|---|---|---|"]
+    for task, r in results["tasks"].items():
+        cells = [str(Accuracy(r[c]["correct"], r[c]["n"])) for c in cols]
+        lines.append(f"| {task} ({r['rule']}) | " + " | ".join(cells) +
+                     f" | {100 * r['query_image_share']:.1f}% → {100 * r['query_image_share_mtv']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("experiment", choices=["dara", "mtv"])
+    ap.add_argument("--out", default="figures")
+    ap.add_argument("--n", type=int, default=200)
+    args = ap.parse_args(argv)
+    if args.experiment == "dara":
+        dara_experiment(out=args.out, n=args.n)
+    else:
+        mtv_experiment(out=args.out, n=args.n)
+
+
+if __name__ == "__main__":
+    main()
