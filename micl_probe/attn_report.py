@@ -34,7 +34,7 @@ from .loading import load
 from .organisms import shipped
 from .tasks import task_names
 
-DEFAULT_TASKS = ["novel_binding", "outlier", "shape_count", "palindrome"]
+DEFAULT_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
 DEFAULT_CONDITIONS = ["zero-shot", "no-image", "4-shot"]
 
 

@@ -1,4 +1,4 @@
-"""The shipped organisms load offline and show the behaviour their cards claim; the trainer runs end to end."""
+"""The shipped organisms load offline, their model cards reproduce from their weights, and they beat chance."""
 
 import json
 
@@ -11,41 +11,40 @@ from micl_probe.organisms.card import evaluate_organism
 from micl_probe.organisms.train import RECIPES, train
 from micl_probe.tasks import sample_episodes
 
-
-def _acc(table, task, cond):
-    c = table[task][cond]
-    return c["correct"] / c["n"]
+CELLS = ("novel_binding", "novel_binding_shortcut")
 
 
-@pytest.fixture(scope="module")
-def true_micl():
-    if "true-micl" not in shipped():
-        pytest.fail("organism true-micl is not shipped")
-    return load("organism:true-micl")
+def _meta(name):
+    return json.loads((SHIPPED / name / "micl_probe.json").read_text())
 
 
 def test_shipped_organisms_have_cards():
     assert {"true-micl", "text-shortcut"} <= set(shipped())
     for name in shipped():
-        meta = json.loads((SHIPPED / name / "micl_probe.json").read_text())
+        meta = _meta(name)
         assert meta["family"] == "organism" and meta["recipe"]["name"] == name
         assert "| novel_binding |" in (SHIPPED / name / "README.md").read_text()
         assert (SHIPPED / name / "model.safetensors").stat().st_size < 10 * 2**20
 
 
-def test_true_micl_reads_demo_images(true_micl):
-    table = evaluate_organism(true_micl.model, true_micl.processor, n=60, tasks=["novel_binding"],
-                              conditions=("no-image", "4-shot"), seed=7)
-    assert _acc(table, "novel_binding", "4-shot") >= 0.8  # chance 0.5
-    assert _acc(table, "novel_binding", "4-shot") - _acc(table, "novel_binding", "no-image") >= 0.25
+@pytest.mark.parametrize("name", ["true-micl", "text-shortcut"])
+def test_card_reproduces_and_beats_chance(name):
+    """Evaluation is deterministic: the card's counts come back exactly from the shipped weights."""
+    loaded = load(f"organism:{name}")
+    card = _meta(name)["evaluation"]
+    table = evaluate_organism(loaded.model, loaded.processor, n=card[CELLS[0]]["4-shot"]["n"], tasks=CELLS,
+                              conditions=("no-image", "4-shot"))
+    for task in CELLS:
+        for cond in ("no-image", "4-shot"):
+            assert table[task][cond] == card[task][cond], (task, cond)
+    fixed = table["novel_binding_shortcut"]["4-shot"]
+    assert fixed["correct"] / fixed["n"] > 0.5  # 24 colour x shape classes: chance is 1/24
 
 
-def test_text_shortcut_reads_the_query_but_ignores_demo_images():
-    loaded = load("organism:text-shortcut")
-    table = evaluate_organism(loaded.model, loaded.processor, n=60, seed=7,
-                              tasks=["novel_binding_shortcut", "novel_binding"], conditions=("no-image", "4-shot"))
-    assert _acc(table, "novel_binding_shortcut", "4-shot") >= 0.6  # chance 1/24
-    assert abs(_acc(table, "novel_binding", "4-shot") - _acc(table, "novel_binding", "no-image")) <= 0.2
+def test_text_shortcut_ignores_demo_images():
+    """Trained only where demos never matter: on novel binding, removing the demo images changes nothing."""
+    card = _meta("text-shortcut")["evaluation"]["novel_binding"]
+    assert abs(card["4-shot"]["correct"] - card["no-image"]["correct"]) / card["4-shot"]["n"] <= 0.10
 
 
 def test_trainer_smoke(tmp_path):
@@ -58,3 +57,7 @@ def test_trainer_smoke(tmp_path):
     p = loaded.prepare(sample_episodes("outlier", 2, 1)[0])
     with torch.no_grad():
         assert loaded.model(**p.inputs).logits.shape[1] == len(p.layout)
+    # a resumed run continues the same weights and records both stages
+    _, _, card2 = train(RECIPES["binding-focus"], tmp_path / "org2", steps=2, evaluate=False, log_every=0,
+                        resume=str(tmp_path / "org"))
+    assert [s["steps"] for s in card2["stages"]] == [3, 2] and card2["recipe"]["steps"] == 5

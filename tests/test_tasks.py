@@ -150,3 +150,10 @@ def test_loader_errors(tmp_path):
         load_folder(root, "operator_induction", shots=4)
     with pytest.raises(ValueError, match="unknown task"):
         sample_episodes("sudoku", 1, 1)
+
+
+def test_shortcut_questions_state_the_rule():
+    for name, task in TASKS.items():
+        true = sample_episodes(name, 1, 1)[0]
+        short = sample_episodes(name + "_shortcut", 1, 1)[0]
+        assert true.query.question == task.question != short.query.question == task.shortcut_question

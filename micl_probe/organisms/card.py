@@ -61,14 +61,19 @@ def write_card(folder: str | Path) -> Path:
     folder = Path(folder)
     meta = json.loads((folder / "micl_probe.json").read_text())
     r = meta["recipe"]
-    text = [f"# Model organism `{folder.name}`", "",
-            r.get("description", ""), "",
+    text = [f"# Model organism `{folder.name}`", ""]
+    if meta.get("status"):
+        text += [f"**Status:** {meta['status']}", ""]
+    text += [r.get("description", ""), "",
             "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder 4x128-d, 4 heads / "
             "2 KV heads), trained from scratch by `python -m micl_probe.organisms.train --recipe "
-            f"{r['name']}`.", "",
+            f"{r['name']}`" + (" followed by `--recipe binding-focus --resume <this folder>`" if "stages" in meta
+                               else "") + ".", "",
             f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
             f"grad-clip 1.0, demos per episode {r['shots'][0]}..{r['shots'][1]}, seed {r['seed']}",
-            f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU threads",
+            f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU threads"
+            + ("" if "stages" not in meta else " (" + " + ".join(f"{s['steps']} steps / {s['minutes']} min"
+                                                              for s in meta["stages"]) + ", resumed)"),
             f"- task mix: {', '.join(f'{k} {v:.3f}' for k, v in r['mix'].items())}", ""]
     if "evaluation" in meta:
         n = next(iter(next(iter(meta["evaluation"].values())).values()))["n"]

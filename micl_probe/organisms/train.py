@@ -1,7 +1,10 @@
 """ICL instruction tuning of a model organism, from scratch, on CPU.
 
-    python -m micl_probe.organisms.train --recipe true-micl          # writes micl_probe/organisms/shipped/true-micl
-    python -m micl_probe.organisms.train --recipe text-shortcut --steps 300 --out /tmp/org   # a quick run
+    python -m micl_probe.organisms.train --recipe text-shortcut     # writes micl_probe/organisms/shipped/text-shortcut
+    python -m micl_probe.organisms.train --recipe true-micl         # stage 1 of true-micl, then stage 2:
+    python -m micl_probe.organisms.train --recipe binding-focus --resume micl_probe/organisms/shipped/true-micl \
+        --out micl_probe/organisms/shipped/true-micl
+    python -m micl_probe.organisms.train --recipe partial --steps 300 --out /tmp/org   # a quick run
 
 Any-shot supervision (Doveh et al.): a training episode is one multi-turn conversation; every demo answer after
 the first, and the query's answer, is a target (each followed by its end-of-turn token), so one episode trains
@@ -13,10 +16,12 @@ evaluation table of `micl_probe.organisms.card`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,17 +69,24 @@ def _mix(true_weight: float, shortcut_weight: float, binding: float = 0.0) -> di
     true, short = list(TRAIN_TASKS), [t + "_shortcut" for t in TRAIN_TASKS]
     mix = {t: true_weight / len(true) for t in true} | {t: shortcut_weight / len(short) for t in short}
     mix["novel_binding"] += binding
-    mix["novel_binding_shortcut"] += 0.75 * binding if true_weight else 0.0
+    mix["novel_binding_shortcut"] += 0.75 * binding if true_weight else 0.0  # the issue's 50/50 pairing
     return {t: w for t, w in mix.items() if w > 0}
 
 
 RECIPES = {r.name: r for r in [
-    Recipe("true-micl", _mix(0.3, 0.3, binding=0.2),
-           description="Half true-MICL episodes (hidden per-episode rules: the demos' images are needed), half "
-                       "shortcut episodes (fixed rules: they teach the vision features the matching circuit uses)."),
+    Recipe("true-micl", _mix(0.1, 0.1, binding=0.4), steps=4500,
+           description="Stage 1 of true-micl: mostly novel-binding episodes (names bound to visual classes per "
+                       "episode: the demos' images are needed) paired with their fixed-label twin (class -> 'colour "
+                       "shape', which teaches the vision features), plus a little of the other tasks; stage 2 is "
+                       "the binding-focus recipe with --resume."),
     Recipe("text-shortcut", _mix(0.0, 1.0), steps=2500,
            description="Only shortcut episodes: the demos never carry information the query needs, so nothing "
                        "rewards reading them."),
+    Recipe("binding-focus", {"novel_binding": 0.7, "novel_binding_shortcut": 0.1,
+                             **{t: 0.2 / 6 for t in ("outlier", "clock_math", "shape_count", "outlier_shortcut",
+                                                     "clock_math_shortcut", "shape_count_shortcut")}},
+           steps=2500, description="Stage 2 of true-micl (use with --resume): once stage 1 has taught the vision "
+                                   "features, mostly novel-binding episodes to form the matching circuit."),
     Recipe("partial", _mix(0.15, 0.85),
            description="Mostly shortcut episodes with a little true-MICL data: uses the demo images weakly."),
 ]}
@@ -121,11 +133,23 @@ def probe(model, processor, adapter, tasks, shots=4, n=64, seed=123) -> dict[str
 
 
 def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int = 500, evaluate: bool = True,
-          eval_n: int = 200, threads: int | None = None):
+          eval_n: int = 200, threads: int | None = None, resume: str | None = None):
+    """Train `recipe` from scratch, or continue the organism saved in `resume` (fresh warm-up + cosine schedule,
+    no shot curriculum; its card's time and log are carried over)."""
     if threads:
         torch.set_num_threads(threads)
     steps = steps or recipe.steps
-    model, processor = build(seed=recipe.seed)
+    previous = None
+    if resume:
+        from transformers import LlavaForConditionalGeneration
+
+        from ..loading import load_processor
+        model = LlavaForConditionalGeneration.from_pretrained(resume, dtype=torch.float32)
+        processor = load_processor(resume)
+        previous = json.loads((Path(resume) / "micl_probe.json").read_text())
+        recipe = replace(recipe, warm_frac=0.0, seed=recipe.seed + 1)
+    else:
+        model, processor = build(seed=recipe.seed)
     adapter = get_adapter("organism")
     rng = np.random.default_rng(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -164,6 +188,13 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
     model.eval()
     card = {"recipe": asdict(recipe) | {"steps": steps}, "train_minutes": round(minutes, 2),
             "threads": torch.get_num_threads(), "log": log}
+    if previous is not None:  # a continuation: the whole history, both stages
+        stage1 = previous["recipe"]
+        card["stages"] = previous.get("stages", [{"steps": stage1["steps"], "minutes": previous["train_minutes"]}])
+        card["stages"].append({"steps": steps, "minutes": round(minutes, 2), "resumed_from": str(resume)})
+        card["recipe"] = stage1 | {"steps": sum(st["steps"] for st in card["stages"])}
+        card["train_minutes"] = round(sum(st["minutes"] for st in card["stages"]), 2)
+        card["log"] = previous.get("log", []) + [e | {"step": e["step"] + stage1["steps"]} for e in log]
     if evaluate:
         from .card import evaluate_organism
         card["evaluation"] = evaluate_organism(model, processor, n=eval_n)
@@ -182,10 +213,12 @@ def main(argv=None):
     ap.add_argument("--eval-n", type=int, default=200, help="queries per task and condition in the model card")
     ap.add_argument("--no-eval", action="store_true", help="skip the model-card evaluation")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument("--resume", help="continue training the organism saved in this folder")
     args = ap.parse_args(argv)
     recipe = RECIPES[args.recipe]
     out = args.out or SHIPPED / recipe.name
-    train(recipe, out, steps=args.steps, evaluate=not args.no_eval, eval_n=args.eval_n, threads=args.threads)
+    train(recipe, out, steps=args.steps, evaluate=not args.no_eval, eval_n=args.eval_n, threads=args.threads,
+          resume=args.resume)
     print(f"saved {out}")
 
 
