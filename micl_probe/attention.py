@@ -18,13 +18,15 @@ Backends (all reduce inside the forward pass and keep only [layer, head, segment
   * "transformer_lens": a TransformerLens `TransformerBridge` built on a twin of the model that shares its weights
     (booting a bridge rewires modules in place and forces eager attention; the twin keeps the user's model
     untouched); hooks `blocks.{l}.attn.hook_pattern`, reduces the rows and drops the layer's pattern.
-    Families: llava, llava_next, llava_onevision, idefics3, qwen2_5_vl, organism (not qwen2_vl).
+    Families: llava, llava_next, llava_onevision, idefics3, organism; qwen2_5_vl only with torchvision installed
+    (TransformerLens' adapter imports it); not qwen2_vl.
   * "eager": HF `output_attentions=True` on eager attention, reduced afterwards: the reference the others are
     tested against; materialises every layer's seq × seq pattern.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import weakref
@@ -228,8 +230,29 @@ def _bridge(model, adapter: Adapter, processor):
         folder = tempfile.mkdtemp(prefix="micl_probe_tl_")
         twin.config.save_pretrained(folder)
         processor.tokenizer.save_pretrained(folder)
-        _BRIDGES[model] = TransformerBridge.boot_transformers(folder, hf_model=twin, device=model.device)
+        try:
+            with _no_package_installs():
+                _BRIDGES[model] = TransformerBridge.boot_transformers(folder, hf_model=twin, device=model.device)
+        except ImportError as e:
+            raise ValueError(f"TransformerLens cannot bridge the {adapter.family!r} family here ({e}); install a "
+                             "torchvision built for your torch, or use backend='nnsight'") from e
     return _BRIDGES[model]
+
+
+@contextlib.contextmanager
+def _no_package_installs():
+    """TransformerLens 4.x `pip install`s torchvision when a multimodal processor fails to load (the bridge does not
+    need one here). An unpinned torchvision built for another torch breaks every transformers import, so that
+    install is switched off while we boot a bridge."""
+    from transformer_lens.model_bridge.sources.transformers import helpers
+
+    original = getattr(helpers, "_ensure_torchvision", None)
+    helpers._ensure_torchvision = lambda: False
+    try:
+        yield
+    finally:
+        if original is not None:
+            helpers._ensure_torchvision = original
 
 
 def _transformer_lens_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot, processor) -> torch.Tensor:

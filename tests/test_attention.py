@@ -45,12 +45,24 @@ def test_transformer_lens_equals_eager(family):
             capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
         return
     attn_type = type(adapter.attention(model, 0))
+    if adapter.family == "qwen2_5_vl" and not _torchvision():
+        with pytest.raises(ValueError, match="cannot bridge the 'qwen2_5_vl' family.*backend='nnsight'"):
+            capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
+        return
     tl = capture_attention(model, EPISODES, processor=processor, backend="transformer_lens", progress=False)
     ref = capture_attention(model, EPISODES, processor=processor, backend="eager", progress=False)
     assert tl.segments == ref.segments
     torch.testing.assert_close(tl.mass, ref.mass, atol=1e-5, rtol=0)
     # the user's model is untouched: same attention modules, same attention implementation
     assert type(adapter.attention(model, 0)) is attn_type and model.config._attn_implementation == "sdpa"
+
+
+def _torchvision() -> bool:
+    try:
+        import torchvision  # noqa: F401
+        return True
+    except Exception:
+        return False
 
 
 def test_views_and_roundtrip(tmp_path):
@@ -97,3 +109,17 @@ def test_plots_write_png_and_pdf(tmp_path):
                       "curve": plots.layer_curve(am, by="conditions")}.items():
         paths = plots.save(fig, tmp_path / name)
         assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_transformer_lens_backend_installs_nothing(monkeypatch):
+    """Booting a bridge must not run pip (TransformerLens would install torchvision to load a processor)."""
+    import subprocess
+
+    from micl_probe import attention
+
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: calls.append(a))
+    model, processor = cached_tiny("llava_onevision")
+    attention._BRIDGES.pop(model, None)
+    capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
+    assert calls == []
