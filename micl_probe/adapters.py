@@ -16,7 +16,7 @@ Every other module is family-agnostic and talks to the model only through an ada
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -50,7 +50,6 @@ class Adapter:
     nest_images: bool = False  # processor wants images grouped per sample: images=[[img, img, …]]
     rope: str = "1d"  # "1d" rotary or "mrope" (Qwen2-VL's 3-D multimodal rotary, positions from image grids)
     notes: str = ""
-    aliases: tuple[str, ...] = field(default=())
 
     # --- module tree ------------------------------------------------------------------------------------
     def decoder(self, model: nn.Module) -> nn.Module:

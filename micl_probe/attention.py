@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from .adapters import Adapter, adapter_for
 from .episode import Episode
-from .layout import QUERY, ROLE, ROLES, TokenLayout, owner_name
+from .layout import QUERY, ROLE, ROLES, TokenLayout
 from .prompt import Prepared, prepare
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
@@ -191,16 +191,21 @@ _NNSIGHT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _nnsight_mass(model, adapter: Adapter, prepared: Prepared, rows: list[int], onehot) -> torch.Tensor:
-    """[layer, head, segment] through an nnsight trace of each attention module's attention-function call."""
+def nnsight_decoder(model, adapter: Adapter):
+    """(envoy, decoder envoy): `model` wrapped by nnsight once (cached), and its decoder in that module tree."""
     from nnsight import NNsight
 
     if model not in _NNSIGHT:
         _NNSIGHT[model] = NNsight(model)
-    envoy = _NNSIGHT[model]
-    decoder = envoy
+    envoy = decoder = _NNSIGHT[model]
     for part in adapter.decoder_path.split("."):
         decoder = getattr(decoder, part)
+    return envoy, decoder
+
+
+def _nnsight_mass(model, adapter: Adapter, prepared: Prepared, rows: list[int], onehot) -> torch.Tensor:
+    """[layer, head, segment] through an nnsight trace of each attention module's attention-function call."""
+    envoy, decoder = nnsight_decoder(model, adapter)
     call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
     onehot = onehot.to(prepared.input_ids.device)
     per_layer = []
@@ -348,9 +353,4 @@ def capture_attention(model, episodes: Episode | list[Episode], processor=None, 
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 
-def owner_of(segment: str) -> str:
-    return "all" if segment == "special" else segment.split(".")[0]
-
-
-__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "rows_attention", "segment_matrix", "owner_name",
-           "owner_of"]
+__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "nnsight_decoder", "rows_attention", "segment_matrix"]

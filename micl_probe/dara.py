@@ -73,7 +73,7 @@ class DARA(nn.Module):
         return padded[:, idx].permute(1, 0, 2)[:, :, None, :]  # [B, H, 1, seq]
 
     @contextlib.contextmanager
-    def applied(self, model, layouts: list[TokenLayout] | TokenLayout, kernel: str = "sdpa", adapter=None):
+    def applied(self, model, layouts: list[TokenLayout] | TokenLayout, kernel: str = "sdpa"):
         """Run `model` with this reallocation inside the block (layouts of the batch being run)."""
         if kernel not in ("sdpa", "eager"):
             raise ValueError("kernel must be 'sdpa' or 'eager'")
@@ -85,7 +85,7 @@ class DARA(nn.Module):
         key_image = torch.stack([torch.where(lay.role == ROLE["image"], lay.image_index, -1) for lay in layouts])
         key_image = key_image.to(self.alpha.device)
         _register()
-        text_config = _text_config(model, adapter)
+        text_config = _text_config(model)
         previous = text_config._attn_implementation
         text_config._attn_implementation = NAME
         _ACTIVE.append((self, key_image, kernel))
@@ -133,7 +133,7 @@ class DARA(nn.Module):
         return dara
 
 
-def _text_config(model, adapter=None):
+def _text_config(model):
     cfg = model.config
     return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 

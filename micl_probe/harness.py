@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from .attention import capture_attention
@@ -103,7 +102,6 @@ def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int
     return records
 
 
-@torch.no_grad()
 def accuracy_table(records: list[dict]) -> dict:
     """{model: {task: {condition: {"correct": k, "n": n, "visual_share": mean}}}}"""
     table: dict = {}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .attention import nnsight_decoder
 from .prompt import prepare_batch
 
 
@@ -83,31 +84,12 @@ class TaskVector:
 
 
 # --- hook points -----------------------------------------------------------------------------------------
-def _decoder_envoy(envoy, adapter):
-    for part in adapter.decoder_path.split("."):
-        envoy = getattr(envoy, part)
-    return envoy
-
-
-_ENVOYS: dict = {}
-
-
-def _envoy(model):
-    from nnsight import NNsight
-
-    key = id(model)
-    if key not in _ENVOYS or _ENVOYS[key][0] is not model:
-        _ENVOYS[key] = (model, NNsight(model))
-    return _ENVOYS[key][1]
-
-
 @torch.no_grad()
 def head_outputs(loaded, batch, positions: list[int]) -> torch.Tensor:
     """head_out[B, layer, head, d_head] at one position per row (the o_proj input, per head), via nnsight."""
     model, adapter = loaded.model, loaded.adapter
     H, D = adapter.n_heads(model), adapter.head_dim(model)
-    envoy = _envoy(model)
-    decoder = _decoder_envoy(envoy, adapter)
+    envoy, decoder = nnsight_decoder(model, adapter)
     rows = torch.arange(len(positions))
     pos = torch.tensor(positions)
     saved = []
