@@ -10,14 +10,13 @@ reported number. Loss: cross-entropy on the query's answer tokens (and end of tu
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import numpy as np
 import torch
 
 from .dara import DARA
-from .evaluate import greedy_exact_match
+from .evaluate import count_correct
 from .prompt import prepare_batch
 from .tasks import make_episode, sample_episodes
 from .training import fit, query_labels
@@ -100,18 +99,11 @@ def accuracy(loaded, task: str, shots: int, n: int = 200, seed: int = 0, interve
              batch: int = 25, model=None) -> tuple[int, int]:
     """(correct, n) on the query split; `intervention(layouts)` is a context manager factory (e.g. a DARA's
     `applied`), `condition(episode)` maps episodes (e.g. `Episode.without_demo_images`)."""
-    model = model or loaded.model
     episodes = sample_episodes(task, shots, n, seed=seed, split="query")
     if condition is not None:
         episodes = [condition(e) for e in episodes]
-    correct = 0
-    for i in range(0, n, batch):
-        b = prepare_batch(episodes[i:i + batch], loaded.processor, loaded.adapter, model=loaded.model,
-                          with_answer=True).to(loaded.device)
-        ctx = intervention(b.layouts) if intervention else contextlib.nullcontext()
-        with ctx:
-            correct += int(greedy_exact_match(model, b)[0].sum())
-    return correct, n
+    return count_correct(model or loaded.model, loaded.processor, loaded.adapter, episodes, intervention, batch,
+                         loaded.device), n
 
 
 def fixed_alpha(loaded, shots: int, alpha: float) -> DARA:

@@ -8,13 +8,14 @@ cost of one forward pass (tests check the two agree).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 
 from .layout import QUERY
-from .prompt import PreparedBatch
+from .prompt import PreparedBatch, prepare_batch
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -44,6 +45,20 @@ class Accuracy:
     def __str__(self) -> str:
         lo, hi = self.ci
         return f"{100 * self.acc:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+@torch.no_grad()
+def count_correct(model, processor, adapter, episodes, intervention=None, batch_size: int = 25, device=None) -> int:
+    """Greedy exact matches over `episodes`, `batch_size` at a time; `intervention(layouts)` (a context-manager
+    factory such as `dara.on(model)` or an MTV injection) is active around each batch when given."""
+    correct = 0
+    for i in range(0, len(episodes), batch_size):
+        batch = prepare_batch(episodes[i:i + batch_size], processor, adapter, model=model, with_answer=True)
+        if device is not None:
+            batch = batch.to(device)
+        with intervention(batch.layouts) if intervention else contextlib.nullcontext():
+            correct += int(greedy_exact_match(model, batch)[0].sum())
+    return correct
 
 
 @torch.no_grad()

@@ -14,12 +14,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import plots
 from .attention import capture_attention
 from .dara_train import accuracy, fixed_alpha, train_dara, train_lora
-from .evaluate import Accuracy
+from .evaluate import Accuracy, count_correct
 from .loading import load
 from .mtv import extract, function_vector, indirect_effects, inject, locate, residual_at, task_vector
 from .tasks import SPLIT_SEEDS, make_episode, sample_episodes
@@ -121,21 +120,10 @@ def rule_episodes(task, rule, shots, n, split="query", seed=0):
     return [next(s) for _ in range(n)]
 
 
-@torch.no_grad()
 def score(loaded, episodes, intervention=None, batch: int = 25) -> dict:
-    from .evaluate import greedy_exact_match
-    from .prompt import prepare_batch
-
-    correct = 0
-    for i in range(0, len(episodes), batch):
-        b = prepare_batch(episodes[i:i + batch], loaded.processor, loaded.adapter, model=loaded.model,
-                          with_answer=True)
-        if intervention is None:
-            correct += int(greedy_exact_match(loaded.model, b)[0].sum())
-        else:
-            with intervention(b.layouts):
-                correct += int(greedy_exact_match(loaded.model, b)[0].sum())
-    return _acc((correct, len(episodes)))
+    """Accuracy (with CI) of `loaded` on `episodes`, under `intervention` when given."""
+    c = count_correct(loaded.model, loaded.processor, loaded.adapter, episodes, intervention, batch, loaded.device)
+    return _acc((c, len(episodes)))
 
 
 def mtv_experiment(organism: str = "true-micl", tasks=MTV_TASKS, n: int = 200, n_shots: int = 4,

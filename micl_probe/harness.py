@@ -65,11 +65,14 @@ def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int
     k_max = max([k_default] + shots)
     records = []
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, n, batch_size)]
+    base_of: dict[str, list] = {}  # each task's query episodes, drawn once
     for task, cond, start in tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not progress, mininterval=1):
         idx = list(range(start, min(n, start + batch_size)))
         if all((loaded.name, task, cond, i) in done for i in idx):
             continue
-        base = sample_episodes(task, k_max, n, seed=seed, split="query")
+        if task not in base_of:
+            base_of[task] = sample_episodes(task, k_max, n, seed=seed, split="query")
+        base = base_of[task]
         eps = [condition_episode(base[i], cond, k_default) for i in idx]
         batch = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model,
                               with_answer=True).to(loaded.device)

@@ -13,19 +13,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
-from ..evaluate import Accuracy, greedy_exact_match
-from ..prompt import prepare_batch
+from ..evaluate import Accuracy, count_correct
+from ..harness import condition_episode
 from ..tasks import sample_episodes, task_names
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
-
-
-def condition(episode, name: str):
-    if name == "zero-shot":
-        return episode.zero_shot()
-    if name == "no-image":
-        return episode.with_shots(4).without_demo_images()
-    return episode.with_shots(int(name.split("-")[0]))
 
 
 @torch.no_grad()
@@ -39,12 +31,9 @@ def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CON
         episodes = sample_episodes(task, 8, n, seed=seed, split="query")
         table[task] = {}
         for cond in conditions:
-            correct = 0
-            for i in range(0, n, batch_size):
-                eps = [condition(e, cond) for e in episodes[i:i + batch_size]]
-                batch = prepare_batch(eps, processor, adapter, model=model, with_answer=True)
-                correct += int(greedy_exact_match(model, batch)[0].sum())
-            table[task][cond] = {"correct": correct, "n": n}
+            eps = [condition_episode(e, cond, k_default=4) for e in episodes]
+            table[task][cond] = {"correct": count_correct(model, processor, adapter, eps, batch_size=batch_size),
+                                 "n": n}
     return table
 
 

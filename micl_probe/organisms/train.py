@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
-from ..evaluate import greedy_exact_match
+from ..evaluate import count_correct
 from ..layout import QUERY, ROLE
 from ..prompt import PreparedBatch, prepare_batch
 from ..tasks import make_episode, task_names
@@ -123,11 +123,8 @@ def probe(model, processor, adapter, tasks, shots=4, n=64, seed=123) -> dict[str
     model.eval()
     for t in tasks:
         eps = [make_episode(t, shots, rng) for _ in range(n)]
-        acc = []
-        for cond in (eps, [e.without_demo_images() for e in eps]):
-            batch = prepare_batch(cond, processor, adapter, model=model, with_answer=True)
-            acc.append(greedy_exact_match(model, batch)[0].float().mean().item())
-        out[t] = tuple(acc)
+        out[t] = tuple(count_correct(model, processor, adapter, cond, batch_size=n) / n
+                       for cond in (eps, [e.without_demo_images() for e in eps]))
     model.train()
     return out
 
