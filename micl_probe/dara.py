@@ -1,6 +1,8 @@
 """DARA — Dynamic Attention ReAllocation (Chen et al., 2025): learnable factors on the attention paid to images.
 
-One factor alpha[layer, head, image] multiplies the attention-score columns of that image's tokens.
+One factor alpha[layer, head, image] multiplies the attention-score columns of that image's tokens. The
+parameter is log_alpha (alpha = exp(log_alpha) > 0 by construction, init 0 -> alpha = 1): factors can shrink
+towards 0 or grow without a clamp that would stop their gradient.
 
     dara = DARA.for_model(loaded, n_images=5)              # first decoder layer, all heads; alpha = 1
     with dara.applied(loaded.model, layouts):              # any forward pass inside sees the reallocation
@@ -43,7 +45,21 @@ class DARA(nn.Module):
             raise ValueError(f"mode must be 'logit' or 'post', got {mode!r}")
         self.layers = tuple(layers)
         self.mode = mode
-        self.alpha = nn.Parameter(torch.ones(len(self.layers), n_heads, n_images))  # [layer slot, head, image]
+        self.log_alpha = nn.Parameter(torch.zeros(len(self.layers), n_heads, n_images))  # [layer slot, head, image]
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """alpha[layer slot, head, image] = exp(log_alpha)."""
+        return self.log_alpha.exp()
+
+    @torch.no_grad()
+    def set_alpha(self, value, index=...) -> DARA:
+        """Set alpha[index] = value (a number or tensor > 0); e.g. `dara.set_alpha(3.0, (0, 1, 0))`."""
+        value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
+        if (value <= 0).any():
+            raise ValueError("DARA factors must be > 0")
+        self.log_alpha[index] = value.log()
+        return self
 
     @classmethod
     def for_model(cls, loaded_or_model, n_images: int, layers=(0,), mode: str = "logit",
@@ -63,11 +79,11 @@ class DARA(nn.Module):
 
     @property
     def n_params(self) -> int:
-        return self.alpha.numel()
+        return self.log_alpha.numel()
 
     def column_bias(self, slot: int, key_image: torch.Tensor) -> torch.Tensor:
         """[B, H, 1, seq]: log(alpha) of the image each key column belongs to, 0 for non-image columns."""
-        log_alpha = self.alpha[slot].clamp_min(1e-6).log()  # [H, n_images]
+        log_alpha = self.log_alpha[slot]  # [H, n_images]
         padded = torch.cat([log_alpha, log_alpha.new_zeros(log_alpha.shape[0], 1)], 1)  # column -1 -> 0
         idx = torch.where(key_image >= 0, key_image, log_alpha.shape[1])  # [B, seq]
         return padded[:, idx].permute(1, 0, 2)[:, :, None, :]  # [B, H, 1, seq]
@@ -79,11 +95,11 @@ class DARA(nn.Module):
             raise ValueError("kernel must be 'sdpa' or 'eager'")
         layouts = [layouts] if isinstance(layouts, TokenLayout) else list(layouts)
         for lay in layouts:
-            if lay.n_images != self.alpha.shape[-1]:
-                raise ValueError(f"this DARA has factors for {self.alpha.shape[-1]} images; the prompt has "
+            if lay.n_images != self.log_alpha.shape[-1]:
+                raise ValueError(f"this DARA has factors for {self.log_alpha.shape[-1]} images; the prompt has "
                                  f"{lay.n_images}: build prompts with the shot count it was trained for")
         key_image = torch.stack([torch.where(lay.role == ROLE["image"], lay.image_index, -1) for lay in layouts])
-        key_image = key_image.to(self.alpha.device)
+        key_image = key_image.to(self.log_alpha.device)
         _register()
         text_config = _text_config(model)
         previous = text_config._attn_implementation
@@ -104,7 +120,7 @@ class DARA(nn.Module):
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"alpha": self.alpha.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
+        save_file({"log_alpha": self.log_alpha.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
         info = {"layers": list(self.layers), "mode": self.mode, "shape": list(self.alpha.shape),
                 **getattr(self, "meta", {}), **meta}
         path.with_suffix(".json").write_text(json.dumps(info, indent=1))
@@ -116,19 +132,19 @@ class DARA(nn.Module):
 
         path = Path(path)
         info = json.loads(path.with_suffix(".json").read_text())
-        alpha = load_file(str(path.with_suffix(".safetensors")))["alpha"]
+        log_alpha = load_file(str(path.with_suffix(".safetensors")))["log_alpha"]
         if model is not None:
             from .adapters import adapter_for
             adapter = adapter or adapter_for(model)
             n_layers, n_heads = adapter.n_layers(model), adapter.n_heads(model)
-            if alpha.shape[1] != n_heads or max(info["layers"]) >= n_layers or \
+            if log_alpha.shape[1] != n_heads or max(info["layers"]) >= n_layers or \
                     info.get("n_layers", n_layers) != n_layers:
                 raise ValueError(f"DARA factors saved for a model with {info.get('n_layers')} layers and "
-                                 f"{alpha.shape[1]} heads ({info.get('model')}); this model has {n_layers} layers "
+                                 f"{log_alpha.shape[1]} heads ({info.get('model')}); this model has {n_layers} layers "
                                  f"and {n_heads} heads")
-        dara = cls(alpha.shape[1], alpha.shape[2], tuple(info["layers"]), info["mode"])
+        dara = cls(log_alpha.shape[1], log_alpha.shape[2], tuple(info["layers"]), info["mode"])
         with torch.no_grad():
-            dara.alpha.copy_(alpha)
+            dara.log_alpha.copy_(log_alpha)
         dara.meta = {k: v for k, v in info.items() if k not in ("layers", "mode", "shape")}
         return dara
 

@@ -61,7 +61,7 @@ def train_dara(loaded, task: str, shots: int = 4, steps: int = 200, lr: float = 
 
     flags = _frozen(loaded.model)
     try:
-        history = fit([dara.alpha], loss_of, episode_batches(loaded, task, shots, batch, seed, "support"), val,
+        history = fit([dara.log_alpha], loss_of, episode_batches(loaded, task, shots, batch, seed, "support"), val,
                       steps=steps, lr=lr, eval_every=eval_every, patience=patience, desc=f"DARA {task}")
     finally:
         _restore(loaded.model, flags)
@@ -109,6 +109,4 @@ def accuracy(loaded, task: str, shots: int, n: int = 200, seed: int = 0, interve
 def fixed_alpha(loaded, shots: int, alpha: float) -> DARA:
     """An untrained DARA with factor `alpha` on every demo image (query image 1), all heads of layer 0."""
     dara = DARA.for_model(loaded, n_images=shots + 1)
-    with torch.no_grad():
-        dara.alpha[..., :shots] = alpha
-    return dara
+    return dara.set_alpha(alpha, (..., slice(0, shots)))
