@@ -13,6 +13,12 @@ With no arguments: every shipped organism, a default task set, conditions zero-s
 Examples:
     python -m micl_probe.attn_report --model organism:text-shortcut --tasks outlier shape_count --n 100
     python -m micl_probe.attn_report --model /models/qwen2-vl-2b --device cuda --conditions zero-shot 4-shot 8-shot
+    python -m micl_probe.attn_report --model organism:true-micl --tasks outlier --conditions 4-shot retrieved-4-shot \
+        4-shot+dara 4-shot+alpha=2 zero-shot+mtv --dara runs/dara_outlier --mtv runs/mtv runs/mtv_heads --alphas 2
+
+Interventions: a condition "<condition>+<name>" runs under the named intervention: "dara" (factors saved by
+`DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "alpha=<a>" (fixed factor a on
+every demo image in the first decoder layer, --alphas). Artifacts are checked against the model they are used with.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ def parse(argv=None):
     ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=task_names() + task_names(shortcut=True),
                     metavar="TASK", help=f"tasks (default: {' '.join(DEFAULT_TASKS)}); any of micl_probe.tasks")
     ap.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS,
-                    help="zero-shot, no-image, shuffled-answers, <k>-shot (default: %(default)s)")
+                    help="zero-shot, no-image, shuffled-answers, <k>-shot, retrieved-<k>-shot, each optionally "
+                         "+dara / +mtv / +alpha=<a> (default: %(default)s)")
     ap.add_argument("--n", type=int, default=40, help="query episodes per task and condition (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the query episodes (default: %(default)s)")
     ap.add_argument("--out", default="reports/attn_report", help="output folder (default: %(default)s)")
@@ -54,7 +61,26 @@ def parse(argv=None):
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
     ap.add_argument("--batch-size", type=int, default=20, help="episodes per forward pass (default: %(default)s)")
     ap.add_argument("--no-attention", action="store_true", help="accuracy only")
+    ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")
+    ap.add_argument("--mtv", nargs=2, metavar=("MEANS", "HEADS"), help="MTV means and head mask (TaskVector.save) "
+                    "for +mtv conditions")
+    ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
     return ap.parse_args(argv)
+
+
+def interventions_for(loaded, args) -> dict:
+    """The named interventions the flags ask for, checked against `loaded`."""
+    from .dara import DARA
+    from .dara_train import alpha_sweep
+    from .mtv import TaskVector, injection
+
+    found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
+    if args.dara:
+        found["dara"] = DARA.load(args.dara, loaded.model, loaded.adapter).on(loaded.model, kernel="eager")
+    if args.mtv:
+        means, heads = (TaskVector.load(p, loaded) for p in args.mtv)
+        found["mtv"] = injection(loaded, means.mean, heads.values)
+    return found
 
 
 def _img(path: Path) -> str:
@@ -150,7 +176,8 @@ def main(argv=None):
     for name in models:
         loaded = load(name, device=args.device, dtype=dtype)
         records += run(loaded, args.tasks, args.conditions, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                       attention=not args.no_attention, results=out / "results.jsonl")
+                       attention=not args.no_attention, results=out / "results.jsonl",
+                       interventions=interventions_for(loaded, args))
     page = write_report(out, records, settings, time.time() - t0)
     print(f"report: {page}")
 

@@ -106,7 +106,16 @@ def accuracy(loaded, task: str, shots: int, n: int = 200, seed: int = 0, interve
                          loaded.device), n
 
 
-def fixed_alpha(loaded, shots: int, alpha: float) -> DARA:
-    """An untrained DARA with factor `alpha` on every demo image (query image 1), all heads of layer 0."""
-    dara = DARA.for_model(loaded, n_images=shots + 1)
+def fixed_alpha(loaded, shots: int, alpha: float, layers=(0,)) -> DARA:
+    """An untrained DARA with factor `alpha` on every demo image (query image 1), all heads of `layers`."""
+    dara = DARA.for_model(loaded, n_images=shots + 1, layers=layers)
     return dara.set_alpha(alpha, (..., slice(0, shots)))
+
+
+def alpha_sweep(loaded, alphas=(0.5, 2.0, 4.0), layers=(0,), kernel: str = "eager") -> dict:
+    """{"alpha=<a>": intervention}: factor `a` on every demo image of whatever prompt it is given (a `fixed_alpha`
+    built per batch), for harness conditions such as "4-shot+alpha=2"."""
+    def factory(a):
+        return lambda layouts: fixed_alpha(loaded, layouts[0].n_images - 1, a, layers).applied(
+            loaded.model, layouts, kernel=kernel)
+    return {f"alpha={a:g}": factory(a) for a in alphas}

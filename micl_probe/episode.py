@@ -6,6 +6,7 @@
     episode.zero_shot()            # no demos
     episode.without_demo_images()  # demos keep text, lose images (TrueMICL's "no-image" control)
     episode.with_shuffled_answers(seed=0)
+    episode.with_retrieved_shots(4)   # the 4 demos whose images look most like the query's
 
 The query's gold answer is kept on the episode for scoring and is never rendered into a prompt.
 """
@@ -111,6 +112,24 @@ class Episode:
 
     def zero_shot(self) -> Episode:
         return self._with("zero-shot", demos=())
+
+    def with_retrieved_shots(self, k: int) -> Episode:
+        """The `k` demos whose images are most similar to the query's (cosine of mean-centred pixels, images
+        resized to 32x32: RICES-style retrieval from this episode's demos, kept in prompt order)."""
+        if not 0 <= k <= self.shots:
+            raise ValueError(f"episode has {self.shots} demos; cannot retrieve {k}")
+        if not self.query.images or any(not d.images for d in self.demos):
+            raise ValueError("retrieval needs an image on the query and on every demo")
+
+        def feature(images):  # feature[32 * 32 * 3]: the images' mean, centred and unit-normed
+            x = np.mean([np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.float32) for im in images], 0)
+            x = x.ravel() - x.mean()
+            return x / (np.linalg.norm(x) + 1e-8)
+
+        q = feature(self.query.images)
+        sims = [float(feature(d.images) @ q) for d in self.demos]
+        keep = sorted(sorted(range(self.shots), key=lambda i: -sims[i])[:k])
+        return self._with(f"retrieved-{k}-shot", demos=tuple(self.demos[i] for i in keep))
 
     def without_demo_images(self) -> Episode:
         """Demos keep question and answer but lose their images (TrueMICL's 'no-image' control)."""

@@ -20,7 +20,7 @@ from .attention import capture_attention
 from .dara_train import accuracy, fixed_alpha, train_dara, train_lora
 from .evaluate import Accuracy, count_correct
 from .loading import load
-from .mtv import extract, function_vector, indirect_effects, inject, locate, residual_at, task_vector
+from .mtv import extract, function_vector, indirect_effects, injection, locate, residual_at, task_vector
 from .tasks import SPLIT_SEEDS, make_episode, sample_episodes
 
 
@@ -147,7 +147,7 @@ def mtv_experiment(organism: str = "true-micl", tasks=MTV_TASKS, n: int = 200, n
                       steps=reinforce_steps, seed=seed)
         mtv.save(out / "artifacts" / f"mtv_{organism}_{task}")
         mask.save(out / "artifacts" / f"mtv_mask_{organism}_{task}")
-        r["mtv"] = score(loaded, zero, heads_on(loaded, mtv.mean, mask.values))
+        r["mtv"] = score(loaded, zero, injection(loaded, mtv.mean, mask.values))
         r["mtv_heads"] = mask.values.nonzero().tolist()
         r["mtv_p"] = mask.meta["p"]
         cie = indirect_effects(loaded, mtv, [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)])
@@ -169,12 +169,12 @@ def mtv_experiment(organism: str = "true-micl", tasks=MTV_TASKS, n: int = 200, n
         for T in scaling_prompts:
             m_t = extract(loaded, rule_stream(task, rule, n_shots, "support", seed + 2), n_prompts=T)
             r["scaling_mtv"].append({"shots_compressed": n_shots * T,
-                                     **score(loaded, zero, heads_on(loaded, m_t.mean, mask.values))})
+                                     **score(loaded, zero, injection(loaded, m_t.mean, mask.values))})
         r["scaling_icl"] = [{"shots": k, **score(loaded, [e.with_shots(k) for e in queries8])} for k in icl_shots]
         # does the vector change where the model looks? query's attention on its own image, zero-shot
         probe = zero[:40]
         r["query_image_share"] = _image_share(loaded, probe)
-        r["query_image_share_mtv"] = _capture_with(loaded, probe, heads_on(loaded, mtv.mean, mask.values))
+        r["query_image_share_mtv"] = _image_share(loaded, probe, injection(loaded, mtv.mean, mask.values))
         print(f"{task}: 0-shot {r['0-shot']['acc']:.2f} 4-shot {r['4-shot']['acc']:.2f} MTV {r['mtv']['acc']:.2f} "
               f"FV {r['fv']['acc']:.2f} TV {r['tv']['acc']:.2f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,30 +185,9 @@ def mtv_experiment(organism: str = "true-micl", tasks=MTV_TASKS, n: int = 200, n
     return results
 
 
-def heads_on(loaded, means, mask):
-    """`layouts -> context`: MTV injection of `means` into the `mask` heads."""
-    return lambda layouts: inject(loaded, means, mask, layouts)
-
-
 def residual_on(loaded, layer, vector, mode):
     """`layouts -> context`: add/replace `vector` in the residual stream after `layer` (FV / TV)."""
     return lambda layouts: residual_at(loaded, layer, layouts, vector, mode)
-
-
-def _capture_with(loaded, episodes, intervention) -> float:
-    """Image share at the answer row with a hook-based intervention active (nnsight sees the patched run)."""
-    from contextlib import ExitStack
-
-    from .prompt import prepare
-
-    shares = []
-    for e in episodes:
-        p = prepare(e, loaded.processor, loaded.adapter, model=loaded.model)
-        with ExitStack() as stack:
-            stack.enter_context(intervention([p.layout]))
-            am = capture_attention(loaded, [e], progress=False)
-        shares.append(float(am.visual_share().mean()))
-    return float(np.mean(shares))
 
 
 def mtv_markdown(results: dict) -> str:

@@ -120,6 +120,11 @@ def extract(loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, 
     return TaskVector(total / count, "mtv", info)
 
 
+def injection(loaded, means: torch.Tensor, mask: torch.Tensor, every_token: bool = False):
+    """`layouts -> context manager`: `inject` as a per-batch intervention (harness conditions, count_correct)."""
+    return lambda layouts: inject(loaded, means, mask, layouts, every_token=every_token)
+
+
 @contextlib.contextmanager
 def inject(loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False):
     """Replace the selected heads' outputs with `means` at each row's last prompt token.

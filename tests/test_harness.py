@@ -1,0 +1,109 @@
+"""The harness: records match an independent generate + exact match, a rerun resumes, interventions and retrieval
+conditions do what they say, and attn_report writes its report folder."""
+
+import json
+
+import pytest
+import torch
+from conftest import make_episode
+
+from micl_probe import Demo, Episode, load
+from micl_probe.dara import DARA
+from micl_probe.harness import condition_episode, load_records, run
+from micl_probe.prompt import prepare
+
+TASKS, CONDITIONS = ["outlier", "novel_binding_shortcut"], ["zero-shot", "no-image", "2-shot"]
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load("organism:text-shortcut")
+
+
+def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
+    path = tmp_path / "results.jsonl"
+    full = run(loaded, TASKS, CONDITIONS, n=6, batch_size=3, results=path, progress=False)
+    assert len(full) == len(TASKS) * len(CONDITIONS) * 6 and len(load_records(path)) == len(full)
+    # independent check: HF generate + exact match on the same conditioned episodes
+    from micl_probe.harness import _pool_size
+    from micl_probe.tasks import sample_episodes
+    k_default, k_max = _pool_size(CONDITIONS)
+    for r in full[::5]:
+        ep = condition_episode(sample_episodes(r["task"], k_max, 6, split="query")[r["index"]], r["condition"],
+                               k_default)
+        p = prepare(ep, loaded.processor, loaded.adapter, model=loaded.model)
+        out = loaded.model.generate(**p.inputs, max_new_tokens=6, do_sample=False)
+        text = loaded.processor.tokenizer.decode(out[0, p.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert (text.strip() == ep.query.answer) == r["correct"], (r, text)
+        assert 0 <= r["visual_share"] <= 1 and (r["condition"] != "zero-shot" or set(r["image_share"]) == {"query"})
+    # a crash after the first records: the rerun computes only what is missing and gives the same table
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:7]) + "\n" + lines[7][:25])  # the 8th record cut short mid-line
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = run(loaded, TASKS, CONDITIONS, n=6, batch_size=3, results=path, progress=False)
+    key = lambda r: (r["task"], r["condition"], r["index"])
+    assert sorted(map(key, again)) == sorted(map(key, full))
+    with pytest.warns(UserWarning):
+        assert len(load_records(path)) == len(full)
+    assert {key(r): r["correct"] for r in again} == {key(r): r["correct"] for r in full}
+
+
+def test_intervention_conditions(loaded):
+    calls = []
+
+    def spy(layouts):
+        calls.append(len(layouts))
+        return DARA.for_model(loaded, n_images=layouts[0].n_images).set_alpha(8.0).applied(
+            loaded.model, layouts, kernel="eager")
+
+    recs = run(loaded, ["outlier"], ["2-shot", "2-shot+boost"], n=4, progress=False, interventions={"boost": spy})
+    plain = [r for r in recs if r["condition"] == "2-shot"]
+    boosted = [r for r in recs if r["condition"] == "2-shot+boost"]
+    assert calls and len(boosted) == 4  # scoring and attention ran inside the intervention
+    # alpha = 8 on every image of layer 0 raises layer 0's visual share at the answer row
+    assert all(b["visual_share_by_layer"][0] > p["visual_share_by_layer"][0] + 0.01 for p, b in zip(plain, boosted))
+    with pytest.raises(ValueError, match="names intervention 'dara'"):
+        run(loaded, ["outlier"], ["2-shot+dara"], n=2, progress=False)
+
+
+def test_retrieval_keeps_the_most_similar_demos():
+    ep = make_episode(4)
+    twin = Demo(ep.query.images, "What is 9?", "twin")  # a demo showing the query's own image
+    ep = Episode(ep.demos[:2] + (twin,) + ep.demos[2:], ep.query, task="t")
+    got = ep.with_retrieved_shots(1)
+    assert [d.answer for d in got.demos] == ["twin"] and got.condition == "retrieved-1-shot"
+    two = condition_episode(ep, "retrieved-2-shot")
+    assert two.shots == 2 and "twin" in [d.answer for d in two.demos]
+    order = [ep.demos.index(d) for d in two.demos]
+    assert order == sorted(order)  # prompt order is kept
+    with pytest.raises(ValueError):
+        Episode((Demo((), "q?", "a"),), ep.query).with_retrieved_shots(1)
+
+
+def test_alpha_sweep_and_report_cli(loaded, tmp_path):
+    from micl_probe.attn_report import main
+    from micl_probe.dara_train import alpha_sweep
+
+    sweep = alpha_sweep(loaded, alphas=(2,))
+    p = prepare(make_episode(2).with_shots(2), loaded.processor, loaded.adapter, model=loaded.model)
+    with torch.no_grad():
+        base = loaded.model(**p.inputs).logits
+        with sweep["alpha=2"]([p.layout]):
+            moved = loaded.model(**p.inputs).logits
+    assert not torch.allclose(base, moved)
+    out = tmp_path / "report"
+    main(["--model", "organism:text-shortcut", "--tasks", "outlier", "--conditions", "zero-shot", "2-shot",
+          "retrieved-1-shot", "2-shot+alpha=2", "--alphas", "2", "--n", "4", "--out", str(out)])
+    for name in ("report.html", "report.md", "results.json", "results.jsonl", "fig_accuracy.png",
+                 "fig_accuracy.pdf"):
+        assert (out / name).is_file(), name
+    table = json.loads((out / "results.json").read_text())["accuracy"]["organism:text-shortcut"]["outlier"]
+    assert set(table) == {"zero-shot", "2-shot", "retrieved-1-shot", "2-shot+alpha=2"}
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+    with pytest.raises(ValueError, match="layers"):  # artifacts for another model are refused
+        other = DARA(n_heads=7, n_images=3)
+        other.meta = {"n_layers": 12, "model": "elsewhere"}
+        other.save(tmp_path / "dara")
+        main(["--model", "organism:text-shortcut", "--tasks", "outlier", "--conditions", "2-shot+dara",
+              "--dara", str(tmp_path / "dara"), "--n", "2", "--out", str(tmp_path / "r2")])
+
