@@ -2,10 +2,14 @@
 conditions do what they say, and attn_report writes its report folder."""
 
 import json
+import shutil
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_episode
+from PIL import Image
 
 from micl_probe import Demo, Episode, load
 from micl_probe.dara import DARA
@@ -100,6 +104,7 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path):
     table = json.loads((out / "results.json").read_text())["accuracy"]["organism:text-shortcut"]["outlier"]
     assert set(table) == {"zero-shot", "2-shot", "retrieved-1-shot", "2-shot+alpha=2"}
     assert "data:image/png;base64" in (out / "report.html").read_text()
+    _check_in_browser(out / "report.html", tmp_path / "shot.png")
     with pytest.raises(ValueError, match="layers"):  # artifacts for another model are refused
         other = DARA(n_heads=7, n_images=3)
         other.meta = {"n_layers": 12, "model": "elsewhere"}
@@ -107,3 +112,23 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path):
         main(["--model", "organism:text-shortcut", "--tasks", "outlier", "--conditions", "2-shot+dara",
               "--dara", str(tmp_path / "dara"), "--n", "2", "--out", str(tmp_path / "r2")])
 
+
+
+def _check_in_browser(page, shot):
+    """The report renders in headless Chromium (when installed: .ci/run installs Debian's chromium): the
+    screenshot is not blank and the page's inline figures decoded (their <img> elements have a natural width)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,1600"]
+    subprocess.run(flags + [f"--screenshot={shot}", page.as_uri()], check=True, capture_output=True, timeout=120)
+    px = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert px.std() > 10 and (px < 128).mean() > 0.005  # text and figures, not a white page
+    script = ("<script>onload=()=>{document.title=[...document.images].filter(i=>i.naturalWidth>0).length}"
+              "</script>")
+    probe = page.with_name("probe.html")
+    probe.write_text(page.read_text().replace("</body>", script + "</body>"))
+    dom = subprocess.run(flags + ["--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True,
+                         timeout=120).stdout
+    n_figures = page.read_text().count("<img ")
+    assert f"<title>{n_figures}</title>" in dom, dom[:300]
