@@ -44,9 +44,10 @@ def _image_share(loaded, episodes, intervention=None) -> float:
 # --- DARA ------------------------------------------------------------------------------------------------
 def dara_experiment(organisms=("text-shortcut", "true-micl"), tasks=("novel_binding", "outlier", "clock_math",
                     "shape_count"), shots: int = 4, n: int = 200, steps: int = 150, alphas=(0.5, 1, 2, 4, 8),
-                    out: str | Path = "figures", seed: int = 0) -> dict:
+                    out: str | Path = "figures", seed: int = 0, layers=(0,)) -> dict:
     out = Path(out)
-    results = {"shots": shots, "n": n, "steps": steps, "organisms": {}}
+    layers = tuple(layers)
+    results = {"shots": shots, "n": n, "steps": steps, "layers": list(layers), "organisms": {}}
     for name in organisms:
         loaded = _load(name)
         name = Path(name).name
@@ -56,13 +57,13 @@ def dara_experiment(organisms=("text-shortcut", "true-micl"), tasks=("novel_bind
             r["zero-shot"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
             r["no-image"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.without_demo_images()))
             r["4-shot"] = _acc(accuracy(loaded, task, shots, n, seed))
-            dara, hist = train_dara(loaded, task, shots, steps=steps, seed=seed)
+            dara, hist = train_dara(loaded, task, shots, steps=steps, seed=seed, layers=layers)
             r["dara"] = _acc(accuracy(loaded, task, shots, n, seed, intervention=dara.on(loaded.model)))
             r["dara_params"] = dara.n_params
-            r["dara_alpha"] = dara.alpha.detach()[0].tolist()  # [head, image]
+            r["dara_alpha"] = dara.alpha.detach()[0].tolist()  # [head, image] of the first DARA layer
             r["dara_history"] = hist
             dara.save(out / "artifacts" / f"dara_{name}_{task}", organism=name)
-            peft_model, hist_lora = train_lora(loaded, task, shots, steps=steps, seed=seed)
+            peft_model, hist_lora = train_lora(loaded, task, shots, steps=steps, seed=seed, layers=layers)
             r["lora"] = _acc(accuracy(loaded, task, shots, n, seed, model=peft_model))
             r["lora_params"] = sum(p.numel() for nm, p in peft_model.named_parameters() if "lora_" in nm)
             loaded.model = peft_model.unload()
@@ -71,7 +72,7 @@ def dara_experiment(organisms=("text-shortcut", "true-micl"), tasks=("novel_bind
             r["image_share_after"] = _image_share(loaded, probe, dara.on(loaded.model, kernel="eager"))
             r["sweep"] = []
             for a in alphas:
-                fixed = fixed_alpha(loaded, shots, a)
+                fixed = fixed_alpha(loaded, shots, a, layers)
                 r["sweep"].append({"alpha": a, **_acc(accuracy(loaded, task, shots, n, seed,
                                                                 intervention=fixed.on(loaded.model))),
                                    "image_share": _image_share(loaded, probe[:20],
@@ -207,9 +208,11 @@ def main(argv=None):
     ap.add_argument("experiment", choices=["dara", "mtv"])
     ap.add_argument("--out", default="figures")
     ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--organisms", nargs="+", default=["text-shortcut", "true-micl"])
+    ap.add_argument("--layers", nargs="+", type=int, default=[0], help="DARA layers (default: the first)")
     args = ap.parse_args(argv)
     if args.experiment == "dara":
-        dara_experiment(out=args.out, n=args.n)
+        dara_experiment(organisms=args.organisms, out=args.out, n=args.n, layers=args.layers)
     else:
         mtv_experiment(out=args.out, n=args.n)
 

@@ -6,7 +6,8 @@
 Each record (one episode): model, task, condition, index, correct, prediction, answer, and the attention summary at
 the answer position: visual share (mean over layers and heads), per-layer visual share, the image share of each
 demo and of the query. Records are appended to a JSON-lines file as each chunk finishes; a rerun with the same
-file skips what is already there, so a crash or Ctrl-C loses no finished episode.
+file skips what is already there, so a crash or Ctrl-C loses no finished episode. Records carry a fingerprint of
+the weights ("weights"): a model retrained under the same name gets new records, never the old model's.
 
 Conditions: "zero-shot", "no-image" (k demos without images; k from the largest k-shot asked, else 4),
 "<k>-shot" (the episode's first k demos), "retrieved-<k>-shot" (the k of the episode's demos whose images are most
@@ -25,11 +26,14 @@ Scoring is greedy exact match (`evaluate.greedy_exact_match`), identical to gene
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from .attention import capture_attention
@@ -74,7 +78,7 @@ def load_records(results: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             broken += 1
             continue
-        key = (r["model"], r["task"], r["condition"], r["index"])
+        key = (r["model"], r.get("weights"), r["task"], r["condition"], r["index"])
         if key not in seen:
             seen.add(key)
             records.append(r)
@@ -87,7 +91,19 @@ def load_records(results: str | Path) -> list[dict]:
 def _done(results: Path | None) -> set[tuple]:
     if results is None or not results.is_file():
         return set()
-    return {(r["model"], r["task"], r["condition"], r["index"]) for r in load_records(results)}
+    return {(r["model"], r.get("weights"), r["task"], r["condition"], r["index"]) for r in load_records(results)}
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """A short hash of the model's parameters: records of a retrained model under the same name are not reused."""
+    h = hashlib.sha1()
+    for name, p in model.named_parameters():
+        flat = p.detach().flatten().float()
+        h.update(name.encode())
+        h.update(np.array([flat.sum().item(), flat.abs().sum().item(), flat[:: max(1, flat.numel() // 64)]
+                           .sum().item()]).tobytes())
+    return h.hexdigest()[:12]
 
 
 def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int = 0, batch_size: int = 25,
@@ -107,11 +123,12 @@ def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int
         with results.open("a") as f:  # a line cut short by a crash: new records start on a line of their own
             f.write("\n")
     k_default, k_max = _pool_size(conditions)
+    weights = weights_fingerprint(loaded.model)
     records = []
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, n, batch_size)]
     base_of: dict[str, list] = {}  # each task's query episodes, drawn once
     for task, cond, start in tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not progress, mininterval=1):
-        idx = [i for i in range(start, min(n, start + batch_size)) if (loaded.name, task, cond, i) not in done]
+        idx = [i for i in range(start, min(n, start + batch_size)) if (loaded.name, weights, task, cond, i) not in done]
         if not idx:
             continue
         if task not in base_of:
@@ -131,9 +148,9 @@ def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int
             per_demo, owners = am.demo_image_share()
         chunk = []
         for j, (i, ep) in enumerate(zip(idx, eps)):
-            r = {"model": loaded.name, "task": task, "condition": cond, "index": i, "correct": bool(correct[j]),
-                 "prediction": loaded.processor.tokenizer.decode([int(first[j])]).strip(), "answer": ep.query.answer,
-                 "shots": ep.shots}
+            r = {"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
+                 "correct": bool(correct[j]), "prediction": loaded.processor.tokenizer.decode([int(first[j])]).strip(),
+                 "answer": ep.query.answer, "shots": ep.shots}
             if am is not None:
                 r["visual_share"] = float(visual[j].mean())
                 r["visual_share_by_layer"] = visual[j].mean(-1).tolist()
@@ -147,7 +164,8 @@ def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int
                 f.writelines(json.dumps(r) + "\n" for r in chunk)
         records.extend(chunk)
     if results:
-        return [r for r in load_records(results) if r["model"] == loaded.name and r["task"] in tasks
+        return [r for r in load_records(results) if r["model"] == loaded.name and r.get("weights") == weights
+                and r["task"] in tasks
                 and r["condition"] in conditions and r["index"] < n]
     return records
 

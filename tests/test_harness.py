@@ -50,6 +50,18 @@ def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
     with pytest.warns(UserWarning):
         assert len(load_records(path)) == len(full)
     assert {key(r): r["correct"] for r in again} == {key(r): r["correct"] for r in full}
+    # the same name with other weights (a retrained organism) does not reuse those records
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1e-3)
+    try:
+        with pytest.warns(UserWarning):
+            fresh = run(loaded, TASKS[:1], CONDITIONS[:1], n=2, results=path, progress=False)
+    finally:
+        with torch.no_grad():
+            next(loaded.model.parameters()).sub_(1e-3)
+    assert len(fresh) == 2 and fresh[0]["weights"] != full[0]["weights"]
+    with pytest.warns(UserWarning):
+        assert len(load_records(path)) == len(full) + 2
 
 
 def test_intervention_conditions(loaded):
