@@ -280,20 +280,16 @@ def _transformer_lens_mass(model, adapter: Adapter, prepared: Prepared, rows, on
 
 
 def _eager_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot, intervention=None) -> torch.Tensor:
-    """HF attention weights reduced to segments; inside `intervention([layout])` when given (it must make the
-    attention layers return their weights, e.g. `dara.on(model, kernel="eager")`)."""
-    if intervention is not None:
-        with torch.no_grad(), intervention([prepared.layout]):
-            attentions = model(**prepared.inputs, output_attentions=True).attentions
-    else:
-        previous = model.config._attn_implementation
-        model.set_attn_implementation("eager")
-        try:
-            with torch.no_grad():
-                attentions = model(**prepared.inputs, output_attentions=True).attentions  # L x [B, H, seq, seq]
-        finally:
-            model.set_attn_implementation(previous)
-    if any(a is None for a in attentions):
+    """HF eager attention weights reduced to segments; inside `intervention([layout])` when given (hook-based
+    interventions such as MTV injection run as they are; a DARA must use kernel="eager")."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # an intervention may then install its own (weight-returning) kernel
+    try:
+        with torch.no_grad(), intervention([prepared.layout]) if intervention else contextlib.nullcontext():
+            attentions = model(**prepared.inputs, output_attentions=True).attentions  # L x [B, H, seq, seq]
+    finally:
+        model.set_attn_implementation(previous)
+    if not attentions or any(a is None for a in attentions):
         raise ValueError("the attention layers returned no weights; run the intervention with an eager kernel")
     return torch.stack([(a[0][:, rows].float() @ onehot).mean(1).cpu() for a in attentions])
 

@@ -105,3 +105,22 @@ def test_artifact_roundtrip_and_shape_check(tmp_path):
             TaskVector.load(tmp_path / "v", loaded=other)
     finally:
         other.model.config.get_text_config().num_attention_heads = 4
+
+
+def test_attention_measured_under_injection():
+    """capture_attention(intervention=MTV injection): layer 0 (before the patched head) keeps its attention at the
+    answer row, layer 1 (after it) sees the patched residual and moves; equal to the plain capture without it."""
+    from micl_probe import capture_attention
+    from micl_probe.mtv import injection
+
+    loaded = _loaded()
+    ep = make_episode(2, seed=3)
+    means = torch.randn(2, 4, 16) * 5
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0] = True
+    plain = capture_attention(loaded, [ep], progress=False).mass
+    none = capture_attention(loaded, [ep], progress=False, intervention=injection(loaded, means, mask & False)).mass
+    moved = capture_attention(loaded, [ep], progress=False, intervention=injection(loaded, means, mask)).mass
+    torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(moved[:, 0], plain[:, 0], atol=1e-5, rtol=1e-4)
+    assert (moved[:, 1] - plain[:, 1]).abs().max() > 1e-3
