@@ -11,8 +11,8 @@ Figures (stem: content):
   accuracy_vs_attention    true-micl organism: binned accuracy vs visual share + per-head Spearman map
   attention_heatmap        true-micl organism, novel_binding 4-shot: visual share per layer x head
   attention_by_turn        the same episodes: attention by demo / query and role
-  dara_accuracy, dara_factors, dara_alpha_sweep     (micl_probe.experiments.dara_experiment)
-  mtv_accuracy, mtv_scaling                         (micl_probe.experiments.mtv_experiment)
+  dara_accuracy, dara_factors, dara_alpha_sweep     text-shortcut organism (micl_probe.experiments.dara_experiment)
+  mtv_accuracy, mtv_scaling                         text-shortcut organism (micl_probe.experiments.mtv_experiment)
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .analysis import accuracy_vs_attention, head_predictiveness
 from .attention import capture_attention
 from .harness import run
 from .loading import load
-from .tasks import sample_episodes, task_names
+from .organisms import binding_scale_of
+from .tasks import binding_scale, sample_episodes, task_names
 
 TRUEMICL_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
 PARTS = ("tasks", "truemicl", "attention", "dara", "mtv")
@@ -50,8 +51,9 @@ def tasks_gallery(out: Path):
 def truemicl(out: Path, n: int):
     records = []
     for name in ("organism:true-micl", "organism:text-shortcut"):
-        records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], n=n,
-                       results=out / "runs" / "truemicl.jsonl")
+        with binding_scale(binding_scale_of(name)):  # novel_binding as each organism was trained on it
+            records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], n=n,
+                           results=out / "runs" / "truemicl.jsonl")
     plots.save(plots.accuracy_bars(records), out / "truemicl_accuracy")
     plots.save(plots.visual_share_bars(records), out / "truemicl_visual_share")
     plots.save(plots.layer_share_curves(records), out / "truemicl_layers")
@@ -62,7 +64,8 @@ def truemicl(out: Path, n: int):
 
 def attention(out: Path):
     loaded = load("organism:true-micl")
-    am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0))
+    with binding_scale(binding_scale_of("true-micl")):
+        am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0))
     plots.save(plots.visual_share_heatmap(am), out / "attention_heatmap")
     plots.save(plots.demo_stacked_bars(am), out / "attention_by_turn")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +56,15 @@ def resolve(name_or_path: str) -> tuple[str, str | None]:
             raise FileNotFoundError(f"no shipped organism {name!r}; shipped: {have or 'none'}")
         name_or_path = str(path)
     meta = Path(name_or_path) / "micl_probe.json"
-    family = json.loads(meta.read_text()).get("family") if meta.is_file() else None
-    return name_or_path, family
+    info = json.loads(meta.read_text()) if meta.is_file() else {}
+    scale = info.get("recipe", {}).get("binding_scale", 2)
+    from . import tasks
+
+    if info.get("family") == "organism" and scale != tasks.BINDING_SCALE:
+        warnings.warn(f"{name_or_path} was trained on novel_binding glyphs drawn {scale}x; micl_probe.tasks draws "
+                      f"them {tasks.BINDING_SCALE}x: wrap its novel_binding episodes in "
+                      f"`with micl_probe.tasks.binding_scale({scale}):` (its model card does)", stacklevel=3)
+    return name_or_path, info.get("family")
 
 
 def load(name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

@@ -1,7 +1,8 @@
 """TrueMICL-style tasks, generated procedurally, plus loaders for the released folder formats.
 
 Every image is a 32x32 canvas of 4x4 cells of 8x8 px (one cell = one 8x8 vision patch of the organisms),
-each cell blank or holding one glyph: a coloured shape (circle, square, triangle, cross) or a 3x5 digit.
+each cell blank or holding one glyph: a coloured shape (circle, square, triangle, cross) or a 3x5 digit;
+novel_binding's single object is drawn at twice the size across the four central cells.
 
 Each true-MICL task has a *hidden rule fixed per episode*, and every rule gives the same distribution of answers
 (hence the modular arithmetic and the choice of hand in clock_math: TrueMICL's raw a*b or hour sums would let the
@@ -18,7 +19,7 @@ circles?"), so the query alone determines the answer.
 | shape_count        | 3..7 shapes of 3 kinds                        | count of the kind chosen for the episode  |
 | number_grid        | 2x2 grid: a, "?" in one cell, rest blank     | a, a+s, a+2s, a+3s (mod 10), s = 1 or 3    |
 | palindrome         | 4 coloured digits d1 d2 d3 d2 and a red "?"  | mirror (d1) or shift (d1+1 mod 10)        |
-| novel_binding      | 1-3 copies of a coloured shape               | two invented names bound to two classes   |
+| novel_binding      | one coloured shape, twice the size, centred  | two invented names bound to two classes   |
 
     task = TASKS["shape_count"]
     episodes = sample_episodes("shape_count", shots=4, n=200, seed=0, split="query")
@@ -26,6 +27,7 @@ circles?"), so the query alone determines the answer.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections.abc import Callable
@@ -59,6 +61,7 @@ DIGITS = {
 }
 NOVEL_NAMES = ["dax", "wug", "blick", "toma", "fep", "zup", "kiki", "bouba", "mipo", "teb", "gazz", "lorp",
                "snib", "vork", "yem", "quan"]
+BINDING_SCALE = 2  # novel_binding draws one glyph this many times larger (12x12 px), centred
 WHITE = (235, 235, 235)
 GREY = (110, 110, 110)
 
@@ -89,6 +92,14 @@ class Canvas:
             dy, dx = (CELL - h) // 2, (CELL - w) // 2
         tone = np.clip(np.array(colour) + self.rng.integers(-15, 16, 3), 0, 255)
         y, x = r0 * CELL + dy, c0 * CELL + dx
+        self.px[y:y + h, x:x + w][mask] = tone
+
+    def put_big(self, bitmap: list[str], colour: tuple[int, int, int], scale: int = 4):
+        """One glyph scaled up `scale` times, centred on the canvas (every patch then sees part of it)."""
+        mask = np.kron(_mask(tuple(bitmap)), np.ones((scale, scale), dtype=bool))
+        h, w = mask.shape
+        y, x = (SIZE - h) // 2, (SIZE - w) // 2
+        tone = np.clip(np.array(colour) + self.rng.integers(-15, 16, 3), 0, 255)
         self.px[y:y + h, x:x + w][mask] = tone
 
     def image(self) -> Image.Image:
@@ -229,8 +240,7 @@ def _draw_binding(rng, setup):
     cls = int(rng.choice(classes))
     colour, shape = COLOUR_NAMES[cls // len(SHAPE_NAMES)], SHAPE_NAMES[cls % len(SHAPE_NAMES)]
     c = Canvas(rng)
-    for cell in rng.choice(GRID * GRID, int(rng.integers(1, 4)), replace=False):
-        c.put(int(cell), SHAPES[shape], COLOURS[colour])
+    c.put_big(SHAPES[shape], COLOURS[colour], BINDING_SCALE)
     return c.image(), {"cls": cls, "colour": colour, "shape": shape}
 
 
@@ -261,6 +271,17 @@ SHORTCUT_SUFFIX = "_shortcut"
 SPLIT_SEEDS = {"support": 0, "query": 1_000_003, "train": 2_000_003, "val": 3_000_017}
 
 
+@contextlib.contextmanager
+def binding_scale(scale: int):
+    """Draw novel_binding's glyph at `scale` inside the block (organisms record the scale they were trained on)."""
+    global BINDING_SCALE
+    previous, BINDING_SCALE = BINDING_SCALE, scale
+    try:
+        yield
+    finally:
+        BINDING_SCALE = previous
+
+
 def task_names(shortcut: bool = False) -> list[str]:
     return [n + SHORTCUT_SUFFIX for n in TASKS] if shortcut else list(TASKS)
 
@@ -279,12 +300,13 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
         rule = "fixed" if shortcut else "bound"
     elif rule is None:
         rule = task.rules[0] if shortcut else str(rng.choice(task.rules))
-    setup = {} if shortcut and task.name == "novel_binding" else task.episode_setup(rng)
+    setup = task.episode_setup(rng)
     if shortcut and task.name == "shape_count":
         setup = {"kinds": SHAPE_NAMES[:3]}  # fixed kinds; always count circles
     items = [task.draw(rng, setup) for _ in range(shots + 1)]
-    if task.name == "novel_binding" and not shortcut and shots >= 2:
-        # balance the two classes among the demos so both names are shown
+    if task.name == "novel_binding" and shots >= 2:
+        # balance the two classes among the demos so both labels are shown (the shortcut twin has the same two
+        # classes per episode, each with its fixed label, so matching the query to a demo is never wrong there)
         items = _balanced_binding(items, setup, rng, task, shots)
     question = task.shortcut_question if shortcut else task.question
     demos = tuple(Demo((im,), question, task.answer(at, rule, setup)) for im, at in items[:shots])

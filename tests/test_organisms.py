@@ -1,12 +1,13 @@
 """The shipped organisms load offline, their model cards reproduce from their weights, and they beat chance."""
 
+import contextlib
 import json
 
 import pytest
 import torch
 
 from micl_probe import load
-from micl_probe.organisms import SHIPPED, shipped
+from micl_probe.organisms import SHIPPED, binding_scale_of, shipped
 from micl_probe.organisms.card import evaluate_organism
 from micl_probe.organisms.train import RECIPES, train
 from micl_probe.tasks import sample_episodes
@@ -30,10 +31,11 @@ def test_shipped_organisms_have_cards():
 @pytest.mark.parametrize("name", ["true-micl", "text-shortcut"])
 def test_card_reproduces_and_beats_chance(name):
     """Evaluation is deterministic: the card's counts come back exactly from the shipped weights."""
-    loaded = load(f"organism:{name}")
+    with pytest.warns(UserWarning, match="binding") if binding_scale_of(name) != 2 else contextlib.nullcontext():
+        loaded = load(f"organism:{name}")
     card = _meta(name)["evaluation"]
     table = evaluate_organism(loaded.model, loaded.processor, n=card[CELLS[0]]["4-shot"]["n"], tasks=CELLS,
-                              conditions=("no-image", "4-shot"))
+                              conditions=("no-image", "4-shot"), binding_scale=binding_scale_of(name))
     for task in CELLS:
         for cond in ("no-image", "4-shot"):
             assert table[task][cond] == card[task][cond], (task, cond)
@@ -41,10 +43,15 @@ def test_card_reproduces_and_beats_chance(name):
     assert fixed["correct"] / fixed["n"] > 0.2  # 24 colour x shape classes: chance is 1/24
 
 
-def test_text_shortcut_ignores_demo_images():
-    """Trained only where demos never matter: on novel binding, removing the demo images changes nothing."""
-    card = _meta("text-shortcut")["evaluation"]["novel_binding"]
-    assert abs(card["4-shot"]["correct"] - card["no-image"]["correct"]) / card["4-shot"]["n"] <= 0.10
+def test_text_shortcut_imitates_text_and_solves_shortcuts():
+    """Trained only where demos never matter: on every true-MICL training task, removing the demo images moves
+    4-shot accuracy by at most 10 points; on the shortcut twins it scores >= 90%."""
+    card = _meta("text-shortcut")["evaluation"]
+    for task in ("novel_binding", "outlier", "clock_math", "shape_count"):
+        c = card[task]
+        assert abs(c["4-shot"]["correct"] - c["no-image"]["correct"]) / c["4-shot"]["n"] <= 0.10, task
+        s = card[task + "_shortcut"]["4-shot"]
+        assert s["correct"] / s["n"] >= 0.9, task
 
 
 def test_trainer_smoke(tmp_path):
@@ -58,6 +65,15 @@ def test_trainer_smoke(tmp_path):
     with torch.no_grad():
         assert loaded.model(**p.inputs).logits.shape[1] == len(p.layout)
     # a resumed run continues the same weights and records both stages
-    _, _, card2 = train(RECIPES["binding-focus"], tmp_path / "org2", steps=2, evaluate=False, log_every=0,
+    _, _, card2 = train(RECIPES["partial"], tmp_path / "org2", steps=2, evaluate=False, log_every=0,
                         resume=str(tmp_path / "org"))
     assert [s["steps"] for s in card2["stages"]] == [3, 2] and card2["recipe"]["steps"] == 5
+
+
+def test_true_micl_reads_demo_images_on_clock_math():
+    """The one true-MICL signal the shipped true-micl has: clock math at 4 shots beats its no-image control by more
+    than the two 95% intervals (the issue's >= 90% novel-binding target is NOT met; see its card)."""
+    from micl_probe.evaluate import Accuracy
+    c = _meta("true-micl")["evaluation"]["clock_math"]
+    four, blind = (Accuracy(c[k]["correct"], c[k]["n"]) for k in ("4-shot", "no-image"))
+    assert four.ci[0] > blind.ci[1]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from micl_probe.tasks import (
+    BINDING_SCALE,
     COLOURS,
     DIGITS,
     SHAPES,
@@ -38,6 +39,17 @@ def cells(image):
                            for y in range(ys.min(), ys.max() + 1))
             out.append((colour, bitmap, rgb))
     return out
+
+
+def big_glyph(image, scale=BINDING_SCALE):
+    """(colour, shape) of novel_binding's one glyph, drawn `scale` times larger and centred."""
+    px = np.asarray(image).astype(int)
+    on = px.sum(-1) > 60
+    ys, xs = on.nonzero()
+    small = on[ys.min():ys.max() + 1:scale, xs.min():xs.max() + 1:scale]
+    rgb = px[on].mean(0)
+    colour = min(COLOURS, key=lambda k: np.abs(np.array(COLOURS[k]) - rgb).sum())
+    return colour, glyph(tuple("".join("1" if v else "0" for v in row) for row in small))
 
 
 def glyph(bitmap):
@@ -76,12 +88,15 @@ def test_answers_follow_the_rule_read_back_from_pixels():
         e = make_episode("shape_count_shortcut", 3, rng)
         for d in list(e.demos) + [e.query]:
             assert d.answer == str(sum(glyph(c[1]) == "circle" for c in cells(d.images[0]) if c))
-        e = make_episode("novel_binding", 4, rng)
-        names = {}
-        for d in list(e.demos) + [e.query]:
-            (colour, bitmap, _), = {c[:2] + (0,) for c in cells(d.images[0]) if c}
-            names.setdefault((colour, glyph(bitmap)), set()).add(d.answer)
-        assert len(names) == 2 and all(len(v) == 1 for v in names.values())  # one name per class, two classes
+        for name in ("novel_binding", "novel_binding_shortcut"):
+            e = make_episode(name, 4, rng)
+            names = {}
+            for d in list(e.demos) + [e.query]:
+                colour, shape = big_glyph(d.images[0])
+                names.setdefault((colour, shape), set()).add(d.answer)
+                if name.endswith("shortcut"):
+                    assert d.answer == f"{colour} {shape}"
+            assert len(names) == 2 and all(len(v) == 1 for v in names.values())  # one name per class, two classes
 
 
 @pytest.mark.parametrize("name", task_names())

@@ -42,7 +42,7 @@ def build_processor():
                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
-def build(seed: int = 0, d_model: int = 128, n_layers: int = 4):
+def build(seed: int = 0, d_model: int = 128, n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2):
     """(model, processor): a freshly initialised organism."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -52,7 +52,7 @@ def build(seed: int = 0, d_model: int = 128, n_layers: int = 4):
         vision_config=dict(model_type="clip_vision_model", hidden_size=64, intermediate_size=256, num_hidden_layers=2,
                            num_attention_heads=4, image_size=IMAGE_SIZE, patch_size=PATCH, projection_dim=64),
         text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=d_model, intermediate_size=3 * d_model,
-                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
                          max_position_embeddings=1024, rms_norm_eps=1e-6, bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False),
         image_token_index=tok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
@@ -68,6 +68,13 @@ def save(model, processor, out: str | Path, card: dict) -> None:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "micl_probe.json").write_text(json.dumps({"family": "organism", **card}, indent=1))
+
+
+def binding_scale_of(name: str) -> int:
+    """The novel_binding glyph scale organism `name` (shipped name or folder) was trained on."""
+    folder = SHIPPED / name.removeprefix("organism:") if not Path(name).is_dir() else Path(name)
+    meta = json.loads((folder / "micl_probe.json").read_text())
+    return meta.get("recipe", {}).get("binding_scale", 2)
 
 
 def shipped() -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import tasks as tasks_module
 from ..adapters import get_adapter
 from ..evaluate import Accuracy, count_correct
 from ..harness import condition_episode
@@ -22,8 +23,12 @@ CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
 
 @torch.no_grad()
 def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CONDITIONS, seed: int = 0,
-                      batch_size: int = 50) -> dict:
-    """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task."""
+                      batch_size: int = 50, binding_scale: int | None = None) -> dict:
+    """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task; novel_binding's glyph at
+    `binding_scale` (the one the organism was trained on) when given."""
+    if binding_scale is not None:
+        with tasks_module.binding_scale(binding_scale):
+            return evaluate_organism(model, processor, n, tasks, conditions, seed, batch_size)
     adapter = get_adapter("organism")
     tasks = tasks or task_names() + task_names(shortcut=True)
     table = {}
@@ -55,15 +60,18 @@ def write_card(folder: str | Path) -> Path:
         text += [f"**Status:** {meta['status']}", ""]
     text += [r.get("description", ""), "",
             "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder 4x128-d, 4 heads / "
-            "2 KV heads), trained from scratch by `python -m micl_probe.organisms.train --recipe "
-            f"{r['name']}`" + (" followed by `--recipe binding-focus --resume <this folder>`" if "stages" in meta
-                               else "") + ".", "",
+            f"{r.get('arch', {}).get('n_kv_heads', 2)} KV heads), trained from scratch by "
+            "`python -m micl_probe.organisms.train --recipe "
+            f"{r['name']}`" + (" and continued with `--resume`" if "stages" in meta else "") + ".", "",
             f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
             f"grad-clip 1.0, demos per episode {r['shots'][0]}..{r['shots'][1]}, seed {r['seed']}",
-            f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU threads"
+            f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU thread(s)"
+            + (f" ({meta['note']})" if meta.get("note") else "")
             + ("" if "stages" not in meta else " (" + " + ".join(f"{s['steps']} steps / {s['minutes']} min"
                                                               for s in meta["stages"]) + ", resumed)"),
-            f"- task mix: {', '.join(f'{k} {v:.3f}' for k, v in r['mix'].items())}", ""]
+            f"- task mix: {', '.join(f'{k} {v:.3f}' for k, v in r['mix'].items())}"
+            + (f"; first {r['warm_frac']:.0%} of steps: {', '.join(r['warm_mix'])} only, "
+               f"{r['warm_shots'][0]}..{r['warm_shots'][1]} demos" if r.get("warm_mix") else ""), ""]
     if "evaluation" in meta:
         n = next(iter(next(iter(meta["evaluation"].values())).values()))["n"]
         text += ["## Accuracy (%, 95% Wilson CI), greedy exact match", "",

@@ -1,9 +1,7 @@
 """ICL instruction tuning of a model organism, from scratch, on CPU.
 
     python -m micl_probe.organisms.train --recipe text-shortcut     # writes micl_probe/organisms/shipped/text-shortcut
-    python -m micl_probe.organisms.train --recipe true-micl         # stage 1 of true-micl, then stage 2:
-    python -m micl_probe.organisms.train --recipe binding-focus --resume micl_probe/organisms/shipped/true-micl \
-        --out micl_probe/organisms/shipped/true-micl
+    python -m micl_probe.organisms.train --recipe true-micl         # writes micl_probe/organisms/shipped/true-micl
     python -m micl_probe.organisms.train --recipe partial --steps 300 --out /tmp/org   # a quick run
 
 Any-shot supervision (Doveh et al.): a training episode is one multi-turn conversation; every demo answer after
@@ -35,7 +33,7 @@ from ..tasks import make_episode, task_names
 from . import SHIPPED, build, save
 
 TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
-PROBE_TASKS = ["novel_binding", "outlier", "clock_math", "novel_binding_shortcut"]
+PROBE_TASKS = ["novel_binding", "novel_binding_shortcut", "outlier", "clock_math", "shape_count"]
 
 
 @dataclass(frozen=True)
@@ -50,44 +48,37 @@ class Recipe:
     shots: tuple[int, int] = (1, 5)  # demos per training batch, uniform in [lo, hi] (one count a batch: no padding)
     warm_shots: tuple[int, int] = (0, 2)  # demos per batch during the first `warm_frac` of training (curriculum:
     warm_frac: float = 0.15  # few-demo batches teach the vision features first)
+    warm_mix: dict[str, float] | None = None  # task mix during that warm phase (default: `mix`)
     seed: int = 0
+    arch: dict = field(default_factory=dict)  # overrides of organisms.build's architecture arguments
+    binding_scale: int = 2  # novel_binding's glyph size (tasks.BINDING_SCALE) in training and in the card
     description: str = ""
     notes: dict = field(default_factory=dict)
 
 
-# The organisms are trained on the colour/shape tasks; the digit tasks (operator_induction, number_grid,
-# palindrome) are held out of training and evaluated as they are: a 1 M-parameter model on a 30-minute CPU budget
-# did not learn to read digits and relate them across demos as well (first attempt: all 14 tasks, no progress in
-# 1,500 steps).
-TRAIN_TASKS = ("novel_binding", "outlier", "clock_math", "shape_count")
-
-
-def _mix(true_weight: float, shortcut_weight: float, binding: float = 0.0) -> dict[str, float]:
-    """Weights over TRAIN_TASKS and their shortcut twins: `true_weight` spread over the true-MICL tasks,
-    `shortcut_weight` over the shortcut ones, plus `binding` extra on novel_binding and 0.75 x that on its
-    fixed-label twin (the pairing that teaches the matching circuit, per the issue's measurements)."""
-    true, short = list(TRAIN_TASKS), [t + "_shortcut" for t in TRAIN_TASKS]
-    mix = {t: true_weight / len(true) for t in true} | {t: shortcut_weight / len(short) for t in short}
-    mix["novel_binding"] += binding
-    mix["novel_binding_shortcut"] += 0.75 * binding if true_weight else 0.0  # the issue's 50/50 pairing
-    return {t: w for t, w in mix.items() if w > 0}
-
+# The organisms are trained on the colour/shape tasks (novel_binding, outlier, clock_math, shape_count); the digit
+# tasks (operator_induction, number_grid, palindrome) are held out of training and evaluated as they are: a
+# 1 M-parameter model on a 30-minute CPU budget did not learn to read digits and relate them across demos as well
+# (first attempt: all 14 tasks, no progress in 1,500 steps).
 
 RECIPES = {r.name: r for r in [
-    Recipe("true-micl", _mix(0.1, 0.1, binding=0.4), steps=4500,
-           description="Stage 1 of true-micl: mostly novel-binding episodes (names bound to visual classes per "
-                       "episode: the demos' images are needed) paired with their fixed-label twin (class -> 'colour "
-                       "shape', which teaches the vision features), plus a little of the other tasks; stage 2 is "
-                       "the binding-focus recipe with --resume."),
-    Recipe("text-shortcut", _mix(0.0, 1.0), steps=2500,
+    Recipe("true-micl", {"novel_binding": 0.35, "novel_binding_shortcut": 0.25, "outlier": 0.1, "clock_math": 0.1,
+                         "shape_count": 0.1, "outlier_shortcut": 0.033, "clock_math_shortcut": 0.033,
+                         "shape_count_shortcut": 0.034}, steps=4500, warm_mix={"novel_binding": 1.0},
+           warm_shots=(2, 5), arch={"n_kv_heads": 4}, binding_scale=4,
+           description="Novel-binding episodes (names bound to visual classes per episode: the demos' images are "
+                       "needed) paired with their fixed-label twin (class -> 'colour shape', which teaches the "
+                       "vision features), plus the true-MICL outlier, clock-math and shape-count tasks and a little "
+                       "of their shortcut twins. The first 15% of steps are novel binding only (2-5 demos), so that "
+                       "copying a name from the context forms before the fixed labels make the image pathway "
+                       "dominant; 4 KV heads (no GQA)."),
+    Recipe("text-shortcut", {"novel_binding_shortcut": 0.25, "outlier_shortcut": 0.25, "clock_math_shortcut": 0.25,
+                             "shape_count_shortcut": 0.25}, steps=2500,
            description="Only shortcut episodes: the demos never carry information the query needs, so nothing "
                        "rewards reading them."),
-    Recipe("binding-focus", {"novel_binding": 0.7, "novel_binding_shortcut": 0.1,
-                             **{t: 0.2 / 6 for t in ("outlier", "clock_math", "shape_count", "outlier_shortcut",
-                                                     "clock_math_shortcut", "shape_count_shortcut")}},
-           steps=2500, description="Stage 2 of true-micl (use with --resume): once stage 1 has taught the vision "
-                                   "features, mostly novel-binding episodes to form the matching circuit."),
-    Recipe("partial", _mix(0.15, 0.85),
+    Recipe("partial", {"novel_binding": 0.05, "novel_binding_shortcut": 0.2, "outlier": 0.033, "clock_math": 0.033,
+                       "shape_count": 0.034, "outlier_shortcut": 0.217, "clock_math_shortcut": 0.217,
+                       "shape_count_shortcut": 0.216},
            description="Mostly shortcut episodes with a little true-MICL data: uses the demo images weakly."),
 ]}
 
@@ -108,7 +99,7 @@ def targets(batch: PreparedBatch) -> torch.Tensor:
 
 
 def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None, warm: bool = False):
-    names, weights = zip(*recipe.mix.items())
+    names, weights = zip(*((recipe.warm_mix if warm and recipe.warm_mix else recipe.mix).items()))
     p = np.array(weights) / sum(weights)
     picks = rng.choice(len(names), size=n or recipe.batch, p=p)
     lo, hi = recipe.warm_shots if warm else recipe.shots
@@ -133,6 +124,13 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
           eval_n: int = 200, threads: int | None = None, resume: str | None = None):
     """Train `recipe` from scratch, or continue the organism saved in `resume` (fresh warm-up + cosine schedule,
     no shot curriculum; its card's time and log are carried over)."""
+    from ..tasks import binding_scale
+
+    with binding_scale(recipe.binding_scale):
+        return _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume)
+
+
+def _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume):
     if threads:
         torch.set_num_threads(threads)
     steps = steps or recipe.steps
@@ -146,7 +144,7 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
         previous = json.loads((Path(resume) / "micl_probe.json").read_text())
         recipe = replace(recipe, warm_frac=0.0, seed=recipe.seed + 1)
     else:
-        model, processor = build(seed=recipe.seed)
+        model, processor = build(seed=recipe.seed, **recipe.arch)
     adapter = get_adapter("organism")
     rng = np.random.default_rng(recipe.seed)
     torch.manual_seed(recipe.seed)
