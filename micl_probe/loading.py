@@ -57,10 +57,10 @@ def resolve(name_or_path: str) -> tuple[str, str | None]:
         name_or_path = str(path)
     meta = Path(name_or_path) / "micl_probe.json"
     info = json.loads(meta.read_text()) if meta.is_file() else {}
-    scale = info.get("recipe", {}).get("binding_scale", 2)
     from . import tasks
+    from .organisms import binding_scale_of
 
-    if info.get("family") == "organism" and scale != tasks.BINDING_SCALE:
+    if info.get("family") == "organism" and (scale := binding_scale_of(name_or_path)) != tasks.BINDING_SCALE:
         warnings.warn(f"{name_or_path} was trained on novel_binding glyphs drawn {scale}x; micl_probe.tasks draws "
                       f"them {tasks.BINDING_SCALE}x: wrap its novel_binding episodes in "
                       f"`with micl_probe.tasks.binding_scale({scale}):` (its model card does)", stacklevel=3)

@@ -61,7 +61,7 @@ DIGITS = {
 }
 NOVEL_NAMES = ["dax", "wug", "blick", "toma", "fep", "zup", "kiki", "bouba", "mipo", "teb", "gazz", "lorp",
                "snib", "vork", "yem", "quan"]
-BINDING_SCALE = 2  # novel_binding draws one glyph this many times larger (12x12 px), centred
+BINDING_SCALE = 2  # novel_binding draws its one glyph this many times larger (2: 12x12 px), centred
 WHITE = (235, 235, 235)
 GREY = (110, 110, 110)
 
@@ -94,7 +94,7 @@ class Canvas:
         y, x = r0 * CELL + dy, c0 * CELL + dx
         self.px[y:y + h, x:x + w][mask] = tone
 
-    def put_big(self, bitmap: list[str], colour: tuple[int, int, int], scale: int = 4):
+    def put_big(self, bitmap: list[str], colour: tuple[int, int, int], scale: int):
         """One glyph scaled up `scale` times, centred on the canvas (every patch then sees part of it)."""
         mask = np.kron(_mask(tuple(bitmap)), np.ones((scale, scale), dtype=bool))
         h, w = mask.shape

@@ -12,7 +12,7 @@ from micl_probe.organisms.card import evaluate_organism
 from micl_probe.organisms.train import RECIPES, train
 from micl_probe.tasks import sample_episodes
 
-CELLS = ("novel_binding", "novel_binding_shortcut")
+CELLS = ("novel_binding", "novel_binding_shortcut", "clock_math")
 
 
 def _meta(name):
