@@ -37,8 +37,8 @@ from .analysis import accuracy_vs_attention, head_predictiveness
 from .evaluate import Accuracy
 from .harness import accuracy_table, run
 from .loading import load
-from .organisms import binding_scale_of, shipped
-from .tasks import BINDING_SCALE, binding_scale, task_names
+from .organisms import as_trained, shipped
+from .tasks import task_names
 
 DEFAULT_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
 DEFAULT_CONDITIONS = ["zero-shot", "no-image", "4-shot"]
@@ -174,8 +174,7 @@ def main(argv=None):
     t0 = time.time()
     records = []
     for name in models:
-        scale = binding_scale_of(name) if name.startswith("organism:") else BINDING_SCALE
-        with binding_scale(scale):  # an organism sees novel_binding drawn as it was trained on it
+        with as_trained(name):  # an organism sees novel_binding drawn as it was trained on it
             loaded = load(name, device=args.device, dtype=dtype)
             records += run(loaded, args.tasks, args.conditions, n=args.n, seed=args.seed,
                            batch_size=args.batch_size, attention=not args.no_attention,

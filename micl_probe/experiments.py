@@ -36,8 +36,7 @@ def _acc(c_n) -> dict:
 
 
 def _image_share(loaded, episodes, intervention=None) -> float:
-    am = capture_attention(loaded, episodes, progress=False, intervention=intervention,
-                           backend="eager" if intervention else "nnsight")
+    am = capture_attention(loaded, episodes, progress=False, intervention=intervention)
     return float(am.visual_share().mean())
 
 

@@ -27,8 +27,8 @@ from .analysis import accuracy_vs_attention, head_predictiveness
 from .attention import capture_attention
 from .harness import run
 from .loading import load
-from .organisms import binding_scale_of
-from .tasks import binding_scale, sample_episodes, task_names
+from .organisms import as_trained
+from .tasks import sample_episodes, task_names
 
 TRUEMICL_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
 PARTS = ("tasks", "truemicl", "attention", "dara", "mtv")
@@ -51,7 +51,7 @@ def tasks_gallery(out: Path):
 def truemicl(out: Path, n: int):
     records = []
     for name in ("organism:true-micl", "organism:text-shortcut"):
-        with binding_scale(binding_scale_of(name)):  # novel_binding as each organism was trained on it
+        with as_trained(name):  # novel_binding drawn as each organism was trained on it
             records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], n=n,
                            results=out / "runs" / "truemicl.jsonl")
     plots.save(plots.accuracy_bars(records), out / "truemicl_accuracy")
@@ -64,7 +64,7 @@ def truemicl(out: Path, n: int):
 
 def attention(out: Path):
     loaded = load("organism:true-micl")
-    with binding_scale(binding_scale_of("true-micl")):
+    with as_trained("organism:true-micl"):
         am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0))
     plots.save(plots.visual_share_heatmap(am), out / "attention_heatmap")
     plots.save(plots.demo_stacked_bars(am), out / "attention_by_turn")

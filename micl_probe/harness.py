@@ -119,9 +119,11 @@ def run(loaded, tasks: list[str], conditions: list[str], n: int = 100, seed: int
     if results:
         results.parent.mkdir(parents=True, exist_ok=True)
     done = _done(results)
-    if results and results.is_file() and not results.read_bytes().endswith(b"\n") and results.stat().st_size:
-        with results.open("a") as f:  # a line cut short by a crash: new records start on a line of their own
-            f.write("\n")
+    if results and results.is_file() and results.stat().st_size:
+        with results.open("rb+") as f:  # a line cut short by a crash: new records start on a line of their own
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
     k_default, k_max = _pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
     records = []

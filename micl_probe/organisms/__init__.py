@@ -77,5 +77,14 @@ def binding_scale_of(name: str) -> int:
     return meta.get("recipe", {}).get("binding_scale", 2)
 
 
+def as_trained(name: str):
+    """Context in which micl_probe.tasks draws novel_binding as model `name` was trained on it (a no-op for anything
+    that is not an organism)."""
+    from ..tasks import BINDING_SCALE, binding_scale
+
+    is_organism = name.startswith("organism:") or (Path(name) / "micl_probe.json").is_file()
+    return binding_scale(binding_scale_of(name) if is_organism else BINDING_SCALE)
+
+
 def shipped() -> list[str]:
     return sorted(p.name for p in SHIPPED.glob("*") if (p / "micl_probe.json").is_file())
