@@ -21,12 +21,17 @@ from .dara_train import accuracy, fixed_alpha, train_dara, train_lora
 from .evaluate import Accuracy, count_correct
 from .loading import load
 from .mtv import extract, function_vector, indirect_effects, injection, locate, residual_at, task_vector
+from .organisms import as_trained
 from .tasks import SPLIT_SEEDS, make_episode, sample_episodes
 
 
+def _ref(name: str) -> str:
+    """A shipped organism's bare name as micl_probe.load takes it; folders and hub ids as they are."""
+    return name if "/" in name or ":" in name else f"organism:{name}"
+
+
 def _load(name: str):
-    """A shipped organism by name, or any folder / hub id."""
-    return load(name if "/" in name or ":" in name else f"organism:{name}")
+    return load(_ref(name))
 
 
 def _acc(c_n) -> dict:
@@ -109,10 +114,15 @@ def dara_markdown(results: dict) -> str:
 
 
 # --- MTV -------------------------------------------------------------------------------------------------
-# a fixed rule per task: what the vector carries. On the text-shortcut organism the demos carry the answer format
-# (shortcut twins) or cue its trained rule (clock_math, rule "red"): what MTV can compress there.
-MTV_TASKS = {"clock_math_shortcut": "red", "shape_count_shortcut": "kind0", "clock_math": "red",
-             "outlier_shortcut": "colour_outlier"}
+# a fixed rule per task: what the vector carries, per organism. On the text-shortcut organism the demos carry the
+# answer format (shortcut twins) or cue its trained rule (clock_math, rule "red"). On true-micl, clock_math's rule is
+# read from the demo images (4-shot 59% vs 38% with the demo images removed, rule "red"); its zero-shot answer
+# follows the other hand, so the vector must carry which hand.
+MTV_TASKS = {
+    "text-shortcut": {"clock_math_shortcut": "red", "shape_count_shortcut": "kind0", "clock_math": "red",
+                      "outlier_shortcut": "colour_outlier"},
+    "true-micl": {"clock_math": "red", "outlier_shortcut": "colour_outlier", "clock_math_shortcut": "red"},
+}
 
 
 def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0):
@@ -132,63 +142,74 @@ def score(loaded, episodes, intervention=None, batch: int = 25) -> dict:
     return _acc((c, len(episodes)))
 
 
-def mtv_experiment(organism: str = "text-shortcut", tasks=MTV_TASKS, n: int = 200, n_shots: int = 4,
-                   n_prompts: int = 100, reinforce_steps: int = 600, out: str | Path = "figures", seed: int = 0,
-                   scaling_prompts=(1, 4, 16), icl_shots=(1, 2, 4, 8)) -> dict:
+def mtv_experiment(organisms=tuple(MTV_TASKS), n: int = 200, n_shots: int = 4, n_prompts: int = 100,
+                   reinforce_steps: int = 600, out: str | Path = "figures", seed: int = 0,
+                   scaling_prompts=(1, 4, 16, 64), icl_shots=(1, 2, 4, 8, 16, 32), tasks: dict | None = None) -> dict:
+    """MTV, FV and TV next to 0/4/8-shot ICL for each organism's tasks (`tasks`: {organism: {task: rule}}, default
+    MTV_TASKS), and the many-shot comparison: MTV from T prompts (N x T shots compressed) vs k-shot ICL up to 32
+    shots (~820 of the organisms' 1,024 tokens)."""
     out = Path(out)
-    loaded = _load(organism)
-    organism = Path(organism).name
-    L = loaded.adapter.n_layers(loaded.model)
-    results = {"organism": organism, "n": n, "n_shots": n_shots, "n_prompts": n_prompts, "tasks": {}}
-    for task, rule in tasks.items():
-        r = results["tasks"][task] = {"rule": rule}
-        queries8 = rule_episodes(task, rule, max(icl_shots + (8,)), n, seed=seed)
-        zero = [e.zero_shot() for e in queries8]
-        for k in (0, 4, 8):
-            r[f"{k}-shot"] = score(loaded, [e.with_shots(k) for e in queries8])
-        mtv = extract(loaded, rule_stream(task, rule, n_shots, "support", seed), n_prompts=n_prompts,
-                      meta={"rule": rule})
-        mask = locate(loaded, mtv, (e.zero_shot() for e in rule_stream(task, rule, 0, "support", seed + 1)),
-                      [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)],
-                      steps=reinforce_steps, seed=seed)
-        mtv.save(out / "artifacts" / f"mtv_{organism}_{task}")
-        mask.save(out / "artifacts" / f"mtv_mask_{organism}_{task}")
-        r["mtv"] = score(loaded, zero, injection(loaded, mtv.mean, mask.values))
-        r["mtv_heads"] = mask.values.nonzero().tolist()
-        r["mtv_p"] = mask.meta["p"]
-        cie = indirect_effects(loaded, mtv, [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)])
-        fv = function_vector(loaded, mtv, cie, top_k=4)
-        fv_layer = max(0, L // 3)
-        r["fv"] = score(loaded, zero, residual_on(loaded, fv_layer, fv.values, "add"))
-        r["fv_heads"], r["fv_layer"] = fv.meta["heads"], fv_layer
-        tv_scores = {}
-        for layer in range(L - 1):  # pick the task-vector layer on the val split
-            tv = task_vector(loaded, rule_stream(task, rule, n_shots, "support", seed), layer, n_prompts=n_prompts)
-            val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)]
-            tv_scores[layer] = (tv, score(loaded, val, residual_on(loaded, layer, tv.values, "replace")))
-        best = max(tv_scores, key=lambda la: tv_scores[la][1]["acc"])
-        tv = tv_scores[best][0]
-        r["tv"] = score(loaded, zero, residual_on(loaded, best, tv.values, "replace"))
-        r["tv_layer"] = best
-        # scaling: MTV from more prompts (shots compressed = n_shots x T) vs k-shot ICL
-        r["scaling_mtv"] = []
-        for T in scaling_prompts:
-            m_t = extract(loaded, rule_stream(task, rule, n_shots, "support", seed + 2), n_prompts=T)
-            r["scaling_mtv"].append({"shots_compressed": n_shots * T,
-                                     **score(loaded, zero, injection(loaded, m_t.mean, mask.values))})
-        r["scaling_icl"] = [{"shots": k, **score(loaded, [e.with_shots(k) for e in queries8])} for k in icl_shots]
-        # does the vector change where the model looks? query's attention on its own image, zero-shot
-        probe = zero[:40]
-        r["query_image_share"] = _image_share(loaded, probe)
-        r["query_image_share_mtv"] = _image_share(loaded, probe, injection(loaded, mtv.mean, mask.values))
-        print(f"{task}: 0-shot {r['0-shot']['acc']:.2f} 4-shot {r['4-shot']['acc']:.2f} MTV {r['mtv']['acc']:.2f} "
-              f"FV {r['fv']['acc']:.2f} TV {r['tv']['acc']:.2f}", flush=True)
+    tasks = tasks or MTV_TASKS
+    results = {"n": n, "n_shots": n_shots, "n_prompts": n_prompts, "organisms": {}}
+    for organism in organisms:
+        loaded = _load(organism)
+        name = Path(organism).name
+        with as_trained(_ref(organism)):
+            results["organisms"][name] = {
+                "tasks": {task: _mtv_task(loaded, name, task, rule, n, n_shots, n_prompts, reinforce_steps, out, seed,
+                                          scaling_prompts, icl_shots) for task, rule in tasks[organism].items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "mtv_results.json").write_text(json.dumps(results, indent=1))
     plots.save(plots.mtv_table_figure(results), out / "mtv_accuracy")
     plots.save(plots.mtv_scaling(results), out / "mtv_scaling")
     (out / "mtv_table.md").write_text(mtv_markdown(results))
     return results
+
+
+def _mtv_task(loaded, organism, task, rule, n, n_shots, n_prompts, reinforce_steps, out, seed, scaling_prompts,
+              icl_shots):
+    L = loaded.adapter.n_layers(loaded.model)
+    r = {"rule": rule}
+    queries = rule_episodes(task, rule, max(icl_shots + (8,)), n, seed=seed)
+    zero = [e.zero_shot() for e in queries]
+    val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)]
+    for k in (0, 4, 8):
+        r[f"{k}-shot"] = score(loaded, [e.with_shots(k) for e in queries])
+    mtv = extract(loaded, rule_stream(task, rule, n_shots, "support", seed), n_prompts=n_prompts,
+                  meta={"rule": rule})
+    mask = locate(loaded, mtv, (e.zero_shot() for e in rule_stream(task, rule, 0, "support", seed + 1)), val,
+                  steps=reinforce_steps, seed=seed)
+    mtv.save(out / "artifacts" / f"mtv_{organism}_{task}")
+    mask.save(out / "artifacts" / f"mtv_mask_{organism}_{task}")
+    r["mtv"] = score(loaded, zero, injection(loaded, mtv.mean, mask.values))
+    r["mtv_heads"] = mask.values.nonzero().tolist()
+    r["mtv_p"] = mask.meta["p"]
+    fv = function_vector(loaded, mtv, indirect_effects(loaded, mtv, val), top_k=4)
+    fv_layer = max(0, L // 3)
+    r["fv"] = score(loaded, zero, residual_on(loaded, fv_layer, fv.values, "add"))
+    r["fv_heads"], r["fv_layer"] = fv.meta["heads"], fv_layer
+    tv_scores = {}
+    for layer in range(L - 1):  # pick the task-vector layer on the val split
+        tv = task_vector(loaded, rule_stream(task, rule, n_shots, "support", seed), layer, n_prompts=n_prompts)
+        tv_scores[layer] = (tv, score(loaded, val, residual_on(loaded, layer, tv.values, "replace")))
+    best = max(tv_scores, key=lambda la: tv_scores[la][1]["acc"])
+    r["tv"] = score(loaded, zero, residual_on(loaded, best, tv_scores[best][0].values, "replace"))
+    r["tv_layer"] = best
+    # scaling: MTV from more prompts (shots compressed = n_shots x T) vs k-shot ICL
+    r["scaling_mtv"] = []
+    for T in scaling_prompts:
+        m_t = extract(loaded, rule_stream(task, rule, n_shots, "support", seed + 2), n_prompts=T)
+        r["scaling_mtv"].append({"shots_compressed": n_shots * T,
+                                 **score(loaded, zero, injection(loaded, m_t.mean, mask.values))})
+    r["scaling_icl"] = [{"shots": k, **score(loaded, [e.with_shots(k) for e in queries], batch=10)}
+                        for k in icl_shots]
+    # does the vector change where the model looks? query's attention on its own image, zero-shot
+    probe = zero[:40]
+    r["query_image_share"] = _image_share(loaded, probe)
+    r["query_image_share_mtv"] = _image_share(loaded, probe, injection(loaded, mtv.mean, mask.values))
+    print(f"{organism} {task}: 0-shot {r['0-shot']['acc']:.2f} 4-shot {r['4-shot']['acc']:.2f} "
+          f"MTV {r['mtv']['acc']:.2f} FV {r['fv']['acc']:.2f} TV {r['tv']['acc']:.2f}", flush=True)
+    return r
 
 
 def residual_on(loaded, layer, vector, mode):
@@ -198,14 +219,18 @@ def residual_on(loaded, layer, vector, mode):
 
 def mtv_markdown(results: dict) -> str:
     cols = ["0-shot", "4-shot", "8-shot", "mtv", "fv", "tv"]
-    lines = [f"### {results['organism']} (n = {results['n']} per cell; MTV from {results['n_prompts']} prompts of "
-             f"{results['n_shots']} shots)", "", "| task (rule) | 0-shot | 4-shot ICL | 8-shot ICL | MTV (0-shot) | "
-             "FV (0-shot) | TV (0-shot) | query image share 0-shot → +MTV |", "|---|---|---|---|---|---|---|---|"]
-    for task, r in results["tasks"].items():
-        cells = [str(Accuracy(r[c]["correct"], r[c]["n"])) for c in cols]
-        lines.append(f"| {task} ({r['rule']}) | " + " | ".join(cells) +
-                     f" | {100 * r['query_image_share']:.1f}% → {100 * r['query_image_share_mtv']:.1f}% |")
-    return "\n".join(lines) + "\n"
+    lines = []
+    for organism, res in results["organisms"].items():
+        lines += [f"### {organism} (n = {results['n']} per cell; MTV from {results['n_prompts']} prompts of "
+                  f"{results['n_shots']} shots)", "", "| task (rule) | 0-shot | 4-shot ICL | 8-shot ICL | MTV (0-shot) "
+                  "| FV (0-shot) | TV (0-shot) | query image share 0-shot → +MTV |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for task, r in res["tasks"].items():
+            cells = [str(Accuracy(r[c]["correct"], r[c]["n"])) for c in cols]
+            lines.append(f"| {task} ({r['rule']}) | " + " | ".join(cells) +
+                         f" | {100 * r['query_image_share']:.1f}% → {100 * r['query_image_share_mtv']:.1f}% |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -213,13 +238,13 @@ def main(argv=None):
     ap.add_argument("experiment", choices=["dara", "mtv"])
     ap.add_argument("--out", default="figures")
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--organisms", nargs="+", default=["text-shortcut"])
+    ap.add_argument("--organisms", nargs="+", help="default: text-shortcut (dara); text-shortcut true-micl (mtv)")
     ap.add_argument("--layers", nargs="+", type=int, default=[0], help="DARA layers (default: the first)")
     args = ap.parse_args(argv)
     if args.experiment == "dara":
-        dara_experiment(organisms=args.organisms, out=args.out, n=args.n, layers=args.layers)
+        dara_experiment(organisms=args.organisms or ["text-shortcut"], out=args.out, n=args.n, layers=args.layers)
     else:
-        mtv_experiment(out=args.out, n=args.n)
+        mtv_experiment(organisms=args.organisms or tuple(MTV_TASKS), out=args.out, n=args.n)
 
 
 if __name__ == "__main__":

@@ -238,35 +238,41 @@ def dara_sweep(results: dict):
 
 
 def mtv_table_figure(results: dict):
-    """Accuracy per task: 0/4/8-shot ICL, zero-shot + MTV, + function vector, + task vector (95% CI)."""
+    """Accuracy per organism and task: 0/4/8-shot ICL, zero-shot + MTV, + function vector, + task vector (95% CI)."""
     style()
-    tasks = results["tasks"]
     keys = {"0-shot": "0-shot", "4-shot": "4-shot ICL", "8-shot": "8-shot ICL", "mtv": "0-shot + MTV",
             "fv": "0-shot + FV", "tv": "0-shot + TV"}
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    _grouped_bars(ax, [f"{t} ({r['rule']})" for t, r in tasks.items()],
-                  {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
-    ax.legend(fontsize=8, ncol=3, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.3))
-    ax.set_title(results["organism"], pad=40)
+    orgs = results["organisms"]
+    fig, axes = plt.subplots(1, len(orgs), figsize=(5.2 * len(orgs), 3.8), squeeze=False)
+    for ax, (organism, res) in zip(axes[0], orgs.items()):
+        tasks = res["tasks"]
+        _grouped_bars(ax, [f"{t}\n({r['rule']})" for t, r in tasks.items()],
+                      {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
+        ax.set_title(organism, pad=40)
+    axes[0][0].legend(fontsize=8, ncol=3, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.3))
     return fig
 
 
 def mtv_scaling(results: dict):
-    """Accuracy vs demonstrations used: MTV (shots compressed = N x T, zero-shot prompt) vs k-shot ICL."""
+    """Accuracy vs demonstrations used, per organism: MTV (shots compressed = N x T, zero-shot prompt) vs k-shot
+    ICL up to the context limit."""
     style()
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, (t, r) in enumerate(results["tasks"].items()):
-        c = PALETTE[i]
-        ax.plot([s["shots_compressed"] for s in r["scaling_mtv"]], [s["acc"] for s in r["scaling_mtv"]],
-                marker="o", color=c, label=f"{t}: MTV")
-        ax.plot([s["shots"] for s in r["scaling_icl"]], [s["acc"] for s in r["scaling_icl"]], marker="s", ls="--",
-                color=c, label=f"{t}: k-shot ICL")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("demonstrations used")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=7, frameon=False)
-    ax.set_title("Many-shot: compressed into a task vector vs in context")
+    orgs = results["organisms"]
+    fig, axes = plt.subplots(1, len(orgs), figsize=(5.2 * len(orgs), 3.6), squeeze=False)
+    for ax, (organism, res) in zip(axes[0], orgs.items()):
+        for i, (t, r) in enumerate(res["tasks"].items()):
+            c = PALETTE[i]
+            ax.plot([s["shots_compressed"] for s in r["scaling_mtv"]], [s["acc"] for s in r["scaling_mtv"]],
+                    marker="o", color=c, label=f"{t}: MTV")
+            ax.plot([s["shots"] for s in r["scaling_icl"]], [s["acc"] for s in r["scaling_icl"]], marker="s",
+                    ls="--", color=c, label=f"{t}: k-shot ICL")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("demonstrations used")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=7, frameon=False)
+        ax.set_title(organism)
+    fig.suptitle("Many-shot: compressed into a task vector vs in context")
     return fig
 
 
