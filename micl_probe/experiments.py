@@ -40,9 +40,13 @@ def _acc(c_n) -> dict:
     return {"correct": c, "n": n, "acc": a.acc, "ci": a.ci}
 
 
-def _image_share(loaded, episodes, intervention=None) -> float:
+def _image_share(loaded, episodes, intervention=None, on: str = "all") -> float:
+    """Mean attention of the answer position on image tokens: all images ("all") or the query's own ("query")."""
     am = capture_attention(loaded, episodes, progress=False, intervention=intervention)
-    return float(am.visual_share().mean())
+    if on == "all":
+        return float(am.visual_share().mean())
+    per_owner, owners = am.demo_image_share()  # [episode, layer, head, owner]
+    return float(per_owner[..., owners.index(on)].mean())
 
 
 # --- DARA ------------------------------------------------------------------------------------------------
@@ -63,7 +67,7 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
             r = res[task] = {}
             r["zero-shot"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
             r["no-image"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.without_demo_images()))
-            r["4-shot"] = _acc(accuracy(loaded, task, shots, n, seed))
+            r["k-shot"] = _acc(accuracy(loaded, task, shots, n, seed))
             dara, hist = train_dara(loaded, task, shots, steps=steps, seed=seed, layers=layers)
             r["dara"] = _acc(accuracy(loaded, task, shots, n, seed, intervention=dara.on(loaded.model)))
             r["dara_params"] = dara.n_params
@@ -77,6 +81,8 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
             probe = sample_episodes(task, shots, 40, seed=seed, split="query")
             r["image_share_before"] = _image_share(loaded, probe)
             r["image_share_after"] = _image_share(loaded, probe, dara.on(loaded.model, kernel="eager"))
+            r["query_image_share_before"] = _image_share(loaded, probe, on="query")
+            r["query_image_share_after"] = _image_share(loaded, probe, dara.on(loaded.model, kernel="eager"), "query")
             r["sweep"] = []
             for a in alphas:
                 fixed = fixed_alpha(loaded, shots, a, layers)
@@ -84,7 +90,7 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
                                                                 intervention=fixed.on(loaded.model))),
                                    "image_share": _image_share(loaded, probe[:20],
                                                                fixed.on(loaded.model, kernel="eager"))})
-            print(f"{name} {task}: 4-shot {r['4-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} "
+            print(f"{name} {task}: {shots}-shot {r['k-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} "
                   f"DARA {r['dara']['acc']:.2f} LoRA {r['lora']['acc']:.2f} image share "
                   f"{r['image_share_before']:.3f} -> {r['image_share_after']:.3f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,13 +106,16 @@ def dara_markdown(results: dict) -> str:
     lines = []
     for name, tasks in results["organisms"].items():
         lines += [f"### {name} ({results['shots']}-shot, n = {results['n']} per cell)", "",
-                  "| task | zero-shot | no-image | random 4-shot | LoRA | DARA | image share (before → after DARA) |",
-                  "|---|---|---|---|---|---|---|"]
+                  f"| task | zero-shot | no-image | random {results['shots']}-shot | LoRA | DARA "
+                  "| image share (before → after DARA) | on the query image (before → after) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for task, r in tasks.items():
-            cells = [str(Accuracy(r[k]["correct"], r[k]["n"])) for k in ("zero-shot", "no-image", "4-shot", "lora",
+            cells = [str(Accuracy(r[k]["correct"], r[k]["n"])) for k in ("zero-shot", "no-image", "k-shot", "lora",
                                                                           "dara")]
             lines.append(f"| {task} | " + " | ".join(cells) +
-                         f" | {100 * r['image_share_before']:.1f}% → {100 * r['image_share_after']:.1f}% |")
+                         f" | {100 * r['image_share_before']:.1f}% → {100 * r['image_share_after']:.1f}% | "
+                         + (f"{100 * r['query_image_share_before']:.1f}% → {100 * r['query_image_share_after']:.1f}% |"
+                            if "query_image_share_before" in r else "– |"))
         r0 = next(iter(tasks.values()))
         lines += ["", f"Parameters: DARA {r0['dara_params']}, LoRA {r0['lora_params']} "
                   f"(1/{r0['lora_params'] / r0['dara_params']:.0f}).", ""]
@@ -240,9 +249,13 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--organisms", nargs="+", help="default: text-shortcut (dara); text-shortcut true-micl (mtv)")
     ap.add_argument("--layers", nargs="+", type=int, default=[0], help="DARA layers (default: the first)")
+    ap.add_argument("--shots", type=int, default=4, help="DARA: demos per prompt")
+    ap.add_argument("--steps", type=int, default=150, help="DARA / LoRA training steps")
+    ap.add_argument("--tasks", nargs="+", default=list(DARA_TASKS), help="DARA tasks")
     args = ap.parse_args(argv)
     if args.experiment == "dara":
-        dara_experiment(organisms=args.organisms or ["text-shortcut"], out=args.out, n=args.n, layers=args.layers)
+        dara_experiment(organisms=args.organisms or ["text-shortcut"], out=args.out, n=args.n, layers=args.layers,
+                        shots=args.shots, steps=args.steps, tasks=args.tasks)
     else:
         mtv_experiment(organisms=args.organisms or tuple(MTV_TASKS), out=args.out, n=args.n)
 

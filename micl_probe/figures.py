@@ -12,7 +12,7 @@ Figures (stem: content):
   attention_heatmap        true-micl organism, novel_binding 4-shot: visual share per layer x head
   attention_by_turn        the same episodes: attention by demo / query and role
   dara_accuracy, dara_factors, dara_alpha_sweep     text-shortcut organism (micl_probe.experiments.dara_experiment)
-  mtv_accuracy, mtv_scaling                         text-shortcut organism (micl_probe.experiments.mtv_experiment)
+  mtv_accuracy, mtv_scaling                         both organisms (micl_probe.experiments.mtv_experiment)
 """
 
 from __future__ import annotations

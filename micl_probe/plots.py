@@ -182,7 +182,7 @@ def dara_table_figure(results: dict):
     style()
     orgs = results["organisms"]
     fig, axes = plt.subplots(1, len(orgs), figsize=(5.5 * len(orgs), 3.6), squeeze=False, sharey=True)
-    keys = {"zero-shot": "zero-shot", "no-image": "no-image", "4-shot": f"{results['shots']}-shot", "lora": "LoRA",
+    keys = {"zero-shot": "zero-shot", "no-image": "no-image", "k-shot": f"{results['shots']}-shot", "lora": "LoRA",
             "dara": "DARA"}
     for ax, (name, tasks) in zip(axes[0], orgs.items()):
         _grouped_bars(ax, list(tasks), {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
@@ -248,8 +248,10 @@ def mtv_table_figure(results: dict):
         tasks = res["tasks"]
         _grouped_bars(ax, [f"{t}\n({r['rule']})" for t, r in tasks.items()],
                       {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
-        ax.set_title(organism, pad=40)
-    axes[0][0].legend(fontsize=8, ncol=3, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.3))
+        ax.set_title(organism)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=6, frameon=False, loc="upper center", bbox_to_anchor=(0.5, 1.06))
+    fig.tight_layout()
     return fig
 
 
