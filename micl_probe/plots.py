@@ -192,21 +192,24 @@ def dara_table_figure(results: dict):
 
 
 def dara_factor_heatmaps(results: dict):
-    """Learned factors alpha[head, image] (first decoder layer), one panel per organism x task."""
+    """Learned factors alpha[head, image] (first decoder layer), one panel per organism x task; colour = log2(alpha)
+    (red draws attention to that image, blue takes it away), numbers = alpha."""
     style()
     panels = [(o, t, np.array(r["dara_alpha"])) for o, ts in results["organisms"].items() for t, r in ts.items()]
     cols = min(4, len(panels))
     rows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     shots = results["shots"]
+    fig, axes = plt.subplots(rows, cols, figsize=((1.8 + 0.45 * (shots + 1)) * cols, 2.8 * rows), squeeze=False)
     for ax, (o, t, a) in zip(axes.flat, panels):
-        sns.heatmap(a, ax=ax, cmap="vlag", center=1.0, annot=True, fmt=".2f", cbar=False,
+        sns.heatmap(np.log2(a), ax=ax, cmap="vlag", center=0.0, vmin=-4, vmax=4, cbar=False,
+                    annot=np.vectorize(lambda v: f"{v:.2g}")(a), fmt="", annot_kws={"fontsize": 7},
                     xticklabels=[f"demo{i}" for i in range(shots)] + ["query"])
         ax.set_title(f"{o}: {t}", fontsize=9)
         ax.set_ylabel("head")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("DARA factors (layer 0): >1 draws attention to that image")
+    fig.suptitle("DARA factors alpha (layer 0): > 1 draws attention to that image")
+    fig.tight_layout()
     return fig
 
 
