@@ -161,12 +161,15 @@ def mtv_experiment(organisms=tuple(MTV_TASKS), n: int = 200, n_shots: int = 4, n
     tasks = tasks or MTV_TASKS
     results = {"n": n, "n_shots": n_shots, "n_prompts": n_prompts, "organisms": {}}
     for organism in organisms:
-        loaded = _load(organism)
         name = Path(organism).name
+        if name not in tasks:
+            raise ValueError(f"no MTV tasks for {organism!r}: pass tasks={{{name!r}: {{task: rule}}}} (tasks are "
+                             f"given for {sorted(tasks)})")
+        loaded = _load(organism)
         with as_trained(_ref(organism)):
             results["organisms"][name] = {
                 "tasks": {task: _mtv_task(loaded, name, task, rule, n, n_shots, n_prompts, reinforce_steps, out, seed,
-                                          scaling_prompts, icl_shots) for task, rule in tasks[organism].items()}}
+                                          scaling_prompts, icl_shots) for task, rule in tasks[name].items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "mtv_results.json").write_text(json.dumps(results, indent=1))
     plots.save(plots.mtv_table_figure(results), out / "mtv_accuracy")

@@ -35,3 +35,8 @@ def test_dara_experiment_writes_table_figures_and_artifacts(tmp_path):
     for stem in ("dara_accuracy", "dara_factors", "dara_alpha_sweep"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 0
     assert (tmp_path / "artifacts" / "dara_text-shortcut_outlier.safetensors").is_file()
+
+
+def test_mtv_experiment_names_the_missing_tasks():
+    with pytest.raises(ValueError, match="no MTV tasks for 'partial'.*text-shortcut"):
+        mtv_experiment(organisms=("partial",))
