@@ -3,13 +3,14 @@
 import contextlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from micl_probe import load
 from micl_probe.organisms import SHIPPED, binding_scale_of, shipped
 from micl_probe.organisms.card import evaluate_organism
-from micl_probe.organisms.train import RECIPES, train
+from micl_probe.organisms.train import RECIPES, Recipe, copy_episode, sample_batch, train
 from micl_probe.tasks import sample_episodes
 
 CELLS = ("novel_binding", "novel_binding_shortcut", "clock_math")
@@ -20,7 +21,7 @@ def _meta(name):
 
 
 def test_shipped_organisms_have_cards():
-    assert {"true-micl", "text-shortcut"} <= set(shipped())
+    assert {"true-micl", "text-shortcut", "novel-binding"} <= set(shipped())
     for name in shipped():
         meta = _meta(name)
         assert meta["family"] == "organism" and meta["recipe"]["name"] == name
@@ -28,7 +29,7 @@ def test_shipped_organisms_have_cards():
         assert (SHIPPED / name / "model.safetensors").stat().st_size < 10 * 2**20
 
 
-@pytest.mark.parametrize("name", ["true-micl", "text-shortcut"])
+@pytest.mark.parametrize("name", ["true-micl", "text-shortcut", "novel-binding"])
 def test_card_reproduces_and_beats_chance(name):
     """Evaluation is deterministic: the card's counts come back exactly from the shipped weights."""
     with pytest.warns(UserWarning, match="binding") if binding_scale_of(name) != 2 else contextlib.nullcontext():
@@ -68,6 +69,25 @@ def test_trainer_smoke(tmp_path):
     _, _, card2 = train(RECIPES["partial"], tmp_path / "org2", steps=2, evaluate=False, log_every=0,
                         resume=str(tmp_path / "org"))
     assert [s["steps"] for s in card2["stages"]] == [3, 2] and card2["recipe"]["steps"] == 5
+
+
+def test_copy_episodes_are_text_only_repeats_and_join_the_mix():
+    rng = np.random.default_rng(0)
+    e = copy_episode(3, rng)
+    assert len(e.demos) == 3 and all(not d.images and d.answer == d.question for d in e.demos)
+    assert e.query.answer == e.query.question and 4 <= len(e.query.question.split()) <= 8
+    mix = {t: 0.5 for t in ("copy", "novel_binding")}
+    kinds = {ep.task for ep in sample_batch(Recipe("r", mix), rng, n=32)}
+    assert kinds == {"copy", "novel_binding"}
+
+
+def test_novel_binding_organism_binds_names_to_demo_images():
+    """The issue's binding bar: >= 90% at 4 shots (chance 50%), far above the same queries with the demo images
+    removed (the card is checked against the weights by test_card_reproduces_and_beats_chance)."""
+    from micl_probe.evaluate import Accuracy
+    c = _meta("novel-binding")["evaluation"]["novel_binding"]
+    four, blind = (Accuracy(c[k]["correct"], c[k]["n"]) for k in ("4-shot", "no-image"))
+    assert c["4-shot"]["n"] >= 200 and four.acc >= 0.90 and four.ci[0] > blind.ci[1]
 
 
 def test_true_micl_reads_demo_images_on_clock_math():

@@ -7,6 +7,7 @@ Conditions share the same queries: each query is drawn once with 8 demos; "k-sho
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -26,19 +27,18 @@ def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CON
                       batch_size: int = 50, binding_scale: int | None = None) -> dict:
     """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task; novel_binding's glyph at
     `binding_scale` (the one the organism was trained on) when given."""
-    if binding_scale is not None:
-        with tasks_module.binding_scale(binding_scale):
-            return evaluate_organism(model, processor, n, tasks, conditions, seed, batch_size)
     adapter = get_adapter("organism")
     tasks = tasks or task_names() + task_names(shortcut=True)
     table = {}
-    for task in tqdm(tasks, desc="evaluate", mininterval=2):
-        episodes = sample_episodes(task, 8, n, seed=seed, split="query")
-        table[task] = {}
-        for cond in conditions:
-            eps = [condition_episode(e, cond, k_default=4) for e in episodes]
-            table[task][cond] = {"correct": count_correct(model, processor, adapter, eps, batch_size=batch_size),
-                                 "n": n}
+    scale = nullcontext() if binding_scale is None else tasks_module.binding_scale(binding_scale)
+    with scale:
+        for task in tqdm(tasks, desc="evaluate", mininterval=2):
+            episodes = sample_episodes(task, 8, n, seed=seed, split="query")
+            table[task] = {}
+            for cond in conditions:
+                eps = [condition_episode(e, cond, k_default=4) for e in episodes]
+                table[task][cond] = {"correct": count_correct(model, processor, adapter, eps,
+                                                              batch_size=batch_size), "n": n}
     return table
 
 

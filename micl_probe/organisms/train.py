@@ -26,10 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..adapters import get_adapter
+from ..episode import Demo, Episode, Query
 from ..evaluate import count_correct
 from ..layout import QUERY, ROLE
 from ..prompt import PreparedBatch, prepare_batch
-from ..tasks import make_episode, task_names
+from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, make_episode, task_names
 from . import SHIPPED, build, save
 
 TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
@@ -61,7 +62,31 @@ class Recipe:
 # 1 M-parameter model on a 30-minute CPU budget did not learn to read digits and relate them across demos as well
 # (first attempt: all 14 tasks, no progress in 1,500 steps).
 
+def copy_episode(shots: int, rng: np.random.Generator) -> Episode:
+    """Text-only 'copy' episode (training only): each turn's answer repeats its question, a string of 4-8 random
+    task words. Every answer token is predictable by matching the previous token in the question and copying the
+    next, so this forms induction heads within a few hundred steps, as language-model pretraining gives a real
+    VLM's decoder before it ever sees images. Novel binding then needs only to match images instead of tokens."""
+    words = NOVEL_NAMES + COLOUR_NAMES + SHAPE_NAMES
+    items = [" ".join(rng.choice(words, int(rng.integers(4, 9)))) for _ in range(shots + 1)]
+    return Episode(tuple(Demo((), w, w) for w in items[:-1]), Query((), items[-1], items[-1]), task="copy")
+
+
+EPISODES = {"copy": copy_episode}  # training-only episode sources besides micl_probe.tasks
+
+
 RECIPES = {r.name: r for r in [
+    Recipe("novel-binding", {"novel_binding": 0.35, "novel_binding_shortcut": 0.15, "copy": 0.1, "outlier": 0.1,
+                            "clock_math": 0.1, "shape_count": 0.1, "outlier_shortcut": 0.033,
+                            "clock_math_shortcut": 0.033, "shape_count_shortcut": 0.034}, steps=4000,
+           warm_mix={"copy": 0.4, "novel_binding_shortcut": 0.3, "outlier_shortcut": 0.1, "clock_math_shortcut": 0.1,
+                     "shape_count_shortcut": 0.1}, warm_frac=0.25, warm_shots=(1, 3), arch={"n_kv_heads": 4},
+           description="Induction first: the first 25% of steps are text-only 'copy' episodes, which form the "
+                       "match-and-copy (induction) heads that a real VLM inherits from its language model, with the "
+                       "fixed-label twins, which teach the vision features. Then novel binding (names bound to "
+                       "visual classes per episode: the demos' images are needed), its twin, the true-MICL outlier, "
+                       "clock-math and shape-count tasks, a little of their shortcut twins, and some copy episodes; "
+                       "4 KV heads. Without the copy episodes, novel binding stayed at chance for 4,500 steps."),
     Recipe("true-micl", {"novel_binding": 0.35, "novel_binding_shortcut": 0.25, "outlier": 0.1, "clock_math": 0.1,
                          "shape_count": 0.1, "outlier_shortcut": 0.033, "clock_math_shortcut": 0.033,
                          "shape_count_shortcut": 0.034}, steps=4500, warm_mix={"novel_binding": 1.0},
@@ -104,7 +129,8 @@ def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None,
     picks = rng.choice(len(names), size=n or recipe.batch, p=p)
     lo, hi = recipe.warm_shots if warm else recipe.shots
     shots = int(rng.integers(lo, hi + 1))
-    return [make_episode(names[i], shots, rng) for i in picks]
+    return [EPISODES[names[i]](shots, rng) if names[i] in EPISODES else make_episode(names[i], shots, rng)
+            for i in picks]
 
 
 def probe(model, processor, adapter, tasks, shots=4, n=64, seed=123) -> dict[str, tuple[float, float]]:
