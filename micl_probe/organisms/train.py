@@ -76,12 +76,12 @@ EPISODES = {"copy": copy_episode}  # training-only episode sources besides micl_
 
 
 RECIPES = {r.name: r for r in [
-    Recipe("novel-binding", {"novel_binding": 0.35, "novel_binding_shortcut": 0.15, "copy": 0.1, "outlier": 0.1,
-                            "clock_math": 0.1, "shape_count": 0.1, "outlier_shortcut": 0.033,
-                            "clock_math_shortcut": 0.033, "shape_count_shortcut": 0.034}, steps=4000,
+    Recipe("novel-binding", {"novel_binding": 0.25, "novel_binding_shortcut": 0.1, "copy": 0.05, "outlier": 0.15,
+                             "clock_math": 0.2, "shape_count": 0.15, "outlier_shortcut": 0.033,
+                             "clock_math_shortcut": 0.033, "shape_count_shortcut": 0.034}, steps=4500,
            warm_mix={"copy": 0.4, "novel_binding_shortcut": 0.3, "outlier_shortcut": 0.1, "clock_math_shortcut": 0.1,
-                     "shape_count_shortcut": 0.1}, warm_frac=0.25, warm_shots=(1, 3), arch={"n_kv_heads": 4},
-           description="Induction first: the first 25% of steps are text-only 'copy' episodes, which form the "
+                     "shape_count_shortcut": 0.1}, warm_frac=0.15, warm_shots=(1, 3), arch={"n_kv_heads": 4},
+           description="Induction first: the first 15% of steps are text-only 'copy' episodes, which form the "
                        "match-and-copy (induction) heads that a real VLM inherits from its language model, with the "
                        "fixed-label twins, which teach the vision features. Then novel binding (names bound to "
                        "visual classes per episode: the demos' images are needed), its twin, the true-MICL outlier, "
