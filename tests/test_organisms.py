@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from micl_probe import load
+from micl_probe.evaluate import Accuracy
 from micl_probe.organisms import SHIPPED, binding_scale_of, shipped
 from micl_probe.organisms.card import evaluate_organism
 from micl_probe.organisms.train import RECIPES, Recipe, copy_episode, sample_batch, train
@@ -81,22 +82,23 @@ def test_copy_episodes_are_text_only_repeats_and_join_the_mix():
     assert kinds == {"copy", "novel_binding"}
 
 
+def _four_shot_vs_no_image(name, task):
+    """(4-shot, no-image) Accuracy of organism `name` on `task`, from its card."""
+    c = _meta(name)["evaluation"][task]
+    return tuple(Accuracy(c[k]["correct"], c[k]["n"]) for k in ("4-shot", "no-image"))
+
+
 def test_novel_binding_organism_reads_the_demo_images():
     """The issue's binding bar: >= 90% at 4 shots (chance 50%), far above the same queries with the demo images
     removed; and clock math above its no-image control by more than the two 95% intervals (the card is checked
     against the weights by test_card_reproduces_and_beats_chance)."""
-    from micl_probe.evaluate import Accuracy
-    card = _meta("novel-binding")["evaluation"]
     for task, floor in (("novel_binding", 0.90), ("clock_math", 0.0)):
-        c = card[task]
-        four, blind = (Accuracy(c[k]["correct"], c[k]["n"]) for k in ("4-shot", "no-image"))
-        assert c["4-shot"]["n"] >= 200 and four.acc >= floor and four.ci[0] > blind.ci[1], task
+        four, blind = _four_shot_vs_no_image("novel-binding", task)
+        assert four.n >= 200 and four.acc >= floor and four.ci[0] > blind.ci[1], task
 
 
 def test_true_micl_reads_demo_images_on_clock_math():
     """The one true-MICL signal the shipped true-micl has: clock math at 4 shots beats its no-image control by more
-    than the two 95% intervals (the issue's >= 90% novel-binding target is NOT met; see its card)."""
-    from micl_probe.evaluate import Accuracy
-    c = _meta("true-micl")["evaluation"]["clock_math"]
-    four, blind = (Accuracy(c[k]["correct"], c[k]["n"]) for k in ("4-shot", "no-image"))
+    than the two 95% intervals (its novel binding is at chance; see its card)."""
+    four, blind = _four_shot_vs_no_image("true-micl", "clock_math")
     assert four.ci[0] > blind.ci[1]
