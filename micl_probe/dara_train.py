@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .dara import DARA
-from .evaluate import count_correct
+from .evaluate import which_correct
 from .prompt import prepare_batch
 from .tasks import make_episode, sample_episodes
 from .training import fit, query_labels
@@ -95,15 +95,22 @@ def train_lora(loaded, task: str, shots: int = 4, steps: int = 200, lr: float = 
 
 
 @torch.no_grad()
-def accuracy(loaded, task: str, shots: int, n: int = 200, seed: int = 0, intervention=None, condition=None,
-             batch: int = 25, model=None) -> tuple[int, int]:
-    """(correct, n) on the query split; `intervention(layouts)` is a context manager factory (e.g. a DARA's
-    `applied`), `condition(episode)` maps episodes (e.g. `Episode.without_demo_images`)."""
+def verdicts(loaded, task: str, shots: int, n: int = 200, seed: int = 0, intervention=None, condition=None,
+             batch: int = 25, model=None) -> torch.Tensor:
+    """correct[n] (bool) on the query split, episode by episode (the same episodes for every condition, so two
+    conditions can be compared pairwise: `evaluate.mcnemar_p`); `intervention(layouts)` is a context manager
+    factory (e.g. a DARA's `applied`), `condition(episode)` maps episodes (e.g. `Episode.without_demo_images`)."""
     episodes = sample_episodes(task, shots, n, seed=seed, split="query")
     if condition is not None:
         episodes = [condition(e) for e in episodes]
-    return count_correct(model or loaded.model, loaded.processor, loaded.adapter, episodes, intervention, batch,
-                         loaded.device), n
+    return which_correct(model or loaded.model, loaded.processor, loaded.adapter, episodes, intervention, batch,
+                         loaded.device)
+
+
+def accuracy(loaded, task: str, shots: int, n: int = 200, seed: int = 0, intervention=None, condition=None,
+             batch: int = 25, model=None) -> tuple[int, int]:
+    """(correct, n) on the query split: `verdicts` counted."""
+    return int(verdicts(loaded, task, shots, n, seed, intervention, condition, batch, model).sum()), n
 
 
 def fixed_alpha(loaded, shots: int, alpha: float, layers=(0,)) -> DARA:

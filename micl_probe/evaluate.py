@@ -48,17 +48,38 @@ class Accuracy:
 
 
 @torch.no_grad()
-def count_correct(model, processor, adapter, episodes, intervention=None, batch_size: int = 25, device=None) -> int:
-    """Greedy exact matches over `episodes`, `batch_size` at a time; `intervention(layouts)` (a context-manager
-    factory such as `dara.on(model)` or an MTV injection) is active around each batch when given."""
-    correct = 0
+def which_correct(model, processor, adapter, episodes, intervention=None, batch_size: int = 25,
+                  device=None) -> torch.Tensor:
+    """correct[episode] (bool): greedy exact match of each of `episodes`, `batch_size` at a time;
+    `intervention(layouts)` (a context-manager factory such as `dara.on(model)` or an MTV injection) is active
+    around each batch when given."""
+    verdicts = []
     for i in range(0, len(episodes), batch_size):
         batch = prepare_batch(episodes[i:i + batch_size], processor, adapter, model=model, with_answer=True)
         if device is not None:
             batch = batch.to(device)
         with intervention(batch.layouts) if intervention else contextlib.nullcontext():
-            correct += int(greedy_exact_match(model, batch)[0].sum())
-    return correct
+            verdicts.append(greedy_exact_match(model, batch)[0])
+    return torch.cat(verdicts) if verdicts else torch.zeros(0, dtype=torch.bool)
+
+
+def count_correct(model, processor, adapter, episodes, intervention=None, batch_size: int = 25, device=None) -> int:
+    """How many of `episodes` are answered exactly (see `which_correct`)."""
+    return int(which_correct(model, processor, adapter, episodes, intervention, batch_size, device).sum())
+
+
+def mcnemar_p(before, after) -> float:
+    """Exact two-sided McNemar p-value for two conditions scored on the SAME episodes (`before[n]`, `after[n]`
+    bool): a binomial test of the discordant pairs (right only after vs right only before) against 1/2. Paired,
+    so far more sensitive than comparing two confidence intervals."""
+    from scipy.stats import binomtest
+
+    before, after = torch.as_tensor(before, dtype=torch.bool), torch.as_tensor(after, dtype=torch.bool)
+    if before.shape != after.shape:
+        raise ValueError(f"paired verdicts must have the same shape, got {tuple(before.shape)} and "
+                         f"{tuple(after.shape)}")
+    gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+    return 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5).pvalue)
 
 
 @torch.no_grad()

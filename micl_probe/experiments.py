@@ -17,8 +17,8 @@ import numpy as np
 
 from . import plots
 from .attention import capture_attention
-from .dara_train import accuracy, fixed_alpha, train_dara, train_lora
-from .evaluate import Accuracy, count_correct
+from .dara_train import accuracy, fixed_alpha, train_dara, train_lora, verdicts
+from .evaluate import Accuracy, count_correct, mcnemar_p
 from .loading import load
 from .mtv import extract, function_vector, indirect_effects, injection, locate, residual_at, task_vector
 from .organisms import as_trained
@@ -67,9 +67,12 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
             r = res[task] = {}
             r["zero-shot"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
             r["no-image"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.without_demo_images()))
-            r["k-shot"] = _acc(accuracy(loaded, task, shots, n, seed))
+            k_shot = verdicts(loaded, task, shots, n, seed)
+            r["k-shot"] = _acc((int(k_shot.sum()), n))
             dara, hist = train_dara(loaded, task, shots, steps=steps, seed=seed, layers=layers)
-            r["dara"] = _acc(accuracy(loaded, task, shots, n, seed, intervention=dara.on(loaded.model)))
+            with_dara = verdicts(loaded, task, shots, n, seed, intervention=dara.on(loaded.model))
+            r["dara"] = _acc((int(with_dara.sum()), n))
+            r["dara_vs_k_shot_p"] = mcnemar_p(k_shot, with_dara)  # paired: the same query episodes
             r["dara_params"] = dara.n_params
             r["dara_alpha"] = dara.alpha.detach()[0].tolist()  # [head, image] of the first DARA layer
             r["dara_history"] = hist
@@ -107,12 +110,14 @@ def dara_markdown(results: dict) -> str:
     for name, tasks in results["organisms"].items():
         lines += [f"### {name} ({results['shots']}-shot, n = {results['n']} per cell)", "",
                   f"| task | zero-shot | no-image | random {results['shots']}-shot | LoRA | DARA "
-                  "| image share (before → after DARA) | on the query image (before → after) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| DARA vs k-shot (McNemar p) | image share (before → after DARA) "
+                  "| on the query image (before → after) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for task, r in tasks.items():
             cells = [str(Accuracy(r[k]["correct"], r[k]["n"])) for k in ("zero-shot", "no-image", "k-shot", "lora",
                                                                           "dara")]
-            lines.append(f"| {task} | " + " | ".join(cells) +
+            p = f"{r['dara_vs_k_shot_p']:.2g}" if "dara_vs_k_shot_p" in r else "–"
+            lines.append(f"| {task} | " + " | ".join(cells) + f" | {p}" +
                          f" | {100 * r['image_share_before']:.1f}% → {100 * r['image_share_after']:.1f}% | "
                          + (f"{100 * r['query_image_share_before']:.1f}% → {100 * r['query_image_share_after']:.1f}% |"
                             if "query_image_share_before" in r else "– |"))

@@ -29,6 +29,7 @@ def test_dara_experiment_writes_table_figures_and_artifacts(tmp_path):
     res = dara_experiment(tasks=("outlier",), n=6, steps=2, alphas=(1, 2), out=tmp_path)
     r = res["organisms"]["text-shortcut"]["outlier"]
     assert r["dara_params"] == 4 * 5 and r["lora_params"] > 20 * r["dara_params"]
+    assert 0.0 <= r["dara_vs_k_shot_p"] <= 1.0
     assert [s["alpha"] for s in r["sweep"]] == [1, 2]
     assert json.loads((tmp_path / "dara_results.json").read_text()) == json.loads(json.dumps(res))
     assert str(Accuracy(r["dara"]["correct"], r["dara"]["n"])) in (tmp_path / "dara_table.md").read_text()

@@ -1,9 +1,10 @@
 import numpy as np
+import pytest
 import torch
 from conftest import cached_tiny, make_episode
 
 from micl_probe import QUERY, Episode, Query, adapter_for, get_adapter, prepare, prepare_batch
-from micl_probe.evaluate import greedy_exact_match, wilson
+from micl_probe.evaluate import count_correct, greedy_exact_match, mcnemar_p, which_correct, wilson
 from micl_probe.layout import ROLE
 
 
@@ -84,3 +85,41 @@ def test_wilson_interval():
         for k in {0, n // 2, n}:
             lo, hi = wilson(k, n)
             assert lo <= k / n <= hi
+
+
+def test_mcnemar_p_is_the_exact_sign_test_of_the_discordant_pairs():
+    from math import comb
+
+    def by_hand(gained, lost):  # two-sided exact binomial(1/2) test, summed directly
+        m, k = gained + lost, min(gained, lost)
+        return 1.0 if m == 0 else min(1.0, 2 * sum(comb(m, i) for i in range(k + 1)) / 2 ** m)
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        before = rng.random(60) < rng.random()
+        after = rng.random(60) < rng.random()
+        gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+        assert abs(mcnemar_p(before, after) - by_hand(gained, lost)) < 1e-9
+        assert mcnemar_p(before, after) == mcnemar_p(after, before)
+    # concordant pairs carry no evidence: 10 gained vs 0 lost is significant whatever agrees
+    same = np.ones(100, bool)
+    gain = same.copy()
+    before = np.r_[np.zeros(10, bool), same[10:]]
+    assert mcnemar_p(before, gain) == by_hand(10, 0) < 0.01
+    assert mcnemar_p(same, same) == 1.0
+    with pytest.raises(ValueError, match="same shape"):
+        mcnemar_p(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_which_correct_is_the_per_episode_count_correct():
+    from micl_probe import load
+    from micl_probe.tasks import sample_episodes
+
+    loaded = load("organism:true-micl")  # right on some clock-math queries, wrong on others
+    episodes = sample_episodes("clock_math", 4, 12, split="query")
+    args = loaded.model, loaded.processor, loaded.adapter
+    verdicts = which_correct(*args, episodes, batch_size=5)
+    assert verdicts.dtype == torch.bool and verdicts.shape == (12,)
+    assert 0 < int(verdicts.sum()) < 12
+    assert int(verdicts.sum()) == count_correct(*args, episodes, batch_size=12)
+    assert verdicts.tolist() == [bool(which_correct(*args, [e])[0]) for e in episodes]
