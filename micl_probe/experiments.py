@@ -106,21 +106,32 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
 
 
 def dara_markdown(results: dict) -> str:
+    """The TrueMICL-style table per organism. Image shares are the answer position's attention on image tokens,
+    averaged over layers and heads: on all images, on the query's, and on the demos' (all minus the query's)."""
+    def before_after(r, key):
+        if key == "demo_image_share":  # all images minus the query image
+            if "query_image_share_before" not in r:
+                return "–"
+            b, a = (r[f"image_share_{t}"] - r[f"query_image_share_{t}"] for t in ("before", "after"))
+        elif f"{key}_before" not in r:
+            return "–"
+        else:
+            b, a = r[f"{key}_before"], r[f"{key}_after"]
+        return f"{100 * b:.1f}% → {100 * a:.1f}%"
+
     lines = []
     for name, tasks in results["organisms"].items():
         lines += [f"### {name} ({results['shots']}-shot, n = {results['n']} per cell)", "",
                   f"| task | zero-shot | no-image | random {results['shots']}-shot | LoRA | DARA "
                   "| DARA vs k-shot (McNemar p) | image share (before → after DARA) "
-                  "| on the query image (before → after) |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| on the demo images | on the query image |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for task, r in tasks.items():
             cells = [str(Accuracy(r[k]["correct"], r[k]["n"])) for k in ("zero-shot", "no-image", "k-shot", "lora",
                                                                           "dara")]
-            p = f"{r['dara_vs_k_shot_p']:.2g}" if "dara_vs_k_shot_p" in r else "–"
-            lines.append(f"| {task} | " + " | ".join(cells) + f" | {p}" +
-                         f" | {100 * r['image_share_before']:.1f}% → {100 * r['image_share_after']:.1f}% | "
-                         + (f"{100 * r['query_image_share_before']:.1f}% → {100 * r['query_image_share_after']:.1f}% |"
-                            if "query_image_share_before" in r else "– |"))
+            cells.append(f"{r['dara_vs_k_shot_p']:.2g}" if "dara_vs_k_shot_p" in r else "–")
+            cells += [before_after(r, k) for k in ("image_share", "demo_image_share", "query_image_share")]
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
         r0 = next(iter(tasks.values()))
         lines += ["", f"Parameters: DARA {r0['dara_params']}, LoRA {r0['lora_params']} "
                   f"(1/{r0['lora_params'] / r0['dara_params']:.0f}).", ""]

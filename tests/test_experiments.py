@@ -32,7 +32,10 @@ def test_dara_experiment_writes_table_figures_and_artifacts(tmp_path):
     assert 0.0 <= r["dara_vs_k_shot_p"] <= 1.0
     assert [s["alpha"] for s in r["sweep"]] == [1, 2]
     assert json.loads((tmp_path / "dara_results.json").read_text()) == json.loads(json.dumps(res))
-    assert str(Accuracy(r["dara"]["correct"], r["dara"]["n"])) in (tmp_path / "dara_table.md").read_text()
+    table = (tmp_path / "dara_table.md").read_text()
+    assert str(Accuracy(r["dara"]["correct"], r["dara"]["n"])) in table
+    demos = [100 * (r[f"image_share_{t}"] - r[f"query_image_share_{t}"]) for t in ("before", "after")]
+    assert f"{demos[0]:.1f}% → {demos[1]:.1f}%" in table  # the demo images' share: all images minus the query's
     for stem in ("dara_accuracy", "dara_factors", "dara_alpha_sweep"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 0
     assert (tmp_path / "artifacts" / "dara_text-shortcut_outlier.safetensors").is_file()
