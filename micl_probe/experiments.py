@@ -40,13 +40,11 @@ def _acc(c_n) -> dict:
     return {"correct": c, "n": n, "acc": a.acc, "ci": a.ci}
 
 
-def _image_share(loaded, episodes, intervention=None, on: str = "all") -> float:
-    """Mean attention of the answer position on image tokens: all images ("all") or the query's own ("query")."""
+def _image_shares(loaded, episodes, intervention=None) -> tuple[float, float]:
+    """Mean attention of the answer position on image tokens, (all images, the query's own), from one capture."""
     am = capture_attention(loaded, episodes, progress=False, intervention=intervention)
-    if on == "all":
-        return float(am.visual_share().mean())
     per_owner, owners = am.demo_image_share()  # [episode, layer, head, owner]
-    return float(per_owner[..., owners.index(on)].mean())
+    return float(am.visual_share().mean()), float(per_owner[..., owners.index("query")].mean())
 
 
 # --- DARA ------------------------------------------------------------------------------------------------
@@ -82,17 +80,16 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
             r["lora_params"] = sum(p.numel() for nm, p in peft_model.named_parameters() if "lora_" in nm)
             loaded.model = peft_model.unload()
             probe = sample_episodes(task, shots, 40, seed=seed, split="query")
-            r["image_share_before"] = _image_share(loaded, probe)
-            r["image_share_after"] = _image_share(loaded, probe, dara.on(loaded.model, kernel="eager"))
-            r["query_image_share_before"] = _image_share(loaded, probe, on="query")
-            r["query_image_share_after"] = _image_share(loaded, probe, dara.on(loaded.model, kernel="eager"), "query")
+            r["image_share_before"], r["query_image_share_before"] = _image_shares(loaded, probe)
+            r["image_share_after"], r["query_image_share_after"] = _image_shares(
+                loaded, probe, dara.on(loaded.model, kernel="eager"))
             r["sweep"] = []
             for a in alphas:
                 fixed = fixed_alpha(loaded, shots, a, layers)
                 r["sweep"].append({"alpha": a, **_acc(accuracy(loaded, task, shots, n, seed,
                                                                 intervention=fixed.on(loaded.model))),
-                                   "image_share": _image_share(loaded, probe[:20],
-                                                               fixed.on(loaded.model, kernel="eager"))})
+                                   "image_share": _image_shares(loaded, probe[:20],
+                                                                fixed.on(loaded.model, kernel="eager"))[0]})
             print(f"{name} {task}: {shots}-shot {r['k-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} "
                   f"DARA {r['dara']['acc']:.2f} LoRA {r['lora']['acc']:.2f} image share "
                   f"{r['image_share_before']:.3f} -> {r['image_share_after']:.3f}", flush=True)
@@ -233,8 +230,8 @@ def _mtv_task(loaded, organism, task, rule, n, n_shots, n_prompts, reinforce_ste
                         for k in icl_shots]
     # does the vector change where the model looks? query's attention on its own image, zero-shot
     probe = zero[:40]
-    r["query_image_share"] = _image_share(loaded, probe)
-    r["query_image_share_mtv"] = _image_share(loaded, probe, injection(loaded, mtv.mean, mask.values))
+    r["query_image_share"] = _image_shares(loaded, probe)[0]  # zero-shot: the query's is the only image
+    r["query_image_share_mtv"] = _image_shares(loaded, probe, injection(loaded, mtv.mean, mask.values))[0]
     print(f"{organism} {task}: 0-shot {r['0-shot']['acc']:.2f} 4-shot {r['4-shot']['acc']:.2f} "
           f"MTV {r['mtv']['acc']:.2f} FV {r['fv']['acc']:.2f} TV {r['tv']['acc']:.2f}", flush=True)
     return r
