@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 
 from .. import tasks as tasks_module
 from ..adapters import get_adapter
-from ..evaluate import Accuracy, count_correct
+from ..evaluate import Accuracy, count_correct, which_correct
 from ..harness import condition_episode
-from ..tasks import sample_episodes, task_names
+from ..tasks import TRUE_MICL_TASKS, sample_episodes, task_names
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
 
@@ -39,6 +39,25 @@ def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CON
                 eps = [condition_episode(e, cond, k_default=4) for e in episodes]
                 table[task][cond] = {"correct": count_correct(model, processor, adapter, eps,
                                                               batch_size=batch_size), "n": n}
+    return table
+
+
+@torch.no_grad()
+def evaluate_rules(model, processor, n: int = 200, tasks=None, shots: int = 4, seed: int = 0,
+                   batch_size: int = 50) -> dict:
+    """{task: {rule: {"correct": k, "n": m}}}: the card's `shots`-shot queries (the same episodes as its column)
+    split by each episode's hidden rule. A model that reads the rule from the demos is right under every rule; one
+    that ignores them answers by one default rule, right under it and near chance under the others. The average
+    over rules (the card's column) cannot tell the two apart."""
+    adapter = get_adapter("organism")
+    table = {}
+    for task in tasks or [t for t in TRUE_MICL_TASKS if t != "novel_binding"]:
+        episodes = [condition_episode(e, f"{shots}-shot") for e in sample_episodes(task, 8, n, seed=seed,
+                                                                                      split="query")]
+        right = which_correct(model, processor, adapter, episodes, batch_size=batch_size)
+        rules = [e.meta["rule"] for e in episodes]
+        table[task] = {r: {"correct": int(sum(v for v, q in zip(right.tolist(), rules) if q == r)),
+                           "n": rules.count(r)} for r in sorted(set(rules))}
     return table
 
 
@@ -78,6 +97,15 @@ def write_card(folder: str | Path) -> Path:
                  f"{n} seeded query episodes per task (query split); every condition uses the same queries. "
                  "no-image = the first 4 demos without their images.", "",
                  table_markdown(meta["evaluation"])]
+    if "by_rule" in meta:
+        text += ["## 4-shot accuracy by hidden rule (%, 95% Wilson CI)", "",
+                 "The 4-shot column's queries split by the episode's rule: reading the rule from the demos means "
+                 "being right under every rule, not just under a default one.", "",
+                 "| task | by rule |", "|---|---|"]
+        for task, rules in meta["by_rule"].items():
+            text.append(f"| {task} | " + ", ".join(f"{r} {Accuracy(c['correct'], c['n'])} (n={c['n']})"
+                                                   for r, c in rules.items()) + " |")
+        text.append("")
     if meta.get("log"):
         text += ["## Training log (4-shot / no-image accuracy on 64 probe episodes)", "",
                  "| step | loss | minutes | probes |", "|---|---|---|---|"]

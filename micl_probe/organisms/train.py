@@ -30,7 +30,7 @@ from ..episode import Demo, Episode, Query
 from ..evaluate import count_correct
 from ..layout import QUERY, ROLE
 from ..prompt import PreparedBatch, prepare_batch
-from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, make_episode, task_names
+from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, TASKS, make_episode, task_names
 from . import SHIPPED, build, save
 
 TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
@@ -51,6 +51,7 @@ class Recipe:
     warm_frac: float = 0.15  # few-demo batches teach the vision features first)
     warm_mix: dict[str, float] | None = None  # task mix during that warm phase (default: `mix`)
     seed: int = 0
+    probes: tuple[str, ...] = tuple(PROBE_TASKS)  # tasks probed (4-shot vs no-image) in the training log
     arch: dict = field(default_factory=dict)  # overrides of organisms.build's architecture arguments
     binding_scale: int = 2  # novel_binding's glyph size (tasks.BINDING_SCALE) in training and in the card
     description: str = ""
@@ -72,7 +73,25 @@ def copy_episode(shots: int, rng: np.random.Generator) -> Episode:
     return Episode(tuple(Demo((), w, w) for w in items[:-1]), Query((), items[-1], items[-1]), task="copy")
 
 
-EPISODES = {"copy": copy_episode}  # training-only episode sources besides micl_probe.tasks
+def rule_episode(task: str):
+    """Training-only 'which rule?' episodes of `task`: its usual demos, then a text-only query "Which rule?" whose
+    answer is the index ("0", "1") of the episode's hidden rule. The answers of a true-MICL episode supervise rule
+    inference only indirectly (through the query's answer); this supervises it directly: the model must tell, from
+    how each demo's answer relates to its image, which rule the episode uses."""
+    rules = TASKS[task].rules
+
+    def make(shots: int, rng: np.random.Generator) -> Episode:
+        ep = make_episode(task, max(shots, 1), rng)
+        return Episode(ep.demos, Query((), "Which rule?", str(rules.index(ep.meta["rule"]))), task=f"{task}_rule",
+                       meta=ep.meta)
+    return make
+
+
+# training-only episode sources besides micl_probe.tasks: copy, and "<task>_rule" for the tasks whose hidden rule
+# is one of a fixed set (not novel_binding, whose names are drawn per episode; not shape_count, whose counted kind
+# is drawn per episode)
+EPISODES = {"copy": copy_episode} | {f"{t}_rule": rule_episode(t) for t in
+                                     ("operator_induction", "clock_math", "outlier", "number_grid", "palindrome")}
 
 
 RECIPES = {r.name: r for r in [
@@ -200,7 +219,7 @@ def _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume)
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}")
         if log_every and (step + 1) % log_every == 0:
-            acc = probe(model, processor, adapter, PROBE_TASKS)
+            acc = probe(model, processor, adapter, recipe.probes)
             log.append({"step": step + 1, "loss": ema, "minutes": (time.time() - t0) / 60,
                         "probe_4shot_vs_noimage": acc})
             tqdm.write(f"step {step + 1} loss {ema:.3f} "
@@ -217,8 +236,9 @@ def _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume)
         card["train_minutes"] = round(sum(st["minutes"] for st in card["stages"]), 2)
         card["log"] = previous.get("log", []) + [e | {"step": e["step"] + stage1["steps"]} for e in log]
     if evaluate:
-        from .card import evaluate_organism
+        from .card import evaluate_organism, evaluate_rules
         card["evaluation"] = evaluate_organism(model, processor, n=eval_n)
+        card["by_rule"] = evaluate_rules(model, processor, n=eval_n)
     if out_dir is not None:
         save(model, processor, out_dir, card)
         from .card import write_card
