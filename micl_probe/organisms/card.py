@@ -22,6 +22,11 @@ from ..tasks import TRUE_MICL_TASKS, sample_episodes, task_names
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
 
 
+def _card_queries(task: str, n: int, seed: int):
+    """The card's `n` query episodes of `task`, drawn once with 8 demos; every condition is cut from them."""
+    return sample_episodes(task, 8, n, seed=seed, split="query")
+
+
 @torch.no_grad()
 def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CONDITIONS, seed: int = 0,
                       batch_size: int = 50, binding_scale: int | None = None) -> dict:
@@ -33,7 +38,7 @@ def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CON
     scale = nullcontext() if binding_scale is None else tasks_module.binding_scale(binding_scale)
     with scale:
         for task in tqdm(tasks, desc="evaluate", mininterval=2):
-            episodes = sample_episodes(task, 8, n, seed=seed, split="query")
+            episodes = _card_queries(task, n, seed)
             table[task] = {}
             for cond in conditions:
                 eps = [condition_episode(e, cond, k_default=4) for e in episodes]
@@ -52,8 +57,7 @@ def evaluate_rules(model, processor, n: int = 200, tasks=None, shots: int = 4, s
     adapter = get_adapter("organism")
     table = {}
     for task in tasks or [t for t in TRUE_MICL_TASKS if t != "novel_binding"]:
-        episodes = [condition_episode(e, f"{shots}-shot") for e in sample_episodes(task, 8, n, seed=seed,
-                                                                                      split="query")]
+        episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(task, n, seed)]
         right = which_correct(model, processor, adapter, episodes, batch_size=batch_size)
         rules = [e.meta["rule"] for e in episodes]
         table[task] = {r: {"correct": int(sum(v for v, q in zip(right.tolist(), rules) if q == r)),
