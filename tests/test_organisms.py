@@ -11,8 +11,8 @@ from micl_probe import load
 from micl_probe.evaluate import Accuracy
 from micl_probe.organisms import SHIPPED, binding_scale_of, shipped
 from micl_probe.organisms.card import evaluate_organism, evaluate_rules
-from micl_probe.organisms.train import EPISODES, RECIPES, Recipe, copy_episode, sample_batch, train
-from micl_probe.tasks import TASKS, make_episode, sample_episodes
+from micl_probe.organisms.train import RECIPES, Recipe, copy_episode, sample_batch, train
+from micl_probe.tasks import TASKS, sample_episodes
 
 CELLS = ("novel_binding", "novel_binding_shortcut", "clock_math")
 
@@ -80,22 +80,6 @@ def test_copy_episodes_are_text_only_repeats_and_join_the_mix():
     mix = {t: 0.5 for t in ("copy", "novel_binding")}
     kinds = {ep.task for ep in sample_batch(Recipe("r", mix), rng, n=32)}
     assert kinds == {"copy", "novel_binding"}
-
-
-@pytest.mark.parametrize("task", ["clock_math", "outlier", "palindrome"])
-def test_rule_episodes_ask_for_the_hidden_rule_after_the_tasks_own_demos(task):
-    """A '<task>_rule' episode is the task's episode with the same rng draws, its query replaced by a text-only
-    "Which rule?" whose answer is the index of the episode's hidden rule; every rule occurs."""
-    seen = set()
-    for seed in range(40):
-        e = EPISODES[f"{task}_rule"](3, np.random.default_rng(seed))
-        plain = make_episode(task, 3, np.random.default_rng(seed))
-        assert [(d.question, d.answer) for d in e.demos] == [(d.question, d.answer) for d in plain.demos]
-        assert all(len(d.images) == 1 for d in e.demos) and not e.query.images
-        assert e.query.question == "Which rule?" and e.query.answer == str(TASKS[task].rules.index(plain.meta["rule"]))
-        seen.add(e.query.answer)
-    assert seen == {str(i) for i in range(len(TASKS[task].rules))}
-    assert EPISODES[f"{task}_rule"](0, np.random.default_rng(0)).demos  # never without a demo to read the rule from
 
 
 def test_rule_split_adds_up_to_the_cards_four_shot_column():

@@ -30,7 +30,7 @@ from ..episode import Demo, Episode, Query
 from ..evaluate import count_correct
 from ..layout import QUERY, ROLE
 from ..prompt import PreparedBatch, prepare_batch
-from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, TASKS, make_episode, task_names
+from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, make_episode, task_names
 from . import SHIPPED, build, save
 
 TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
@@ -73,25 +73,7 @@ def copy_episode(shots: int, rng: np.random.Generator) -> Episode:
     return Episode(tuple(Demo((), w, w) for w in items[:-1]), Query((), items[-1], items[-1]), task="copy")
 
 
-def rule_episode(task: str):
-    """Training-only 'which rule?' episodes of `task`: its usual demos, then a text-only query "Which rule?" whose
-    answer is the index ("0", "1") of the episode's hidden rule. The answers of a true-MICL episode supervise rule
-    inference only indirectly (through the query's answer); this supervises it directly: the model must tell, from
-    how each demo's answer relates to its image, which rule the episode uses."""
-    rules = TASKS[task].rules
-
-    def make(shots: int, rng: np.random.Generator) -> Episode:
-        ep = make_episode(task, max(shots, 1), rng)
-        return Episode(ep.demos, Query((), "Which rule?", str(rules.index(ep.meta["rule"]))), task=f"{task}_rule",
-                       meta=ep.meta)
-    return make
-
-
-# training-only episode sources besides micl_probe.tasks: copy, and "<task>_rule" for the tasks whose hidden rule
-# is one of a fixed set (not novel_binding, whose names are drawn per episode; not shape_count, whose counted kind
-# is drawn per episode)
-EPISODES = {"copy": copy_episode} | {f"{t}_rule": rule_episode(t) for t in
-                                     ("operator_induction", "clock_math", "outlier", "number_grid", "palindrome")}
+EPISODES = {"copy": copy_episode}  # training-only episode sources besides micl_probe.tasks
 
 
 RECIPES = {r.name: r for r in [
