@@ -56,6 +56,7 @@ def evaluate_rules(model, processor, n: int = 200, tasks=None, shots: int = 4, s
     over rules (the card's column) cannot tell the two apart."""
     adapter = get_adapter("organism")
     table = {}
+    # novel_binding has one true-MICL rule (names bound per episode), so nothing to split
     for task in tasks or [t for t in TRUE_MICL_TASKS if t != "novel_binding"]:
         episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(task, n, seed)]
         right = which_correct(model, processor, adapter, episodes, batch_size=batch_size)

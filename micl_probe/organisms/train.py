@@ -34,7 +34,7 @@ from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, make_episode, task_n
 from . import SHIPPED, build, save
 
 TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
-PROBE_TASKS = ["novel_binding", "novel_binding_shortcut", "outlier", "clock_math", "shape_count"]
+PROBE_TASKS = ("novel_binding", "novel_binding_shortcut", "outlier", "clock_math", "shape_count")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Recipe:
     warm_frac: float = 0.15  # few-demo batches teach the vision features first)
     warm_mix: dict[str, float] | None = None  # task mix during that warm phase (default: `mix`)
     seed: int = 0
-    probes: tuple[str, ...] = tuple(PROBE_TASKS)  # tasks probed (4-shot vs no-image) in the training log
+    probes: tuple[str, ...] = PROBE_TASKS  # tasks probed (4-shot vs no-image) in the training log
     arch: dict = field(default_factory=dict)  # overrides of organisms.build's architecture arguments
     binding_scale: int = 2  # novel_binding's glyph size (tasks.BINDING_SCALE) in training and in the card
     description: str = ""
