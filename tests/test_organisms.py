@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from micl_probe import load
 from micl_probe.evaluate import Accuracy
 from micl_probe.organisms import SHIPPED, binding_scale_of, shipped
 from micl_probe.organisms.card import evaluate_organism, evaluate_rules
-from micl_probe.organisms.train import RECIPES, Recipe, copy_episode, sample_batch, train
-from micl_probe.tasks import TASKS, sample_episodes
+from micl_probe.organisms.train import EPISODES, RECIPES, STATED, Recipe, copy_episode, sample_batch, stage_steps, train
+from micl_probe.tasks import TASKS, make_episode, sample_episodes
 
 CELLS = ("novel_binding", "novel_binding_shortcut", "clock_math")
 
@@ -72,6 +73,24 @@ def test_trainer_smoke(tmp_path):
     assert [s["steps"] for s in card2["stages"]] == [3, 2] and card2["recipe"]["steps"] == 5
 
 
+def test_a_staged_recipe_trains_on_exactly_as_resuming_from_disk(tmp_path):
+    """`then` continues the organism in memory as `--resume` continues it from its saved folder: the same weights
+    after both stages, the same stage records; a quick run's --steps is split in the stages' proportions."""
+    second = replace(RECIPES["partial"], name="second", mix={"clock_math": 1.0}, steps=2)
+    staged = replace(RECIPES["partial"], steps=3, then=second)
+    assert [n for _, n in stage_steps(staged, 10)] == [6, 4]
+    one, _, card = train(staged, tmp_path / "staged", evaluate=False, log_every=0)
+    first, _, _ = train(replace(staged, then=None), tmp_path / "first", evaluate=False, log_every=0)
+    after_first = {k: v.clone() for k, v in first.state_dict().items()}
+    two, _, card2 = train(second, None, evaluate=False, log_every=0, resume=str(tmp_path / "first"))
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), two.state_dict().values()))
+    assert not all(torch.equal(a, after_first[k]) for k, a in one.state_dict().items())  # stage 2 trained
+    assert [s["steps"] for s in card["stages"]] == [3, 2] == [s["steps"] for s in card2["stages"]]
+    assert card["recipe"]["steps"] == 5 and card["recipe"]["then"]["name"] == "second"
+    readme = (tmp_path / "staged" / "README.md").read_text()
+    assert "stage 2: 2 more steps" in readme and "--resume" not in readme
+
+
 def test_copy_episodes_are_text_only_repeats_and_join_the_mix():
     rng = np.random.default_rng(0)
     e = copy_episode(3, rng)
@@ -80,6 +99,25 @@ def test_copy_episodes_are_text_only_repeats_and_join_the_mix():
     mix = {t: 0.5 for t in ("copy", "novel_binding")}
     kinds = {ep.task for ep in sample_batch(Recipe("r", mix), rng, n=32)}
     assert kinds == {"copy", "novel_binding"}
+
+
+def test_stated_episodes_ask_for_their_rule_and_are_the_tasks_own_episodes():
+    """A '<task>_stated' episode is the task's own episode under the drawn rule (same images and answers, whose
+    rule-following the generator tests check) with every question naming that rule; rules[0]'s is the shortcut's."""
+    assert STATED["clock_math"][TASKS["clock_math"].rules[0]] == TASKS["clock_math"].shortcut_question
+    seen = set()
+    for seed in range(12):
+        e = EPISODES["clock_math_stated"](3, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        rule = str(rng.choice(list(STATED["clock_math"])))
+        plain = make_episode("clock_math", 3, rng, rule=rule)
+        assert e.meta["rule"] == rule and e.task == "clock_math_stated"
+        assert [d.answer for d in e.demos] == [d.answer for d in plain.demos] and e.query.answer == plain.query.answer
+        assert all(np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+                   for a, b in zip(e.demos + (e.query,), plain.demos + (plain.query,)))
+        assert {d.question for d in e.demos} | {e.query.question} == {STATED["clock_math"][rule]}
+        seen.add(rule)
+    assert seen == set(TASKS["clock_math"].rules)
 
 
 def test_rule_split_adds_up_to_the_cards_four_shot_column():

@@ -79,23 +79,32 @@ def write_card(folder: str | Path) -> Path:
     folder = Path(folder)
     meta = json.loads((folder / "micl_probe.json").read_text())
     r = meta["recipe"]
+    stages = meta.get("stages", [])
+    resumed = any("resumed_from" in st for st in stages)
+    mix = lambda m: ", ".join(f"{k} {v:.3f}" for k, v in m.items())
     text = [f"# Model organism `{folder.name}`", ""]
     if meta.get("status"):
         text += [f"**Status:** {meta['status']}", ""]
     text += [r.get("description", ""), "",
-            "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder 4x128-d, 4 heads / "
-            f"{r.get('arch', {}).get('n_kv_heads', 2)} KV heads), trained from scratch by "
-            "`python -m micl_probe.organisms.train --recipe "
-            f"{r['name']}`" + (" and continued with `--resume`" if "stages" in meta else "") + ".", "",
-            f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
-            f"grad-clip 1.0, demos per episode {r['shots'][0]}..{r['shots'][1]}, seed {r['seed']}",
-            f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU thread(s)"
-            + (f" ({meta['note']})" if meta.get("note") else "")
-            + ("" if "stages" not in meta else " (" + " + ".join(f"{s['steps']} steps / {s['minutes']} min"
-                                                              for s in meta["stages"]) + ", resumed)"),
-            f"- task mix: {', '.join(f'{k} {v:.3f}' for k, v in r['mix'].items())}"
-            + (f"; first {r['warm_frac']:.0%} of steps: {', '.join(r['warm_mix'])} only, "
-               f"{r['warm_shots'][0]}..{r['warm_shots'][1]} demos" if r.get("warm_mix") else ""), ""]
+             "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder "
+             f"{r.get('arch', {}).get('n_layers', 4)}x128-d, 4 heads / {r.get('arch', {}).get('n_kv_heads', 2)} KV "
+             "heads), trained from scratch by `python -m micl_probe.organisms.train --recipe "
+             f"{r['name']}`" + (" and continued with `--resume`" if resumed else "") + ".", "",
+             f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
+             f"grad-clip 1.0, demos per episode {r['shots'][0]}..{r['shots'][1]}, seed {r['seed']}",
+             f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU thread(s)"
+             + (f" ({meta['note']})" if meta.get("note") else "")
+             + ("" if not stages else " (" + " + ".join(f"{s['steps']} steps / {s['minutes']} min"
+                                                        for s in stages) + (", resumed)" if resumed else ")")),
+             f"- task mix: {mix(r['mix'])}"
+             + (f"; first {r['warm_frac']:.0%} of steps: {', '.join(r['warm_mix'])} only, "
+                f"{r['warm_shots'][0]}..{r['warm_shots'][1]} demos" if r.get("warm_mix") else "")]
+    later, k = r.get("then"), 2
+    while later:  # the recipe's further stages: each a fresh warm-up + cosine schedule on its own mix
+        text.append(f"- stage {k}: {later['steps']} more steps (fresh schedule, seed {later['seed'] + 1}), "
+                    f"task mix: {mix(later['mix'])}")
+        later, k = later.get("then"), k + 1
+    text.append("")
     if "evaluation" in meta:
         n = next(iter(next(iter(meta["evaluation"].values())).values()))["n"]
         text += ["## Accuracy (%, 95% Wilson CI), greedy exact match", "",

@@ -56,6 +56,7 @@ class Recipe:
     binding_scale: int = 2  # novel_binding's glyph size (tasks.BINDING_SCALE) in training and in the card
     description: str = ""
     notes: dict = field(default_factory=dict)
+    then: Recipe | None = None  # a further stage, trained on after this one (see `train`)
 
 
 # The organisms are trained on the colour/shape tasks (novel_binding, outlier, clock_math, shape_count); the digit
@@ -73,7 +74,23 @@ def copy_episode(shots: int, rng: np.random.Generator) -> Episode:
     return Episode(tuple(Demo((), w, w) for w in items[:-1]), Query((), items[-1], items[-1]), task="copy")
 
 
-EPISODES = {"copy": copy_episode}  # training-only episode sources besides micl_probe.tasks
+# Training-only '<task>_stated' episodes: the question names the episode's rule (its shortcut question for rules[0]),
+# so every rule's answer is taught directly. Clock math's blue hand is otherwise taught only through true-MICL
+# episodes, whose rule the model must first infer from the demos.
+STATED = {"clock_math": {"red": "What hour is the red hand?", "blue": "What hour is the blue hand?"}}
+
+
+def stated_episode(task: str):
+    def make(shots: int, rng: np.random.Generator) -> Episode:
+        rule = str(rng.choice(list(STATED[task])))
+        e = make_episode(task, shots, rng, rule=rule)
+        ask = STATED[task][rule]
+        return replace(e, demos=tuple(replace(d, question=ask) for d in e.demos),
+                       query=replace(e.query, question=ask), task=f"{task}_stated")
+    return make
+
+
+EPISODES = {"copy": copy_episode} | {f"{t}_stated": stated_episode(t) for t in STATED}  # training-only sources
 
 
 RECIPES = {r.name: r for r in [
@@ -147,31 +164,69 @@ def probe(model, processor, adapter, tasks, shots=4, n=64, seed=123) -> dict[str
     return out
 
 
+def stage_steps(recipe: Recipe, steps: int | None = None) -> list[tuple[Recipe, int]]:
+    """[(stage, steps)]: `recipe`, `recipe.then`, … with their steps; `steps` (a quick run) is the total, split in
+    the recipe's proportions."""
+    stages = [recipe]
+    while stages[-1].then is not None:
+        stages.append(stages[-1].then)
+    total = sum(s.steps for s in stages)
+    return [(s, s.steps if steps is None else max(1, round(steps * s.steps / total))) for s in stages]
+
+
 def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int = 500, evaluate: bool = True,
           eval_n: int = 200, threads: int | None = None, resume: str | None = None):
-    """Train `recipe` from scratch, or continue the organism saved in `resume` (fresh warm-up + cosine schedule,
-    no shot curriculum; its card's time and log are carried over)."""
+    """Train `recipe` from scratch, stage by stage (`recipe`, then `recipe.then`, …), or continue the organism saved
+    in `resume`. Every stage after the first (and a resumed run) starts a fresh optimiser, warm-up + cosine schedule
+    and data stream (seed + 1), with no shot curriculum; the card records each stage and the whole history."""
     from ..tasks import binding_scale
 
-    with binding_scale(recipe.binding_scale):
-        return _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume)
-
-
-def _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume):
     if threads:
         torch.set_num_threads(threads)
-    steps = steps or recipe.steps
-    previous = None
-    if resume:
-        from transformers import LlavaForConditionalGeneration
+    previous, history = None, []
+    with binding_scale(recipe.binding_scale):
+        if resume:
+            from transformers import LlavaForConditionalGeneration
 
-        from ..loading import load_processor
-        model = LlavaForConditionalGeneration.from_pretrained(resume, dtype=torch.float32)
-        processor = load_processor(resume)
-        previous = json.loads((Path(resume) / "micl_probe.json").read_text())
-        recipe = replace(recipe, warm_frac=0.0, seed=recipe.seed + 1)
-    else:
-        model, processor = build(seed=recipe.seed, **recipe.arch)
+            from ..loading import load_processor
+            model = LlavaForConditionalGeneration.from_pretrained(resume, dtype=torch.float32)
+            processor = load_processor(resume)
+            previous = json.loads((Path(resume) / "micl_probe.json").read_text())
+            first = previous["recipe"]
+            history = previous.get("stages", [{"recipe": first["name"], "steps": first["steps"],
+                                               "minutes": previous["train_minutes"]}])
+        else:
+            model, processor = build(seed=recipe.seed, **recipe.arch)
+        log = list(previous.get("log", [])) if previous else []
+        for i, (stage, n) in enumerate(stage_steps(recipe, steps)):
+            if resume or i > 0:
+                stage = replace(stage, warm_frac=0.0, seed=stage.seed + 1)
+            done = sum(h["steps"] for h in history)
+            stage_log, minutes = fit(model, processor, stage, n, log_every)
+            log += [e | {"step": e["step"] + done} for e in stage_log]
+            history.append({"recipe": stage.name, "steps": n, "minutes": round(minutes, 2)}
+                           | ({"resumed_from": str(resume)} if resume and i == 0 else {}))
+        model.eval()
+        card = {"recipe": (previous["recipe"] if previous else asdict(recipe))
+                | {"steps": sum(h["steps"] for h in history)},
+                "train_minutes": round(sum(h["minutes"] for h in history), 2), "threads": torch.get_num_threads(),
+                "log": log}
+        if len(history) > 1:
+            card["stages"] = history
+        if evaluate:
+            from .card import evaluate_organism, evaluate_rules
+            card["evaluation"] = evaluate_organism(model, processor, n=eval_n)
+            card["by_rule"] = evaluate_rules(model, processor, n=eval_n)
+    if out_dir is not None:
+        save(model, processor, out_dir, card)
+        from .card import write_card
+        write_card(out_dir)
+    return model, processor, card
+
+
+def fit(model, processor, recipe: Recipe, steps: int, log_every: int = 500) -> tuple[list[dict], float]:
+    """Train `model` in place for `steps` steps of `recipe` (its mix, warm phase, schedule and seed; not its `then`).
+    Returns (probe log, minutes)."""
     adapter = get_adapter("organism")
     rng = np.random.default_rng(recipe.seed)
     torch.manual_seed(recipe.seed)
@@ -206,26 +261,9 @@ def _train(recipe, out_dir, steps, log_every, evaluate, eval_n, threads, resume)
                         "probe_4shot_vs_noimage": acc})
             tqdm.write(f"step {step + 1} loss {ema:.3f} "
                        + " ".join(f"{k}={a:.2f}/{b:.2f}" for k, (a, b) in acc.items()))
-    minutes = (time.time() - t0) / 60
+    pool.shutdown()
     model.eval()
-    card = {"recipe": asdict(recipe) | {"steps": steps}, "train_minutes": round(minutes, 2),
-            "threads": torch.get_num_threads(), "log": log}
-    if previous is not None:  # a continuation: the whole history, both stages
-        stage1 = previous["recipe"]
-        card["stages"] = previous.get("stages", [{"steps": stage1["steps"], "minutes": previous["train_minutes"]}])
-        card["stages"].append({"steps": steps, "minutes": round(minutes, 2), "resumed_from": str(resume)})
-        card["recipe"] = stage1 | {"steps": sum(st["steps"] for st in card["stages"])}
-        card["train_minutes"] = round(sum(st["minutes"] for st in card["stages"]), 2)
-        card["log"] = previous.get("log", []) + [e | {"step": e["step"] + stage1["steps"]} for e in log]
-    if evaluate:
-        from .card import evaluate_organism, evaluate_rules
-        card["evaluation"] = evaluate_organism(model, processor, n=eval_n)
-        card["by_rule"] = evaluate_rules(model, processor, n=eval_n)
-    if out_dir is not None:
-        save(model, processor, out_dir, card)
-        from .card import write_card
-        write_card(out_dir)
-    return model, processor, card
+    return log, (time.time() - t0) / 60
 
 
 def main(argv=None):
