@@ -59,10 +59,10 @@ class Recipe:
     then: Recipe | None = None  # a further stage, trained on after this one (see `train`)
 
 
-# The organisms are trained on the colour/shape tasks (novel_binding, outlier, clock_math, shape_count); the digit
-# tasks (operator_induction, number_grid, palindrome) are held out of training and evaluated as they are: a
-# 1 M-parameter model on a 30-minute CPU budget did not learn to read digits and relate them across demos as well
-# (first attempt: all 14 tasks, no progress in 1,500 steps).
+# The shipped organisms are trained on the colour/shape tasks (novel_binding, outlier, clock_math, shape_count); the
+# digit tasks (operator_induction, number_grid, palindrome) are held out of their training and evaluated as they are
+# (first attempt with all 14 tasks: no progress in 1,500 steps). Trained in later, once binding works, palindrome is
+# read from the demos under both rules; operator induction and number grid were not (README: Model organisms).
 
 def copy_episode(shots: int, rng: np.random.Generator) -> Episode:
     """Text-only 'copy' episode (training only): each turn's answer repeats its question, a string of 4-8 random
