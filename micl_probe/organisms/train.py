@@ -202,11 +202,10 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
             if resume or i > 0:
                 stage = replace(stage, warm_frac=0.0, seed=stage.seed + 1)
             done = sum(h["steps"] for h in history)
-            stage_log, minutes = fit(model, processor, stage, n, log_every)
+            stage_log, minutes = train_stage(model, processor, stage, n, log_every)
             log += [e | {"step": e["step"] + done} for e in stage_log]
             history.append({"recipe": stage.name, "steps": n, "minutes": round(minutes, 2)}
                            | ({"resumed_from": str(resume)} if resume and i == 0 else {}))
-        model.eval()
         card = {"recipe": (previous["recipe"] if previous else asdict(recipe))
                 | {"steps": sum(h["steps"] for h in history)},
                 "train_minutes": round(sum(h["minutes"] for h in history), 2), "threads": torch.get_num_threads(),
@@ -224,7 +223,7 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
     return model, processor, card
 
 
-def fit(model, processor, recipe: Recipe, steps: int, log_every: int = 500) -> tuple[list[dict], float]:
+def train_stage(model, processor, recipe: Recipe, steps: int, log_every: int = 500) -> tuple[list[dict], float]:
     """Train `model` in place for `steps` steps of `recipe` (its mix, warm phase, schedule and seed; not its `then`).
     Returns (probe log, minutes)."""
     adapter = get_adapter("organism")
@@ -269,7 +268,8 @@ def fit(model, processor, recipe: Recipe, steps: int, log_every: int = 500) -> t
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", required=True, choices=sorted(RECIPES))
-    ap.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    ap.add_argument("--steps", type=int, help="override the number of steps (a staged recipe's total, split "
+                    "in its stages' proportions)")
     ap.add_argument("--out", help="output folder (default: the shipped organisms folder)")
     ap.add_argument("--eval-n", type=int, default=200, help="queries per task and condition in the model card")
     ap.add_argument("--no-eval", action="store_true", help="skip the model-card evaluation")
