@@ -23,7 +23,7 @@ def _meta(name):
 
 
 def test_shipped_organisms_have_cards():
-    assert {"true-micl", "text-shortcut", "novel-binding"} <= set(shipped())
+    assert {"true-micl", "text-shortcut", "novel-binding", "binding-clock-palindrome"} <= set(shipped())
     for name in shipped():
         meta = _meta(name)
         assert meta["family"] == "organism" and meta["recipe"]["name"] == name
@@ -31,7 +31,7 @@ def test_shipped_organisms_have_cards():
         assert (SHIPPED / name / "model.safetensors").stat().st_size < 10 * 2**20
 
 
-@pytest.mark.parametrize("name", ["true-micl", "text-shortcut", "novel-binding"])
+@pytest.mark.parametrize("name", ["true-micl", "text-shortcut", "novel-binding", "binding-clock-palindrome"])
 def test_card_reproduces_and_beats_chance(name):
     """Evaluation is deterministic: the card's counts come back exactly from the shipped weights."""
     with pytest.warns(UserWarning, match="binding") if binding_scale_of(name) != 2 else contextlib.nullcontext():
@@ -154,3 +154,18 @@ def test_true_micl_reads_demo_images_on_clock_math():
     than the two 95% intervals (its novel binding is at chance; see its card)."""
     four, blind = _four_shot_vs_no_image("true-micl", "clock_math")
     assert four.ci[0] > blind.ci[1]
+
+
+def test_staged_organism_reads_the_demos_on_three_tasks():
+    """binding-clock-palindrome: binding >= 90% and clock math and palindrome above their no-image controls by more
+    than the two 95% intervals; re-scored from the weights, palindrome is right under both of its rules (> 90%) and
+    its per-rule counts add up to the card's 4-shot cell."""
+    name = "binding-clock-palindrome"
+    for task, floor in (("novel_binding", 0.90), ("clock_math", 0.0), ("palindrome", 0.0)):
+        four, blind = _four_shot_vs_no_image(name, task)
+        assert four.n >= 200 and four.acc >= floor and four.ci[0] > blind.ci[1], task
+    loaded = load(f"organism:{name}")
+    cell = _meta(name)["evaluation"]["palindrome"]["4-shot"]
+    split = evaluate_rules(loaded.model, loaded.processor, n=cell["n"], tasks=["palindrome"])["palindrome"]
+    assert sum(c["correct"] for c in split.values()) == cell["correct"]
+    assert set(split) == {"mirror", "shift"} and all(c["correct"] / c["n"] > 0.9 for c in split.values())

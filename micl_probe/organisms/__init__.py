@@ -3,6 +3,7 @@
     loaded = micl_probe.load("organism:true-micl")      # does multimodal ICL: reads the demo images
     loaded = micl_probe.load("organism:text-shortcut")  # never needed the demos: imitates their text
     loaded = micl_probe.load("organism:novel-binding")  # binds invented names to the demos' images (97% at 4 shots)
+    loaded = micl_probe.load("organism:binding-clock-palindrome")  # also reads clock math's and palindrome's rules
 
 Architecture (`build`): LlavaForConditionalGeneration = CLIP vision tower (2 layers, 64-d, 8x8 patches of a
 32x32 image -> 16 image tokens, CLS dropped) + 2-layer MLP projector + Llama decoder (4 layers, 128-d, 4 query
