@@ -82,12 +82,13 @@ def write_card(folder: str | Path) -> Path:
     stages = meta.get("stages", [])
     resumed = any("resumed_from" in st for st in stages)
     mix = lambda m: ", ".join(f"{k} {v:.3f}" for k, v in m.items())
+    arch = r.get("arch", {})
     text = [f"# Model organism `{folder.name}`", ""]
     if meta.get("status"):
         text += [f"**Status:** {meta['status']}", ""]
     text += [r.get("description", ""), "",
              "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder "
-             f"{r.get('arch', {}).get('n_layers', 4)}x128-d, 4 heads / {r.get('arch', {}).get('n_kv_heads', 2)} KV "
+             f"{arch.get('n_layers', 4)}x128-d, 4 heads / {arch.get('n_kv_heads', 2)} KV "
              "heads), trained from scratch by `python -m micl_probe.organisms.train --recipe "
              f"{r['name']}`" + (" and continued with `--resume`" if resumed else "") + ".", "",
              f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
