@@ -30,7 +30,7 @@ def build(layers: int, image: int):
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     from micl_probe import Demo, Episode, Query
-    from micl_probe.tiny import tiny_tokenizer
+    from micl_probe.testing import tiny_tokenizer
 
     tok = tiny_tokenizer(["<s>", "</s>", "<image>"], bos="<s>", eos="</s>")
     cfg = LlavaConfig(
@@ -65,16 +65,18 @@ def worker(method: str, layers: int, image: int, repeats: int):
 
     import torch
 
-    from micl_probe import adapter_for, capture_attention, prepare
+    from micl_probe import Loaded, capture_attention
+    from micl_probe.core import adapter_for
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     model, processor, episode = build(layers, image)
-    prepared = prepare(episode, processor, adapter_for(model), model=model)
+    loaded = Loaded(model, processor, adapter_for(model), name="bench")
+    prepared = loaded.prepare(episode)
     seq = prepared.input_ids.shape[1]
     bridge = None
     if method == "tl_run_with_cache":
-        from micl_probe.attention import _bridge
-        bridge = _bridge(model, adapter_for(model), processor)
+        from micl_probe.measure.attention import _boot_bridge
+        bridge = _boot_bridge(loaded)
 
     def once():
         with torch.no_grad():
@@ -92,9 +94,9 @@ def worker(method: str, layers: int, image: int, repeats: int):
                                                  and n.endswith("hook_pattern"))
                 assert len(cache) == layers
             elif method == "capture_nnsight":
-                capture_attention(model, [episode], processor=processor, progress=False)
+                capture_attention(loaded, [episode], progress=False)
             elif method == "capture_transformer_lens":
-                capture_attention(model, [episode], processor=processor, backend="transformer_lens", progress=False)
+                capture_attention(loaded, [episode], backend="transformer_lens", progress=False)
 
     gc.collect()
     base = rss_mb()

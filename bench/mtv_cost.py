@@ -14,12 +14,10 @@ import time
 
 import torch
 
-from micl_probe import load
-from micl_probe.loading import Loaded
-from micl_probe.mtv import inject
+from micl_probe import Loaded, load, sample_episodes
+from micl_probe.core import get_adapter
+from micl_probe.interventions import inject
 from micl_probe.organisms import build, shipped
-from micl_probe.prompt import prepare_batch
-from micl_probe.tasks import sample_episodes
 
 
 def best_time(fn, repeats: int) -> float:
@@ -43,11 +41,10 @@ def main():
         loaded = load(args.model or "organism:true-micl")
     else:
         model, processor = build()
-        from micl_probe import get_adapter
         loaded = Loaded(model.eval(), processor, get_adapter("organism"), name="organism (untrained)")
     a, m = loaded.adapter, loaded.model
     eps = sample_episodes("outlier", 8, args.batch, seed=0)
-    batches = {k: prepare_batch([e.with_shots(k) for e in eps], loaded.processor, a, model=m) for k in (0, 4, 8)}
+    batches = {k: loaded.prepare_batch([e.with_shots(k) for e in eps]) for k in (0, 4, 8)}
     means = torch.randn(a.n_layers(m), a.n_heads(m), a.head_dim(m))
     mask = torch.zeros(a.n_layers(m), a.n_heads(m), dtype=torch.bool)
     mask.view(-1)[torch.randperm(mask.numel())[:8]] = True

@@ -1,15 +1,30 @@
-"""micl_probe: does a VLM look at its in-context demonstration images, and what changes when we make it look?"""
+"""micl_probe: does a VLM look at its in-context demonstration images, and what changes when we make it look?
 
-from .adapters import Adapter, ChatFormat, adapter_for, get_adapter, supported_families
-from .attention import AttentionMass, capture_attention
-from .episode import Demo, Episode, Query
-from .layout import NONE, QUERY, ROLES, TokenLayout
-from .loading import Loaded, load
-from .prompt import Prepared, PreparedBatch, prepare, prepare_batch, render
+    loaded = micl_probe.load("organism:true-micl")                 # or a hub id / local folder
+    episodes = micl_probe.sample_episodes("clock_math", shots=4, n=20)
+    am = micl_probe.capture_attention(loaded, episodes)             # mass[episode, layer, head, segment]
+    records = micl_probe.run(loaded, ["clock_math"], ["zero-shot", "no-image", "4-shot"])
+
+Subpackages, from the bottom layer up (each imports only from the ones before it):
+  core           episodes, token layouts, prompts, family adapters, processors, loading
+  tasks          procedural TrueMICL-style tasks and released dataset folders
+  measure        attention capture
+  interventions  DARA, MTV (and function / task vectors), LoRA, their training loop
+  evaluation     scoring, conditions, the harness, statistics, accuracy-vs-attention analysis
+  organisms      the shipped model organisms, their recipes, trainer and cards
+  viz            figures and the report page
+  testing        tiny random models of the real architectures, test episodes
+"""
+
+from .core import Demo, Episode, Loaded, Query, TokenLayout, load, supported_families
+from .evaluation.harness import RunConfig, run
+from .interventions.dara import DARA
+from .interventions.mtv import TaskVector
+from .measure.attention import AttentionMass, capture_attention
+from .tasks import sample_episodes
 
 __all__ = [
-    "Adapter", "AttentionMass", "ChatFormat", "Demo", "Episode", "Loaded", "NONE", "Prepared", "PreparedBatch",
-    "QUERY", "ROLES", "Query", "TokenLayout", "adapter_for", "capture_attention", "get_adapter", "load", "prepare",
-    "prepare_batch", "render", "supported_families",
+    "DARA", "AttentionMass", "Demo", "Episode", "Loaded", "Query", "RunConfig", "TaskVector", "TokenLayout",
+    "capture_attention", "load", "run", "sample_episodes", "supported_families",
 ]
 __version__ = "0.1.0"

@@ -24,21 +24,16 @@ every demo image in the first decoder layer, --alphas). Artifacts are checked ag
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from . import plots
-from .analysis import accuracy_vs_attention, head_predictiveness
-from .evaluate import Accuracy
-from .harness import accuracy_table, run
-from .loading import load
-from .organisms import as_trained, shipped
+from .core import load
+from .evaluation import RunConfig, accuracy_table, accuracy_vs_attention, head_predictiveness, run
+from .organisms import shipped
 from .tasks import task_names
+from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
 DEFAULT_CONDITIONS = ["zero-shot", "no-image", "4-shot"]
@@ -70,94 +65,15 @@ def parse(argv=None):
 
 def interventions_for(loaded, args) -> dict:
     """The named interventions the flags ask for, checked against `loaded`."""
-    from .dara import DARA
-    from .dara_train import alpha_sweep
-    from .mtv import TaskVector, injection
+    from .interventions import DARA, TaskVector, alpha_sweep, injection
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
     if args.dara:
-        found["dara"] = DARA.load(args.dara, loaded.model, loaded.adapter).on(loaded.model, kernel="eager")
+        found["dara"] = DARA.load(args.dara, loaded).on(loaded.model, kernel="eager")
     if args.mtv:
         means, heads = (TaskVector.load(p, loaded) for p in args.mtv)
         found["mtv"] = injection(loaded, means.mean, heads.values)
     return found
-
-
-def _img(path: Path) -> str:
-    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" style="max-width:100%">'
-
-
-def write_report(out: Path, records: list[dict], settings: dict, seconds: float) -> Path:
-    table = accuracy_table(records)
-    figures = {"fig_accuracy": plots.accuracy_bars(records)}
-    if "visual_share" in records[0]:
-        figures["fig_visual_share"] = plots.visual_share_bars(records)
-        figures["fig_layer_share"] = plots.layer_share_curves(records)
-        cond = next((c for c in settings["conditions"] if c.endswith("-shot") and c != "zero-shot"),
-                    settings["conditions"][-1])
-        figures["fig_head_heatmap"] = plots.head_heatmaps(records, cond)
-        for model in settings["models"]:
-            mine = [r for r in records if r["model"] == model]
-            stats = accuracy_vs_attention(mine)
-            settings.setdefault("accuracy_vs_attention", {})[model] = stats
-            slug = model.replace("organism:", "").replace("/", "_")
-            figures[f"fig_acc_vs_attention_{slug}"] = plots.accuracy_vs_attention(stats, head_predictiveness(mine),
-                                                                                 title=None)
-    for stem, fig in figures.items():
-        plots.save(fig, out / stem)
-    (out / "results.json").write_text(json.dumps({"settings": settings, "seconds": round(seconds, 1),
-                                                  "accuracy": table}, indent=1))
-
-    conditions = settings["conditions"]
-    md = ["# Does the model look at its demonstration images?", "",
-          f"Models: {', '.join(settings['models'])}. Tasks: {', '.join(settings['tasks'])}. "
-          f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
-          f"Accuracy: greedy exact match, % with 95% Wilson CI. Visual share: attention of the answer position on "
-          f"image tokens, mean over layers and heads. Run time {seconds:.0f} s.", ""]
-    for model, tasks in table.items():
-        md += [f"## {model}", "", "| task | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
-        for task, cells in tasks.items():
-            row = [f"{Accuracy(cells[c]['correct'], cells[c]['n'])} · vis {cells[c]['visual_share']:.2f}"
-                   if c in cells else "" for c in conditions]
-            md.append(f"| {task} | " + " | ".join(row) + " |")
-        md.append("")
-    for model, stats in settings.get("accuracy_vs_attention", {}).items():
-        sp, lg = stats["spearman"], stats["logistic"]
-        md += [f"Accuracy vs visual attention, {model}: Spearman rho {sp['rho']:.2f} (p {sp['p']:.1e}, "
-               f"n {stats['n']}), logistic slope {lg['slope']:.2f} per s.d. of visual share.", ""]
-    md += ["## Figures", ""] + [f"![{stem}]({stem}.png)" for stem in figures]
-    (out / "report.md").write_text("\n".join(md) + "\n")
-
-    body = []
-    for line in md:
-        if line.startswith("!["):
-            stem = line[line.index("(") + 1:-5]
-            body.append(f"<figure>{_img(out / (stem + '.png'))}<figcaption>{stem}</figcaption></figure>")
-        elif line.startswith("| ") and "---|" not in line:
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            tag = "th" if line.startswith("| task") else "td"
-            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line and "---|" not in line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    page, in_table = [], False
-    for b in body:
-        if b.startswith("<tr>") and not in_table:
-            page.append("<table>")
-            in_table = True
-        if not b.startswith("<tr>") and in_table:
-            page.append("</table>")
-            in_table = False
-        page.append(b)
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "font-size:14px}th{background:#f3f3f3}figure{margin:1.5em 0}")
-    (out / "report.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>micl_probe "
-                                     f"report</title><style>{style}</style></head><body>"
-                                     + "\n".join(page) + "</body></html>\n")
-    return out / "report.html"
 
 
 def main(argv=None):
@@ -171,15 +87,19 @@ def main(argv=None):
     dtype = getattr(torch, args.dtype) if args.dtype else None
     settings = {"models": models, "tasks": args.tasks, "conditions": args.conditions, "n": args.n,
                 "seed": args.seed, "device": args.device or "cpu"}
+    config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention)
     t0 = time.time()
     records = []
-    for name in models:
-        with as_trained(name):  # an organism sees novel_binding drawn as it was trained on it
-            loaded = load(name, device=args.device, dtype=dtype)
-            records += run(loaded, args.tasks, args.conditions, n=args.n, seed=args.seed,
-                           batch_size=args.batch_size, attention=not args.no_attention,
-                           results=out / "results.jsonl", interventions=interventions_for(loaded, args))
-    page = write_report(out, records, settings, time.time() - t0)
+    for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
+        loaded = load(name, device=args.device, dtype=dtype)
+        records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
+                       interventions=interventions_for(loaded, args))
+    stats = {}
+    if not args.no_attention:
+        for model in models:
+            mine = [r for r in records if r["model"] == model]
+            stats[model] = (accuracy_vs_attention(mine), head_predictiveness(mine))
+    page = write_report(out, records, settings, time.time() - t0, accuracy_table(records), stats)
     print(f"report: {page}")
 
 

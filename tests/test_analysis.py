@@ -1,6 +1,6 @@
 import numpy as np
 
-from micl_probe.analysis import accuracy_vs_attention, head_predictiveness
+from micl_probe.evaluation import accuracy_vs_attention, head_predictiveness
 
 
 def _records(n=400, seed=0):

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import cached_tiny, make_episode
 
-from micl_probe import adapter_for, prepare
-from micl_probe.attention import TL_FAMILIES, AttentionMass, capture_attention, row_positions
+from micl_probe.core import Loaded, adapter_for, prepare
+from micl_probe.measure.attention import AttentionMass, capture_attention, row_positions
+from micl_probe.testing import cached_tiny, noise_episode, tiny_loaded
 
-EPISODES = [make_episode(2, seed=1), make_episode(1, seed=2), make_episode(0, seed=3)]
+EPISODES = [noise_episode(2, seed=1), noise_episode(1, seed=2), noise_episode(0, seed=3)]
 
 
 def independent_mass(model, processor, episode, rows):
@@ -25,8 +25,9 @@ def independent_mass(model, processor, episode, rows):
 
 @pytest.mark.parametrize("rows", ["answer", "query_text"])
 def test_nnsight_equals_hf_eager(family, rows):
-    model, processor = cached_tiny(family)
-    am = capture_attention(model, EPISODES, processor=processor, rows=rows, progress=False)
+    loaded = tiny_loaded(family)
+    model, processor = loaded.model, loaded.processor
+    am = capture_attention(loaded, EPISODES, rows=rows, progress=False)
     assert model.config._attn_implementation == "sdpa"  # the lean backend leaves the fast path on
     for e, ep in enumerate(EPISODES):
         ref = independent_mass(model, processor, ep, rows)
@@ -38,19 +39,19 @@ def test_nnsight_equals_hf_eager(family, rows):
 
 
 def test_transformer_lens_equals_eager(family):
-    model, processor = cached_tiny(family)
-    adapter = adapter_for(model)
-    if adapter.family not in TL_FAMILIES:
+    loaded = tiny_loaded(family)
+    model, adapter = loaded.model, loaded.adapter
+    if not adapter.tl_bridge:
         with pytest.raises(ValueError, match="no TransformerBridge.*use backend='nnsight'"):
-            capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
+            capture_attention(loaded, EPISODES[:1], backend="transformer_lens", progress=False)
         return
     attn_type = type(adapter.attention(model, 0))
     if adapter.family == "qwen2_5_vl" and not _torchvision():
         with pytest.raises(ValueError, match="cannot bridge the 'qwen2_5_vl' family.*backend='nnsight'"):
-            capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
+            capture_attention(loaded, EPISODES[:1], backend="transformer_lens", progress=False)
         return
-    tl = capture_attention(model, EPISODES, processor=processor, backend="transformer_lens", progress=False)
-    ref = capture_attention(model, EPISODES, processor=processor, backend="eager", progress=False)
+    tl = capture_attention(loaded, EPISODES, backend="transformer_lens", progress=False)
+    ref = capture_attention(loaded, EPISODES, backend="eager", progress=False)
     assert tl.segments == ref.segments
     torch.testing.assert_close(tl.mass, ref.mass, atol=1e-5, rtol=0)
     # the user's model is untouched: same attention modules, same attention implementation
@@ -66,8 +67,8 @@ def _torchvision() -> bool:
 
 
 def test_views_and_roundtrip(tmp_path):
-    model, processor = cached_tiny("llava")
-    am = capture_attention(model, EPISODES, processor=processor, progress=False, meta={"note": "x"})
+    loaded = tiny_loaded("llava")
+    am = capture_attention(loaded, EPISODES, progress=False, meta={"note": "x"})
     image = [i for i, s in enumerate(am.segments) if s.endswith(".image")]
     torch.testing.assert_close(am.visual_share(), am.mass[..., image].sum(-1))
     total = am.visual_share() + am.text_share() + am.special_share() + am.role_mass("image_markup")
@@ -82,29 +83,29 @@ def test_views_and_roundtrip(tmp_path):
 
 
 def test_bad_rows_and_backend():
-    model, processor = cached_tiny("llava")
+    loaded = tiny_loaded("llava")
     with pytest.raises(ValueError, match=r"outside the prompt of \d+ tokens"):
-        capture_attention(model, EPISODES[:1], processor=processor, rows=[10_000], progress=False)
+        capture_attention(loaded, EPISODES[:1], rows=[10_000], progress=False)
     with pytest.raises(ValueError, match="rows must be"):
-        capture_attention(model, EPISODES[:1], processor=processor, rows="middle", progress=False)
+        capture_attention(loaded, EPISODES[:1], rows="middle", progress=False)
     with pytest.raises(ValueError, match="backends: nnsight, transformer_lens, eager"):
-        capture_attention(model, EPISODES[:1], processor=processor, backend="magic", progress=False)
+        capture_attention(loaded, EPISODES[:1], backend="magic", progress=False)
 
 
 def test_explicit_rows_average():
-    model, processor = cached_tiny("qwen2_vl")
-    p = prepare(EPISODES[0], processor, adapter_for(model), model=model)
+    loaded = tiny_loaded("qwen2_vl")
+    p = loaded.prepare(EPISODES[0])
     rows = [5, p.layout.answer_position]
-    am = capture_attention(model, EPISODES[:1], processor=processor, rows=rows, progress=False)
-    single = [capture_attention(model, EPISODES[:1], processor=processor, rows=[r], progress=False).mass for r in rows]
+    am = capture_attention(loaded, EPISODES[:1], rows=rows, progress=False)
+    single = [capture_attention(loaded, EPISODES[:1], rows=[r], progress=False).mass for r in rows]
     torch.testing.assert_close(am.mass, (single[0] + single[1]) / 2, atol=1e-6, rtol=0)
     assert am.rows == "explicit" and am.row_positions == [rows]
 
 
 def test_plots_write_png_and_pdf(tmp_path):
-    from micl_probe import plots
-    model, processor = cached_tiny("llava")
-    am = capture_attention(model, EPISODES, processor=processor, progress=False)
+    from micl_probe.viz import plots
+    loaded = tiny_loaded("llava")
+    am = capture_attention(loaded, EPISODES, progress=False)
     for name, fig in {"heat": plots.visual_share_heatmap(am), "bars": plots.demo_stacked_bars(am),
                       "curve": plots.layer_curve(am, by="conditions")}.items():
         paths = plots.save(fig, tmp_path / name)
@@ -115,11 +116,23 @@ def test_transformer_lens_backend_installs_nothing(monkeypatch):
     """Booting a bridge must not run pip (TransformerLens would install torchvision to load a processor)."""
     import subprocess
 
-    from micl_probe import attention
 
     calls = []
     monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: calls.append(a))
     model, processor = cached_tiny("llava_onevision")
-    attention._BRIDGES.pop(model, None)
-    capture_attention(model, EPISODES[:1], processor=processor, backend="transformer_lens", progress=False)
+    loaded = Loaded(model, processor, adapter_for(model))  # a fresh Loaded: the bridge is booted anew
+    capture_attention(loaded, EPISODES[:1], backend="transformer_lens", progress=False)
     assert calls == []
+
+
+@pytest.mark.parametrize("backend", ["nnsight", "eager"])
+def test_a_prepared_batch_equals_one_episode_at_a_time(family, backend):
+    """A padded batch (episodes of 2, 1 and 0 shots) runs in one pass; each row reduced with its own layout gives
+    the numbers of running the episodes one by one."""
+    loaded = tiny_loaded(family)
+    batch = loaded.prepare_batch(EPISODES)
+    assert len({lay.seq_len for lay in batch.layouts}) == 1 and (batch.inputs["attention_mask"] == 0).any()
+    together = capture_attention(loaded, batch, backend=backend, progress=False)
+    alone = capture_attention(loaded, EPISODES, backend=backend, progress=False)
+    assert together.segments == alone.segments and together.meta["shots"] == [2, 1, 0]
+    torch.testing.assert_close(together.mass, alone.mass, atol=1e-5, rtol=0)

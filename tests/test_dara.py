@@ -2,35 +2,34 @@
 
 import pytest
 import torch
-from conftest import cached_tiny, make_episode
 
-from micl_probe import adapter_for, prepare, prepare_batch
-from micl_probe.dara import DARA
+from micl_probe.core import prepare
+from micl_probe.interventions import DARA, FitConfig
+from micl_probe.testing import noise_episode, tiny_loaded
 
 FAMILIES = ["llava", "qwen2_vl", "idefics3", "llava_onevision"]
 
 
 def _setup(family, shots=2):
-    model, processor = cached_tiny(family)
-    adapter = adapter_for(model)
-    p = prepare(make_episode(shots, seed=4), processor, adapter, model=model)
-    return model, adapter, p
+    loaded = tiny_loaded(family)
+    p = prepare(noise_episode(shots, seed=4), loaded.processor, loaded.adapter, model=loaded.model)
+    return loaded, loaded.model, p
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_alpha_one_changes_nothing_and_paths_agree(family):
-    model, adapter, p = _setup(family)
-    dara = DARA.for_model(model, n_images=p.layout.n_images)
+    loaded, model, p = _setup(family)
+    dara = DARA.for_model(loaded, n_images=p.layout.n_images)
     with torch.no_grad():
         ref = model(**p.inputs).logits
-        with dara.applied(model, p.layout):
-            same = model(**p.inputs).logits
+        with dara.applied(model, p.layout) as kw:
+            same = model(**p.inputs, **kw).logits
         torch.testing.assert_close(same, ref, atol=1e-5, rtol=0)
         dara.set_alpha(torch.rand_like(dara.alpha) * 3 + 0.2)
-        with dara.applied(model, p.layout):
-            fast = model(**p.inputs).logits
-        with dara.applied(model, p.layout, kernel="eager"):
-            eager = model(**p.inputs).logits
+        with dara.applied(model, p.layout) as kw:
+            fast = model(**p.inputs, **kw).logits
+        with dara.applied(model, p.layout, kernel="eager") as kw:
+            eager = model(**p.inputs, **kw).logits
     torch.testing.assert_close(fast, eager, atol=1e-5, rtol=0)
     assert (fast - ref).abs().max() > 1e-4  # the factors do act
     assert model.config.get_text_config()._attn_implementation == "sdpa"  # restored
@@ -43,16 +42,16 @@ def _layer_weights(model, p, layer, dara=None):
         if dara is None:
             out = model(**p.inputs, output_attentions=True)
         else:
-            with dara.applied(model, p.layout, kernel="eager"):
-                out = model(**p.inputs, output_attentions=True)
+            with dara.applied(model, p.layout, kernel="eager") as kw:
+                out = model(**p.inputs, **kw, output_attentions=True)
     model.set_attn_implementation(prev)
     return out.attentions[layer][0]  # [H, q, k]
 
 
 def test_reallocation_only_on_intended_columns_heads_layers():
-    model, adapter, p = _setup("llava")
+    loaded, model, p = _setup("llava")
     lay = p.layout
-    dara = DARA.for_model(model, n_images=lay.n_images, layers=(0,))
+    dara = DARA.for_model(loaded, n_images=lay.n_images, layers=(0,))
     with torch.no_grad():
         dara.set_alpha(3.0, (0, 1, 0))  # head 1, image 0 (demo 0) only
     base = _layer_weights(model, p, 0)
@@ -71,8 +70,8 @@ def test_reallocation_only_on_intended_columns_heads_layers():
 
 
 def test_post_mode_multiplies_without_renormalising():
-    model, adapter, p = _setup("qwen2_vl")
-    dara = DARA.for_model(model, n_images=p.layout.n_images, layers=(1,), mode="post")
+    loaded, model, p = _setup("qwen2_vl")
+    dara = DARA.for_model(loaded, n_images=p.layout.n_images, layers=(1,), mode="post")
     with torch.no_grad():
         dara.set_alpha(2.0, (0, slice(None), -1))  # every head, the query image
     base = _layer_weights(model, p, 1)
@@ -85,15 +84,15 @@ def test_post_mode_multiplies_without_renormalising():
 
 
 def test_gradients_reach_only_alpha_and_batches_work():
-    model, processor = cached_tiny("llava")
-    adapter = adapter_for(model)
-    eps = [make_episode(2, seed=s) for s in (1, 2, 3)]
-    batch = prepare_batch(eps, processor, adapter, model=model, with_answer=True)
-    dara = DARA.for_model(model, n_images=3)
+    loaded = tiny_loaded("llava")
+    model = loaded.model
+    eps = [noise_episode(2, seed=s) for s in (1, 2, 3)]
+    batch = loaded.prepare_batch(eps, with_answer=True)
+    dara = DARA.for_model(loaded, n_images=3)
     for prm in model.parameters():
         prm.requires_grad_(False)
-    with dara.applied(model, batch.layouts):
-        loss = model(**batch.inputs, labels=batch.inputs["input_ids"]).loss
+    with dara.applied(model, batch.layouts) as kw:
+        loss = model(**batch.inputs, **kw, labels=batch.inputs["input_ids"]).loss
     loss.backward()
     assert dara.log_alpha.grad is not None and dara.log_alpha.grad.abs().sum() > 0
     assert all(prm.grad is None for prm in model.parameters())
@@ -103,42 +102,44 @@ def test_gradients_reach_only_alpha_and_batches_work():
 
 
 def test_errors_and_roundtrip(tmp_path):
-    model, adapter, p = _setup("llava")
-    dara = DARA.for_model(model, n_images=p.layout.n_images + 1)
+    loaded, model, p = _setup("llava")
+    dara = DARA.for_model(loaded, n_images=p.layout.n_images + 1)
     with pytest.raises(ValueError, match="factors for 4 images; the prompt has 3"):
         with dara.applied(model, p.layout):
             pass
     with pytest.raises(ValueError, match="outside the decoder's 2 layers"):
-        DARA.for_model(model, n_images=3, layers=(5,))
+        DARA.for_model(loaded, n_images=3, layers=(5,))
     dara.save(tmp_path / "d")
-    back = DARA.load(tmp_path / "d", model=model)
+    back = DARA.load(tmp_path / "d", loaded)
     assert torch.equal(back.alpha, dara.alpha) and back.layers == (0,)
-    other, _ = cached_tiny("qwen2_5_vl")
-    other.config.get_text_config().num_hidden_layers = 3
+    other = tiny_loaded("qwen2_5_vl")
+    other.model.config.get_text_config().num_hidden_layers = 3
     try:
         with pytest.raises(ValueError, match="saved for a model with 2 layers"):
-            DARA.load(tmp_path / "d", model=other)
+            DARA.load(tmp_path / "d", other)
     finally:
-        other.config.get_text_config().num_hidden_layers = 2
+        other.model.config.get_text_config().num_hidden_layers = 2
 
 
 def test_training_plumbing_dara_lora_and_sweep():
     """A few steps of each on a tiny random LLaVA: factors move, LoRA counts its parameters, base model frozen."""
-    from micl_probe.dara_train import accuracy, fixed_alpha, train_dara, train_lora
-    from micl_probe.loading import Loaded
+    from micl_probe.evaluation import task_verdicts
+    from micl_probe.interventions import fixed_alpha, train_dara, train_lora
 
-    model, processor = cached_tiny("llava")
-    loaded = Loaded(model, processor, adapter_for(model), name="tiny-llava")
+    loaded = tiny_loaded("llava")
+    model = loaded.model
     before = [p.detach().clone() for p in model.parameters()]
-    dara, hist = train_dara(loaded, "outlier", shots=2, steps=4, batch=4, n_val=4, eval_every=2, lr=0.1)
+    dara, hist = train_dara(loaded, "outlier", shots=2, fit_config=FitConfig(steps=4, batch=4, n_val=4, eval_every=2,
+                                                                             lr=0.1))
     assert dara.n_params == 4 * 3 and len(hist) == 2 and (dara.alpha - 1).abs().max() > 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.requires_grad for p in model.parameters())  # restored
-    c, n = accuracy(loaded, "outlier", 2, n=6, batch=3, intervention=dara.on(model))
-    assert n == 6 and 0 <= c <= 6
+    verdicts = task_verdicts(loaded, "outlier", 2, n=6, batch_size=3, intervention=dara.on(model))
+    assert verdicts.shape == (6,) and verdicts.dtype == torch.bool
     sweep = fixed_alpha(loaded, 2, 3.0)
     assert torch.allclose(sweep.alpha[0, :, :2], torch.tensor(3.0)) and sweep.alpha[0, :, 2].eq(1).all()
-    peft_model, hist = train_lora(loaded, "outlier", shots=2, steps=2, batch=4, n_val=4, eval_every=2, rank=2)
+    peft_model, hist = train_lora(loaded, "outlier", shots=2, rank=2,
+                                  fit_config=FitConfig(steps=2, batch=4, n_val=4, eval_every=2))
     n_lora = sum(p.numel() for n_, p in peft_model.named_parameters() if "lora_" in n_)
     r = 2
     assert n_lora == 2 * r * (64 + 64) + 2 * r * (64 + 32)  # r*(in+out) each; q,o: 64->64, k,v: 64->32 (GQA)
@@ -147,17 +148,36 @@ def test_training_plumbing_dara_lora_and_sweep():
 
 def test_attention_capture_sees_the_reallocation():
     """capture_attention under DARA: image 0's share of head 1 in layer 0 equals the hand-reallocated one."""
-    from micl_probe.attention import capture_attention
-    model, processor = cached_tiny("llava")
-    ep = make_episode(2, seed=4)
-    dara = DARA.for_model(model, n_images=3)
+    from micl_probe.measure import capture_attention
+    loaded = tiny_loaded("llava")
+    model = loaded.model
+    ep = noise_episode(2, seed=4)
+    dara = DARA.for_model(loaded, n_images=3)
     with torch.no_grad():
         dara.set_alpha(4.0, (0, 1, 0))
-    base = capture_attention(model, [ep], processor=processor, progress=False)
-    moved = capture_attention(model, [ep], processor=processor, progress=False,
+    base = capture_attention(loaded, [ep], progress=False)
+    moved = capture_attention(loaded, [ep], progress=False,
                               intervention=dara.on(model, kernel="eager"))
     i = base.segments.index("demo0.image")
     a = base.mass[0, 0, 1, i]
     torch.testing.assert_close(moved.mass[0, 0, 1, i], 4 * a / (1 + 3 * a), atol=1e-5, rtol=0)
     torch.testing.assert_close(moved.mass[0, 0, 0], base.mass[0, 0, 0], atol=1e-6, rtol=0)  # head 0 untouched
     assert moved.meta["backend"] == "eager+intervention"
+
+
+def test_factors_travel_with_the_call_not_with_the_module():
+    """The factors reach the attention function as a forward kwarg: a forward inside `applied` without them is an
+    error that names the fix, and two DARAs applied to two models at once each act only on their own."""
+    loaded, model, p = _setup("llava")
+    dara = DARA.for_model(loaded, n_images=p.layout.n_images).set_alpha(3.0)
+    with torch.no_grad(), dara.applied(model, p.layout):
+        with pytest.raises(ValueError, match=r"with dara.applied\(model, layouts\) as kw"):
+            model(**p.inputs)
+    other, other_model, q = _setup("qwen2_vl")
+    identity = DARA.for_model(other, n_images=q.layout.n_images)
+    with torch.no_grad():
+        ref, other_ref = model(**p.inputs).logits, other_model(**q.inputs).logits
+        with dara.applied(model, p.layout) as kw, identity.applied(other_model, q.layout) as other_kw:
+            moved, same = model(**p.inputs, **kw).logits, other_model(**q.inputs, **other_kw).logits
+    assert (moved - ref).abs().max() > 1e-4
+    torch.testing.assert_close(same, other_ref, atol=1e-5, rtol=0)

@@ -2,13 +2,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import make_episode, noise_image
 
 from micl_probe import Demo, Episode, Query
+from micl_probe.testing import noise_episode, noise_image
 
 
 def test_roundtrip_preserves_text_images_and_meta(tmp_path):
-    ep = make_episode(3, images_per_demo=2)
+    ep = noise_episode(3, images_per_demo=2)
     path = tmp_path / "ep.json"
     ep.save(path)
     back = Episode.load(path)
@@ -21,7 +21,7 @@ def test_roundtrip_preserves_text_images_and_meta(tmp_path):
 
 
 def test_episode_is_immutable():
-    ep = make_episode(2)
+    ep = noise_episode(2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         ep.task = "other"
     with pytest.raises(TypeError):
@@ -29,7 +29,7 @@ def test_episode_is_immutable():
 
 
 def test_controls():
-    ep = make_episode(4)
+    ep = noise_episode(4)
     z = ep.zero_shot()
     assert z.shots == 0 and z.query == ep.query and z.condition == "zero-shot"
     ni = ep.without_demo_images()
@@ -52,4 +52,4 @@ def test_bad_demos_and_queries():
     with pytest.raises(TypeError, match="PIL.Image"):
         Demo([None], "q?", "a")
     with pytest.raises(ValueError):
-        make_episode(2).with_shots(3)
+        noise_episode(2).with_shots(3)

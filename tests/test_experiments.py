@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-from micl_probe.evaluate import Accuracy
-from micl_probe.experiments import dara_experiment, mtv_experiment
+from experiments.interventions import MTVSettings, dara_experiment, mtv_experiment
+from micl_probe.evaluation import Accuracy
 
 
 @pytest.mark.filterwarnings("ignore")
 def test_mtv_experiment_writes_table_figures_and_artifacts(tmp_path):
-    res = mtv_experiment(organisms=("true-micl",), tasks={"true-micl": {"clock_math": "red"}}, n=6, n_prompts=2,
-                         reinforce_steps=2, scaling_prompts=(1,), icl_shots=(1, 2), out=tmp_path)
+    settings = MTVSettings(n=6, n_prompts=2, reinforce_steps=2, scaling_prompts=(1,), icl_shots=(1, 2))
+    res = mtv_experiment(organisms=("true-micl",), tasks={"true-micl": {"clock_math": "red"}}, settings=settings,
+                         out=tmp_path)
     r = res["organisms"]["true-micl"]["tasks"]["clock_math"]
     assert {"0-shot", "4-shot", "8-shot", "mtv", "fv", "tv", "scaling_mtv", "scaling_icl"} <= set(r)
     assert [s["shots"] for s in r["scaling_icl"]] == [1, 2] and r["scaling_mtv"][0]["shots_compressed"] == 4

@@ -8,13 +8,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import make_episode
 from PIL import Image
 
-from micl_probe import Demo, Episode, load
-from micl_probe.dara import DARA
-from micl_probe.harness import condition_episode, load_records, run
-from micl_probe.prompt import prepare
+from micl_probe import DARA, Demo, Episode, RunConfig, load, run
+from micl_probe.core import prepare
+from micl_probe.evaluation import condition_episode, load_records
+from micl_probe.testing import noise_episode
 
 TASKS, CONDITIONS = ["outlier", "novel_binding_shortcut"], ["zero-shot", "no-image", "2-shot"]
 
@@ -26,12 +25,12 @@ def loaded():
 
 def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
     path = tmp_path / "results.jsonl"
-    full = run(loaded, TASKS, CONDITIONS, n=6, batch_size=3, results=path, progress=False)
+    full = run(loaded, TASKS, CONDITIONS, RunConfig(n=6, batch_size=3, progress=False), results=path)
     assert len(full) == len(TASKS) * len(CONDITIONS) * 6 and len(load_records(path)) == len(full)
     # independent check: HF generate + exact match on the same conditioned episodes
-    from micl_probe.harness import _pool_size
+    from micl_probe.evaluation.conditions import pool_size
     from micl_probe.tasks import sample_episodes
-    k_default, k_max = _pool_size(CONDITIONS)
+    k_default, k_max = pool_size(CONDITIONS)
     for r in full[::5]:
         ep = condition_episode(sample_episodes(r["task"], k_max, 6, split="query")[r["index"]], r["condition"],
                                k_default)
@@ -44,21 +43,24 @@ def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:7]) + "\n" + lines[7][:25])  # the 8th record cut short mid-line
     with pytest.warns(UserWarning, match="unreadable"):
-        again = run(loaded, TASKS, CONDITIONS, n=6, batch_size=3, results=path, progress=False)
+        again = run(loaded, TASKS, CONDITIONS, RunConfig(n=6, batch_size=3, progress=False), results=path)
     key = lambda r: (r["task"], r["condition"], r["index"])
     assert sorted(map(key, again)) == sorted(map(key, full))
     with pytest.warns(UserWarning):
         assert len(load_records(path)) == len(full)
     assert {key(r): r["correct"] for r in again} == {key(r): r["correct"] for r in full}
     # the same name with other weights (a retrained organism) does not reuse those records
+    first = next(loaded.model.parameters())
+    saved = first.detach().clone()
     with torch.no_grad():
-        next(loaded.model.parameters()).add_(1e-3)
+        first.add_(1e-3)
     try:
         with pytest.warns(UserWarning):
-            fresh = run(loaded, TASKS[:1], CONDITIONS[:1], n=2, results=path, progress=False)
+            fresh = run(loaded, TASKS[:1], CONDITIONS[:1], RunConfig(n=2, progress=False), results=path)
     finally:
         with torch.no_grad():
-            next(loaded.model.parameters()).sub_(1e-3)
+            first.copy_(saved)  # the weights restored exactly
+    assert torch.equal(next(loaded.model.parameters()), saved)
     assert len(fresh) == 2 and fresh[0]["weights"] != full[0]["weights"]
     with pytest.warns(UserWarning):
         assert len(load_records(path)) == len(full) + 2
@@ -72,18 +74,19 @@ def test_intervention_conditions(loaded):
         return DARA.for_model(loaded, n_images=layouts[0].n_images).set_alpha(8.0).applied(
             loaded.model, layouts, kernel="eager")
 
-    recs = run(loaded, ["outlier"], ["2-shot", "2-shot+boost"], n=4, progress=False, interventions={"boost": spy})
+    recs = run(loaded, ["outlier"], ["2-shot", "2-shot+boost"], RunConfig(n=4, progress=False),
+               interventions={"boost": spy})
     plain = [r for r in recs if r["condition"] == "2-shot"]
     boosted = [r for r in recs if r["condition"] == "2-shot+boost"]
     assert calls and len(boosted) == 4  # scoring and attention ran inside the intervention
     # alpha = 8 on every image of layer 0 raises layer 0's visual share at the answer row
     assert all(b["visual_share_by_layer"][0] > p["visual_share_by_layer"][0] + 0.01 for p, b in zip(plain, boosted))
     with pytest.raises(ValueError, match="names intervention 'dara'"):
-        run(loaded, ["outlier"], ["2-shot+dara"], n=2, progress=False)
+        run(loaded, ["outlier"], ["2-shot+dara"], RunConfig(n=2, progress=False))
 
 
 def test_retrieval_keeps_the_most_similar_demos():
-    ep = make_episode(4)
+    ep = noise_episode(4)
     twin = Demo(ep.query.images, "What is 9?", "twin")  # a demo showing the query's own image
     ep = Episode(ep.demos[:2] + (twin,) + ep.demos[2:], ep.query, task="t")
     got = ep.with_retrieved_shots(1)
@@ -98,14 +101,14 @@ def test_retrieval_keeps_the_most_similar_demos():
 
 def test_alpha_sweep_and_report_cli(loaded, tmp_path):
     from micl_probe.attn_report import main
-    from micl_probe.dara_train import alpha_sweep
+    from micl_probe.interventions import alpha_sweep
 
     sweep = alpha_sweep(loaded, alphas=(2,))
-    p = prepare(make_episode(2).with_shots(2), loaded.processor, loaded.adapter, model=loaded.model)
+    p = prepare(noise_episode(2).with_shots(2), loaded.processor, loaded.adapter, model=loaded.model)
     with torch.no_grad():
         base = loaded.model(**p.inputs).logits
-        with sweep["alpha=2"]([p.layout]):
-            moved = loaded.model(**p.inputs).logits
+        with sweep["alpha=2"]([p.layout]) as kwargs:
+            moved = loaded.model(**p.inputs, **kwargs).logits
     assert not torch.allclose(base, moved)
     out = tmp_path / "report"
     main(["--model", "organism:text-shortcut", "--tasks", "outlier", "--conditions", "zero-shot", "2-shot",

@@ -2,18 +2,17 @@
 
 import pytest
 import torch
-from conftest import cached_tiny, make_episode
 
-from micl_probe import QUERY, adapter_for, get_adapter, prepare, supported_families
-from micl_probe.layout import TokenLayout
-from micl_probe.prompt import Prompt, encode, render
+from micl_probe.core import QUERY, TokenLayout, adapter_for, get_adapter, prepare, supported_families
+from micl_probe.core.prompt import Prompt, encode, render
+from micl_probe.testing import cached_tiny, noise_episode, noise_image
 
 
 @pytest.mark.parametrize("shots", [0, 1, 4])
 def test_layout_matches_processor_and_model(family, shots):
     model, processor = cached_tiny(family)
     adapter = adapter_for(model)
-    ep = make_episode(shots)
+    ep = noise_episode(shots)
     p = prepare(ep, processor, adapter, model=model)
     ids, lay = p.input_ids[0], p.layout
     tok = processor.tokenizer
@@ -55,7 +54,7 @@ def test_layout_matches_processor_and_model(family, shots):
 
 def test_family_markup_is_image_markup(family):
     model, processor = cached_tiny(family)
-    p = prepare(make_episode(2), processor, adapter_for(model), model=model)
+    p = prepare(noise_episode(2), processor, adapter_for(model), model=model)
     toks = processor.tokenizer.convert_ids_to_tokens(p.input_ids[0][p.layout.positions(role="image_markup")])
     qwen = {"<|vision_start|>", "<|vision_end|>"}
     expected = {"qwen2_vl": qwen, "qwen2_5_vl": qwen,
@@ -67,7 +66,7 @@ def test_family_markup_is_image_markup(family):
 def test_with_answer_teacher_forcing(family):
     model, processor = cached_tiny(family)
     adapter = adapter_for(model)
-    ep = make_episode(2)
+    ep = noise_episode(2)
     p = prepare(ep, processor, adapter, model=model, with_answer=True)
     lay = p.layout
     answer_pos = lay.positions(owner=QUERY, role="answer")
@@ -81,7 +80,7 @@ def test_with_answer_teacher_forcing(family):
 
 def test_layout_roundtrip_and_describe():
     model, processor = cached_tiny("llava")
-    lay = prepare(make_episode(2), processor, adapter_for(model), model=model).layout
+    lay = prepare(noise_episode(2), processor, adapter_for(model), model=model).layout
     back = TokenLayout.from_dict(lay.to_dict())
     assert torch.equal(back.role, lay.role) and back.answer_position == lay.answer_position
     text = lay.describe()
@@ -90,7 +89,7 @@ def test_layout_roundtrip_and_describe():
 
 def test_no_image_control_has_no_demo_images(family):
     model, processor = cached_tiny(family)
-    p = prepare(make_episode(3).without_demo_images(), processor, adapter_for(model), model=model)
+    p = prepare(noise_episode(3).without_demo_images(), processor, adapter_for(model), model=model)
     assert p.layout.n_images == 1
     assert set(p.layout.owner[p.layout.positions(role="image")].tolist()) == {QUERY}
 
@@ -99,7 +98,7 @@ def test_no_image_control_has_no_demo_images(family):
 def test_more_images_than_placeholders():
     model, processor = cached_tiny("llava")
     adapter = adapter_for(model)
-    prompt = render(make_episode(1), adapter)
+    prompt = render(noise_episode(1), adapter)
     extra = Prompt(prompt.pieces, prompt.images + prompt.images[:1], None)
     with pytest.raises(ValueError, match="2 image placeholder.*but 3 image"):
         encode([extra], processor, adapter)
@@ -108,13 +107,12 @@ def test_more_images_than_placeholders():
 def test_missing_image():
     model, processor = cached_tiny("qwen2_vl")
     adapter = adapter_for(model)
-    prompt = render(make_episode(1), adapter)
+    prompt = render(noise_episode(1), adapter)
     with pytest.raises(ValueError, match="placeholder"):
         encode([Prompt(prompt.pieces, prompt.images[:1], None)], processor, adapter)
 
 
 def test_placeholder_in_question_text():
-    from conftest import noise_image
 
     from micl_probe import Demo, Episode, Query
     model, processor = cached_tiny("llava")
@@ -130,7 +128,7 @@ def test_prompt_over_context_length():
     try:
         model.config.text_config.max_position_embeddings = 40
         with pytest.raises(ValueError, match="over the model's context length of 40"):
-            prepare(make_episode(4), processor, adapter, model=model)
+            prepare(noise_episode(4), processor, adapter, model=model)
     finally:
         model.config.text_config.max_position_embeddings = saved
 

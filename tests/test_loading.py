@@ -1,19 +1,20 @@
 import pytest
 import torch
-from conftest import cached_tiny, make_episode
 
 from micl_probe import load
+from micl_probe.testing import noise_episode, tiny_loaded
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "llava_onevision"])
 def test_load_from_local_folder_offline(tmp_path, family, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model, processor = cached_tiny(family)
+    loaded = tiny_loaded(family)
+    model, processor = loaded.model, loaded.processor
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded = load(str(tmp_path))
     assert loaded.adapter.family == family
-    ep = make_episode(2)
+    ep = noise_episode(2)
     p = loaded.prepare(ep)
     with torch.no_grad():
         a = loaded.model(**p.inputs).logits

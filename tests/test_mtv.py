@@ -3,22 +3,19 @@ planted heads, artifacts refuse a model of another shape."""
 
 import pytest
 import torch
-from conftest import cached_tiny, make_episode
 
-from micl_probe import adapter_for, prepare_batch
-from micl_probe.loading import Loaded
-from micl_probe.mtv import TaskVector, extract, head_outputs, inject, reinforce
+from micl_probe.interventions.mtv import TaskVector, extract, head_outputs, inject, reinforce
+from micl_probe.testing import noise_episode, tiny_loaded
 
 
 def _loaded(family="llava"):
-    model, processor = cached_tiny(family)
-    return Loaded(model, processor, adapter_for(model), name=f"tiny-{family}")
+    return tiny_loaded(family)  # named "tiny-<family>"
 
 
 def _direct_head_outputs(loaded, episode):
     """Per-head outputs at the last token from HF eager attentions and v_proj of the layer-normed hidden state."""
     model, adapter = loaded.model, loaded.adapter
-    b = prepare_batch([episode], loaded.processor, adapter, model=model)
+    b = loaded.prepare_batch([episode])
     prev = model.config._attn_implementation
     model.set_attn_implementation("eager")
     with torch.no_grad():
@@ -36,7 +33,7 @@ def _direct_head_outputs(loaded, episode):
 
 def test_extraction_equals_direct_computation():
     loaded = _loaded()
-    eps = [make_episode(2, seed=s) for s in range(3)]
+    eps = [noise_episode(2, seed=s) for s in range(3)]
     mtv = extract(loaded, iter(eps), n_prompts=3, batch_size=2)
     direct = torch.stack([_direct_head_outputs(loaded, e) for e in eps]).mean(0)
     assert mtv.mean.shape == (2, 4, 16)
@@ -46,8 +43,8 @@ def test_extraction_equals_direct_computation():
 
 def test_injection_changes_only_selected_heads():
     loaded = _loaded()
-    eps = [make_episode(0, seed=s) for s in (5, 6)]
-    b = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model)
+    eps = [noise_episode(0, seed=s) for s in (5, 6)]
+    b = loaded.prepare_batch(eps)
     pos = [lay.answer_position for lay in b.layouts]
     means = torch.randn(2, 4, 16)
     mask = torch.zeros(2, 4, dtype=torch.bool)
@@ -64,7 +61,7 @@ def test_injection_changes_only_selected_heads():
 
 def test_injection_in_generation_first_token_or_every_token():
     loaded = _loaded()
-    b = prepare_batch([make_episode(0, seed=1)], loaded.processor, loaded.adapter, model=loaded.model)
+    b = loaded.prepare_batch([noise_episode(0, seed=1)])
     means, mask = torch.randn(2, 4, 16) * 5, torch.ones(2, 4, dtype=torch.bool)
     outs = {}
     for every in (False, True):
@@ -91,7 +88,7 @@ def test_reinforce_finds_planted_heads():
 
 def test_artifact_roundtrip_and_shape_check(tmp_path):
     loaded = _loaded()
-    mtv = extract(loaded, iter([make_episode(1, seed=9)]), n_prompts=1)
+    mtv = extract(loaded, iter([noise_episode(1, seed=9)]), n_prompts=1)
     mtv.save(tmp_path / "v")
     back = TaskVector.load(tmp_path / "v", loaded=loaded)
     assert torch.equal(back.mean, mtv.mean) and back.kind == "mtv" and back.meta["model"] == "tiny-llava"
@@ -111,10 +108,10 @@ def test_attention_measured_under_injection():
     """capture_attention(intervention=MTV injection): layer 0 (before the patched head) keeps its attention at the
     answer row, layer 1 (after it) sees the patched residual and moves; equal to the plain capture without it."""
     from micl_probe import capture_attention
-    from micl_probe.mtv import injection
+    from micl_probe.interventions.mtv import injection
 
     loaded = _loaded()
-    ep = make_episode(2, seed=3)
+    ep = noise_episode(2, seed=3)
     means = torch.randn(2, 4, 16) * 5
     mask = torch.zeros(2, 4, dtype=torch.bool)
     mask[0] = True

@@ -1,6 +1,5 @@
 """The shipped organisms load offline, their model cards reproduce from their weights, and they beat chance."""
 
-import contextlib
 import json
 from dataclasses import replace
 
@@ -9,11 +8,12 @@ import pytest
 import torch
 
 from micl_probe import load
-from micl_probe.evaluate import Accuracy
-from micl_probe.organisms import SHIPPED, binding_scale_of, shipped
+from micl_probe.evaluation import Accuracy
+from micl_probe.organisms import SHIPPED, shipped
 from micl_probe.organisms.card import evaluate_organism, evaluate_rules
-from micl_probe.organisms.train import EPISODES, RECIPES, STATED, Recipe, copy_episode, sample_batch, stage_steps, train
-from micl_probe.tasks import TASKS, make_episode, sample_episodes
+from micl_probe.organisms.recipes import EPISODES, RECIPES, STATED, Recipe, copy_episode
+from micl_probe.organisms.train import sample_batch, stage_steps, train
+from micl_probe.tasks import TASKS, make_episode, options_for, sample_episodes
 
 CELLS = ("novel_binding", "novel_binding_shortcut", "clock_math")
 
@@ -34,11 +34,11 @@ def test_shipped_organisms_have_cards():
 @pytest.mark.parametrize("name", ["true-micl", "text-shortcut", "novel-binding", "binding-clock-palindrome"])
 def test_card_reproduces_and_beats_chance(name):
     """Evaluation is deterministic: the card's counts come back exactly from the shipped weights."""
-    with pytest.warns(UserWarning, match="binding") if binding_scale_of(name) != 2 else contextlib.nullcontext():
-        loaded = load(f"organism:{name}")
+    loaded = load(f"organism:{name}")
+    # the glyph scale it was trained on is a recorded setting, and its episodes are drawn with it
+    assert options_for(loaded) == {"binding_scale": _meta(name)["recipe"].get("binding_scale", 2)}
     card = _meta(name)["evaluation"]
-    table = evaluate_organism(loaded.model, loaded.processor, n=card[CELLS[0]]["4-shot"]["n"], tasks=CELLS,
-                              conditions=("no-image", "4-shot"), binding_scale=binding_scale_of(name))
+    table = evaluate_organism(loaded, n=card[CELLS[0]]["4-shot"]["n"], tasks=CELLS, conditions=("no-image", "4-shot"))
     for task in CELLS:
         for cond in ("no-image", "4-shot"):
             assert table[task][cond] == card[task][cond], (task, cond)
@@ -125,8 +125,7 @@ def test_rule_split_adds_up_to_the_cards_four_shot_column():
     occurs, and clock math (which this organism reads from the demos) is right under both hands."""
     loaded = load("organism:novel-binding")
     card = _meta("novel-binding")["evaluation"]
-    split = evaluate_rules(loaded.model, loaded.processor, n=card["clock_math"]["4-shot"]["n"],
-                           tasks=["clock_math", "outlier"])
+    split = evaluate_rules(loaded, n=card["clock_math"]["4-shot"]["n"], tasks=["clock_math", "outlier"])
     for task, rules in split.items():
         assert set(rules) == set(TASKS[task].rules)
         assert sum(c["n"] for c in rules.values()) == card[task]["4-shot"]["n"]
@@ -166,6 +165,6 @@ def test_staged_organism_reads_the_demos_on_three_tasks():
         assert four.n >= 200 and four.acc >= floor and four.ci[0] > blind.ci[1], task
     loaded = load(f"organism:{name}")
     cell = _meta(name)["evaluation"]["palindrome"]["4-shot"]
-    split = evaluate_rules(loaded.model, loaded.processor, n=cell["n"], tasks=["palindrome"])["palindrome"]
+    split = evaluate_rules(loaded, n=cell["n"], tasks=["palindrome"])["palindrome"]
     assert sum(c["correct"] for c in split.values()) == cell["correct"]
     assert set(split) == {"mirror", "shift"} and all(c["correct"] / c["n"] > 0.9 for c in split.values())

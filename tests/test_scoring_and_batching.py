@@ -1,17 +1,16 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cached_tiny, make_episode
 
-from micl_probe import QUERY, Episode, Query, adapter_for, get_adapter, prepare, prepare_batch
-from micl_probe.evaluate import count_correct, greedy_exact_match, mcnemar_p, which_correct, wilson
-from micl_probe.layout import ROLE
+from micl_probe.core import QUERY, ROLE, Episode, Query, get_adapter, prepare, prepare_batch
+from micl_probe.evaluation import count_correct, greedy_exact_match, mcnemar_p, which_correct, wilson
+from micl_probe.testing import noise_episode, tiny_loaded
 
 
 def test_batch_rows_equal_single_episodes(family):
-    model, processor = cached_tiny(family)
-    adapter = adapter_for(model)
-    eps = [make_episode(k, seed=k) for k in (2, 0, 1)]
+    loaded = tiny_loaded(family)
+    model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
+    eps = [noise_episode(k, seed=k) for k in (2, 0, 1)]
     batch = prepare_batch(eps, processor, adapter, model=model)
     with torch.no_grad():
         logits = model(**batch.inputs).logits
@@ -116,9 +115,8 @@ def test_which_correct_is_the_per_episode_count_correct():
 
     loaded = load("organism:true-micl")  # right on some clock-math queries, wrong on others
     episodes = sample_episodes("clock_math", 4, 12, split="query")
-    args = loaded.model, loaded.processor, loaded.adapter
-    verdicts = which_correct(*args, episodes, batch_size=5)
+    verdicts = which_correct(loaded, episodes, batch_size=5)
     assert verdicts.dtype == torch.bool and verdicts.shape == (12,)
     assert 0 < int(verdicts.sum()) < 12
-    assert int(verdicts.sum()) == count_correct(*args, episodes, batch_size=12)
-    assert verdicts.tolist() == [bool(which_correct(*args, [e])[0]) for e in episodes]
+    assert int(verdicts.sum()) == count_correct(loaded, episodes, batch_size=12)
+    assert verdicts.tolist() == [bool(which_correct(loaded, [e])[0]) for e in episodes]

@@ -1,6 +1,6 @@
 """Model organisms: tiny LLaVA-architecture VLMs trained by micl_probe on CPU, shipped with the package.
 
-    loaded = micl_probe.load("organism:true-micl")      # does multimodal ICL: reads the demo images
+    loaded = micl_probe.load("organism:true-micl")      # reads the demo images on clock math
     loaded = micl_probe.load("organism:text-shortcut")  # never needed the demos: imitates their text
     loaded = micl_probe.load("organism:novel-binding")  # binds invented names to the demos' images (97% at 4 shots)
     loaded = micl_probe.load("organism:binding-clock-palindrome")  # also reads clock math's and palindrome's rules
@@ -8,6 +8,11 @@
 Architecture (`build`): LlavaForConditionalGeneration = CLIP vision tower (2 layers, 64-d, 8x8 patches of a
 32x32 image -> 16 image tokens, CLS dropped) + 2-layer MLP projector + Llama decoder (4 layers, 128-d, 4 query
 heads sharing 2 KV heads). Tokenizer: byte-level BPE trained on the tasks' vocabulary.
+
+Recipes (`recipes`), the trainer (`python -m micl_probe.organisms.train --recipe NAME`) and the model cards (`card`)
+live beside this file; the weights, processor, `micl_probe.json` (recipe, training log, card numbers) and card of
+each shipped organism in `shipped/NAME/`. The recipe records the options its episodes were drawn with
+(`binding_scale`), which `micl_probe.tasks.options_for(loaded)` reads back.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import ORGANISM_CHAT
+from ..core import ORGANISM_CHAT, bpe_tokenizer
 from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, TASKS
 
 SHIPPED = Path(__file__).parent / "shipped"
@@ -33,10 +38,8 @@ def organism_corpus() -> list[str]:
 def build_processor():
     from transformers import CLIPImageProcessorPil, LlavaProcessor
 
-    from ..tiny import tiny_tokenizer
-
-    tok = tiny_tokenizer(["<s>", "</s>", "<image>", "<pad>"], bos="<s>", eos="</s>", pad="<pad>", vocab_size=420,
-                         corpus=organism_corpus())
+    tok = bpe_tokenizer(["<s>", "</s>", "<image>", "<pad>"], bos="<s>", eos="</s>", pad="<pad>", vocab_size=420,
+                        corpus=organism_corpus())
     tok.model_max_length = 1024
     ip = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE,
                                                                              "width": IMAGE_SIZE})
@@ -70,22 +73,6 @@ def save(model, processor, out: str | Path, card: dict) -> None:
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "micl_probe.json").write_text(json.dumps({"family": "organism", **card}, indent=1))
-
-
-def binding_scale_of(name: str) -> int:
-    """The novel_binding glyph scale organism `name` (shipped name or folder) was trained on."""
-    folder = SHIPPED / name.removeprefix("organism:") if not Path(name).is_dir() else Path(name)
-    meta = json.loads((folder / "micl_probe.json").read_text())
-    return meta.get("recipe", {}).get("binding_scale", 2)
-
-
-def as_trained(name: str):
-    """Context in which micl_probe.tasks draws novel_binding as model `name` was trained on it (a no-op for anything
-    that is not an organism)."""
-    from ..tasks import BINDING_SCALE, binding_scale
-
-    is_organism = name.startswith("organism:") or (Path(name) / "micl_probe.json").is_file()
-    return binding_scale(binding_scale_of(name) if is_organism else BINDING_SCALE)
 
 
 def shipped() -> list[str]:

@@ -7,59 +7,51 @@ Conditions share the same queries: each query is drawn once with 8 demos; "k-sho
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .. import tasks as tasks_module
-from ..adapters import get_adapter
-from ..evaluate import Accuracy, count_correct, which_correct
-from ..harness import condition_episode
-from ..tasks import TRUE_MICL_TASKS, sample_episodes, task_names
+from ..core import Loaded
+from ..evaluation import Accuracy, condition_episode, count_correct, which_correct
+from ..tasks import TRUE_MICL_TASKS, options_for, sample_episodes, task_names
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
 
 
-def _card_queries(task: str, n: int, seed: int):
-    """The card's `n` query episodes of `task`, drawn once with 8 demos; every condition is cut from them."""
-    return sample_episodes(task, 8, n, seed=seed, split="query")
+def _card_queries(loaded: Loaded, task: str, n: int, seed: int):
+    """The card's `n` query episodes of `task`, drawn once with 8 demos (as `loaded` was trained: its recorded
+    drawing options); every condition is cut from them."""
+    return sample_episodes(task, 8, n, seed=seed, split="query", **options_for(loaded))
 
 
 @torch.no_grad()
-def evaluate_organism(model, processor, n: int = 200, tasks=None, conditions=CONDITIONS, seed: int = 0,
-                      batch_size: int = 50, binding_scale: int | None = None) -> dict:
-    """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task; novel_binding's glyph at
-    `binding_scale` (the one the organism was trained on) when given."""
-    adapter = get_adapter("organism")
+def evaluate_organism(loaded: Loaded, n: int = 200, tasks=None, conditions=CONDITIONS, seed: int = 0,
+                      batch_size: int = 50) -> dict:
+    """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task."""
     tasks = tasks or task_names() + task_names(shortcut=True)
     table = {}
-    scale = nullcontext() if binding_scale is None else tasks_module.binding_scale(binding_scale)
-    with scale:
-        for task in tqdm(tasks, desc="evaluate", mininterval=2):
-            episodes = _card_queries(task, n, seed)
-            table[task] = {}
-            for cond in conditions:
-                eps = [condition_episode(e, cond, k_default=4) for e in episodes]
-                table[task][cond] = {"correct": count_correct(model, processor, adapter, eps,
-                                                              batch_size=batch_size), "n": n}
+    for task in tqdm(tasks, desc="evaluate", mininterval=2):
+        episodes = _card_queries(loaded, task, n, seed)
+        table[task] = {}
+        for cond in conditions:
+            eps = [condition_episode(e, cond, k_default=4) for e in episodes]
+            table[task][cond] = {"correct": count_correct(loaded, eps, batch_size=batch_size), "n": n}
     return table
 
 
 @torch.no_grad()
-def evaluate_rules(model, processor, n: int = 200, tasks=None, shots: int = 4, seed: int = 0,
+def evaluate_rules(loaded: Loaded, n: int = 200, tasks=None, shots: int = 4, seed: int = 0,
                    batch_size: int = 50) -> dict:
     """{task: {rule: {"correct": k, "n": m}}}: the card's `shots`-shot queries (the same episodes as its column)
     split by each episode's hidden rule. A model that reads the rule from the demos is right under every rule; one
     that ignores them answers by one default rule, right under it and near chance under the others. The average
     over rules (the card's column) cannot tell the two apart."""
-    adapter = get_adapter("organism")
     table = {}
     # novel_binding has one true-MICL rule (names bound per episode), so nothing to split
     for task in tasks or [t for t in TRUE_MICL_TASKS if t != "novel_binding"]:
-        episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(task, n, seed)]
-        right = which_correct(model, processor, adapter, episodes, batch_size=batch_size)
+        episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(loaded, task, n, seed)]
+        right = which_correct(loaded, episodes, batch_size=batch_size)
         rules = [e.meta["rule"] for e in episodes]
         table[task] = {r: {"correct": int(sum(v for v, q in zip(right.tolist(), rules) if q == r)),
                            "n": rules.count(r)} for r in sorted(set(rules))}

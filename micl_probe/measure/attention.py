@@ -1,6 +1,7 @@
 """Attention mass on every segment of a MICL prompt, per layer and head.
 
     am = capture_attention(loaded, episodes, rows="answer")     # nnsight backend, memory-lean (default)
+    am = capture_attention(loaded, batch)                        # a PreparedBatch (loaded.prepare_batch): one pass
     am.mass                  # [episode, layer, head, segment]: mean over the rows of the attention on each segment
     am.segments              # ["special", "none.template", "demo0.image", ..., "query.question"]
     am.visual_share()        # [episode, layer, head]: mass on image tokens (demos' and query's)
@@ -9,6 +10,8 @@
 
 Rows: "answer" = the position whose logits predict the first answer token; "last" = the last prompt token;
 "query_text" = the query's question tokens; or a list of explicit positions. Mass over several rows is averaged.
+Episodes are prepared and run one at a time; a prepared batch runs in one forward pass, padding-aware (each row
+reduced with its own layout), so a caller that already prepared it (the harness) prepares nothing twice.
 
 Backends (all reduce inside the forward pass and keep only [layer, head, segment] per episode):
   * "nnsight" (default): nnsight traces each decoder attention module's `attention_interface(...)` call and takes
@@ -18,8 +21,7 @@ Backends (all reduce inside the forward pass and keep only [layer, head, segment
   * "transformer_lens": a TransformerLens `TransformerBridge` built on a twin of the model that shares its weights
     (booting a bridge rewires modules in place and forces eager attention; the twin keeps the user's model
     untouched); hooks `blocks.{l}.attn.hook_pattern`, reduces the rows and drops the layer's pattern.
-    Families: llava, llava_next, llava_onevision, idefics3, organism; qwen2_5_vl only with torchvision installed
-    (TransformerLens' adapter imports it); not qwen2_vl.
+    Families whose adapter says `tl_bridge` (qwen2_5_vl's bridge also needs torchvision installed).
   * "eager": HF `output_attentions=True` on eager attention, reduced afterwards: the reference the others are
     tested against; materialises every layer's seq × seq pattern.
 """
@@ -29,20 +31,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import Adapter, adapter_for
-from .episode import Episode
-from .layout import QUERY, ROLE, ROLES, TokenLayout
-from .prompt import Prepared, prepare
+from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, within
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
-TL_FAMILIES = ("llava", "llava_next", "llava_onevision", "idefics3", "qwen2_5_vl", "organism")
 
 
 # --- the result ------------------------------------------------------------------------------------------
@@ -186,36 +183,30 @@ def rows_attention(query, key, mask, scaling: float, rows: list[int]) -> torch.T
     return scores.softmax(-1)
 
 
-# --- backends --------------------------------------------------------------------------------------------
-_NNSIGHT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_BRIDGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# --- backends: each maps a prepared batch to a [layer, head, n_segments of the row] tensor per row ----------
+def _reduce(probs_rows: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """[H, R, seq] attention of one row's R query rows -> [H, n_seg]: summed per segment, averaged over rows."""
+    return (probs_rows.float() @ onehot.to(probs_rows.device)).mean(1)
 
 
-def nnsight_decoder(model, adapter: Adapter):
-    """(envoy, decoder envoy): `model` wrapped by nnsight once (cached), and its decoder in that module tree."""
-    from nnsight import NNsight
-
-    if model not in _NNSIGHT:
-        _NNSIGHT[model] = NNsight(model)
-    envoy = decoder = _NNSIGHT[model]
-    for part in adapter.decoder_path.split("."):
-        decoder = getattr(decoder, part)
-    return envoy, decoder
-
-
-def _nnsight_mass(model, adapter: Adapter, prepared: Prepared, rows: list[int], onehot) -> torch.Tensor:
-    """[layer, head, segment] through an nnsight trace of each attention module's attention-function call."""
-    envoy, decoder = nnsight_decoder(model, adapter)
+def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots) -> list[torch.Tensor]:
+    """Through an nnsight trace of each attention module's attention-function call (named like the model's tree)."""
+    adapter = loaded.adapter
+    decoder = loaded.decoder_envoy()
     call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
-    onehot = onehot.to(prepared.input_ids.device)
-    per_layer = []
-    with torch.no_grad(), envoy.trace(**prepared.inputs):
-        for layer in range(adapter.n_layers(model)):
+    saved = []  # [layer][row] -> [H, n_seg]
+    with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
+        for layer in range(adapter.n_layers(loaded.model)):
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-            query, key, mask = args[1], args[2], args[4]  # after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
-            probs = rows_attention(query, key, mask, kwargs["scaling"], rows)  # [1, H, R, seq]
-            per_layer.append((probs @ onehot).mean(2)[0].save())  # [H, n_seg]
-    return torch.stack([t.cpu() for t in per_layer])
+            x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
+            mask = x["attention_mask"]
+            per_row = []
+            for b, (pos, onehot) in enumerate(zip(rows, onehots)):
+                probs = rows_attention(x["query"][b:b + 1], x["key"][b:b + 1],
+                                       None if mask is None else mask[b:b + 1], x["scaling"], pos)  # [1, H, R, seq]
+                per_row.append(_reduce(probs[0], onehot).save())
+            saved.append(per_row)
+    return [torch.stack([saved[layer][b].cpu() for layer in range(len(saved))]) for b in range(len(rows))]
 
 
 def _twin(model):
@@ -224,24 +215,23 @@ def _twin(model):
     return copy.deepcopy(model, memo)
 
 
-def _bridge(model, adapter: Adapter, processor):
-    if model not in _BRIDGES:
-        import tempfile
+def _boot_bridge(loaded: Loaded):
+    import tempfile
 
-        from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge import TransformerBridge
 
-        twin = _twin(model)
-        twin.config.architectures = [type(model).__name__]
-        folder = tempfile.mkdtemp(prefix="micl_probe_tl_")
-        twin.config.save_pretrained(folder)
-        processor.tokenizer.save_pretrained(folder)
-        try:
-            with _no_package_installs():
-                _BRIDGES[model] = TransformerBridge.boot_transformers(folder, hf_model=twin, device=model.device)
-        except ImportError as e:
-            raise ValueError(f"TransformerLens cannot bridge the {adapter.family!r} family here ({e}); install a "
-                             "torchvision built for your torch, or use backend='nnsight'") from e
-    return _BRIDGES[model]
+    model = loaded.model
+    twin = _twin(model)
+    twin.config.architectures = [type(model).__name__]
+    folder = tempfile.mkdtemp(prefix="micl_probe_tl_")
+    twin.config.save_pretrained(folder)
+    loaded.processor.tokenizer.save_pretrained(folder)
+    try:
+        with _no_package_installs():
+            return TransformerBridge.boot_transformers(folder, hf_model=twin, device=model.device)
+    except ImportError as e:
+        raise ValueError(f"TransformerLens cannot bridge the {loaded.adapter.family!r} family here ({e}); install "
+                         "a torchvision built for your torch, or use backend='nnsight'") from e
 
 
 @contextlib.contextmanager
@@ -260,93 +250,94 @@ def _no_package_installs():
             helpers._ensure_torchvision = original
 
 
-def _transformer_lens_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot, processor) -> torch.Tensor:
-    if adapter.family not in TL_FAMILIES:
-        raise ValueError(f"TransformerLens has no TransformerBridge for the {adapter.family!r} family; "
-                         f"use backend='nnsight' (bridged families: {', '.join(TL_FAMILIES)})")
-    bridge = _bridge(model, adapter, processor)
-    out: dict[int, torch.Tensor] = {}
-    rows_t = torch.tensor(rows)
+def _transformer_lens_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots) -> list[torch.Tensor]:
+    """Through a TransformerBridge (booted once per model, on a weight-sharing twin), `hook_pattern` per layer."""
+    if not loaded.adapter.tl_bridge:
+        bridged = ", ".join(sorted(f for f, a in ADAPTERS.items() if a.tl_bridge))
+        raise ValueError(f"TransformerLens has no TransformerBridge for the {loaded.adapter.family!r} family; "
+                         f"use backend='nnsight' (bridged families: {bridged})")
+    bridge = loaded.cached("transformer_lens", lambda: _boot_bridge(loaded))
+    out: dict[int, list[torch.Tensor]] = {}
 
     def hook(pattern, hook):  # pattern [B, H, seq, seq]
-        layer = int(hook.name.split(".")[1])
-        out[layer] = (pattern[0][:, rows_t].float() @ onehot.to(pattern.device)).mean(1).cpu()  # [H, n_seg]
+        out[int(hook.name.split(".")[1])] = [_reduce(pattern[b][:, pos], onehot).cpu()
+                                             for b, (pos, onehot) in enumerate(zip(rows, onehots))]
 
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(adapter.n_layers(model))]
-    inputs = dict(prepared.inputs)
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(loaded.adapter.n_layers(loaded.model))]
+    inputs = dict(batch.inputs)
     with torch.no_grad():
         bridge.run_with_hooks(inputs.pop("input_ids"), fwd_hooks=[(n, hook) for n in names], **inputs)
-    return torch.stack([out[layer] for layer in range(len(names))])
+    return [torch.stack([out[layer][b] for layer in range(len(names))]) for b in range(len(rows))]
 
 
-def _eager_mass(model, adapter: Adapter, prepared: Prepared, rows, onehot, intervention=None) -> torch.Tensor:
-    """HF eager attention weights reduced to segments; inside `intervention([layout])` when given (hook-based
+def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, intervention=None) -> list[torch.Tensor]:
+    """HF eager attention weights reduced to segments; inside `intervention(layouts)` when given (hook-based
     interventions such as MTV injection run as they are; a DARA must use kernel="eager")."""
+    model = loaded.model
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # an intervention may then install its own (weight-returning) kernel
     try:
-        with torch.no_grad(), intervention([prepared.layout]) if intervention else contextlib.nullcontext():
-            attentions = model(**prepared.inputs, output_attentions=True).attentions  # L x [B, H, seq, seq]
+        with torch.no_grad(), within(intervention, batch.layouts) as kwargs:
+            attentions = model(**batch.inputs, **kwargs, output_attentions=True).attentions  # L x [B, H, seq, seq]
     finally:
         model.set_attn_implementation(previous)
     if not attentions or any(a is None for a in attentions):
         raise ValueError("the attention layers returned no weights; run the intervention with an eager kernel")
-    return torch.stack([(a[0][:, rows].float() @ onehot).mean(1).cpu() for a in attentions])
+    return [torch.stack([_reduce(a[b][:, pos], onehot).cpu() for a in attentions])
+            for b, (pos, onehot) in enumerate(zip(rows, onehots))]
 
 
 # --- the call --------------------------------------------------------------------------------------------
-def capture_attention(model, episodes: Episode | list[Episode], processor=None, adapter: Adapter | None = None,
-                      rows="answer", backend: str = "nnsight", progress: bool = True,
-                      meta: dict | None = None, intervention=None) -> AttentionMass:
+def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, rows="answer",
+                      backend: str = "nnsight", progress: bool = True, meta: dict | None = None,
+                      intervention=None) -> AttentionMass:
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
-    `model` is a `Loaded` (from `micl_probe.load`) or a model with `processor` given.
+    `loaded`: from `micl_probe.load`, or `Loaded(model, processor, adapter_for(model))` for a model you hold.
+    `episodes`: episodes (prepared and run one at a time) or a `PreparedBatch` (run as it is, in one pass).
     `intervention`: a `layouts -> context manager` factory (e.g. `dara.on(model, kernel="eager")`) under which
     the attention is measured; it uses the eager path (the attention weights the intervened model computes).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
-    if hasattr(model, "processor") and hasattr(model, "adapter"):
-        loaded = model
-        model, processor, adapter = loaded.model, loaded.processor, adapter or loaded.adapter
-        name = loaded.name
-    else:
-        if processor is None:
-            raise ValueError("pass a Loaded (micl_probe.load) or the model's processor")
-        adapter = adapter or adapter_for(model)
-        name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    if not isinstance(loaded, Loaded):
+        raise TypeError(f"capture_attention takes a Loaded (micl_probe.load, or Loaded(model, processor, "
+                        f"adapter_for(model)) for a model you hold), got {type(loaded).__name__}")
     if isinstance(episodes, Episode):
         episodes = [episodes]
-    device = next(model.parameters()).device
-
+    if isinstance(episodes, PreparedBatch):
+        batches, all_episodes = [episodes], list(episodes.episodes)
+    else:
+        batches, all_episodes = (loaded.prepare_batch([e]) for e in episodes), list(episodes)
     results, names, positions = [], [], []
-    for episode in tqdm(episodes, desc=f"attention ({backend})", disable=not progress or len(episodes) < 2):
-        prepared = prepare(episode, processor, adapter, model=model).to(device)
-        pos = row_positions(prepared.layout, rows)
-        seg_names, onehot = segment_matrix(prepared.layout)
+    bar = tqdm(batches, total=len(all_episodes) if not isinstance(episodes, PreparedBatch) else 1,
+               desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
+    for batch in bar:
+        pos = [row_positions(layout, rows) for layout in batch.layouts]
+        seg = [segment_matrix(layout) for layout in batch.layouts]
+        onehots = [onehot for _, onehot in seg]
         if intervention is not None:
-            mass = _eager_mass(model, adapter, prepared, pos, onehot, intervention)
+            masses = _eager_mass(loaded, batch, pos, onehots, intervention)
         elif backend == "nnsight":
-            mass = _nnsight_mass(model, adapter, prepared, pos, onehot)
+            masses = _nnsight_mass(loaded, batch, pos, onehots)
         elif backend == "transformer_lens":
-            mass = _transformer_lens_mass(model, adapter, prepared, pos, onehot, processor)
+            masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:
-            mass = _eager_mass(model, adapter, prepared, pos, onehot)
-        results.append(mass)  # [layer, head, n_seg of this episode]
-        names.append(seg_names)
-        positions.append(pos)
+            masses = _eager_mass(loaded, batch, pos, onehots)
+        results += masses  # per row: [layer, head, n_seg of this episode]
+        names += [n for n, _ in seg]
+        positions += pos
 
     segments = canonical_segments(names)
     n_layers, n_heads = results[0].shape[:2]
     out = torch.zeros(len(results), n_layers, n_heads, len(segments))
     for e, (mass, ns) in enumerate(zip(results, names)):
         out[e, ..., [segments.index(n) for n in ns]] = mass
-    info = {"model": name, "family": adapter.family, "backend": backend,
-            "tasks": [e.task for e in episodes], "shots": [e.shots for e in episodes],
-            "conditions": [e.condition for e in episodes], **(meta or {})}
-    if intervention is not None:
-        info["backend"] = "eager+intervention"
+    info = {"model": loaded.name or type(loaded.model).__name__, "family": loaded.adapter.family,
+            "backend": backend if intervention is None else "eager+intervention",
+            "tasks": [e.task for e in all_episodes], "shots": [e.shots for e in all_episodes],
+            "conditions": [e.condition for e in all_episodes], **(meta or {})}
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 
-__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "nnsight_decoder", "rows_attention", "segment_matrix"]
+__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "rows_attention", "segment_matrix"]

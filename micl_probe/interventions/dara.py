@@ -5,8 +5,11 @@ parameter is log_alpha (alpha = exp(log_alpha) > 0 by construction, init 0 -> al
 towards 0 or grow without a clamp that would stop their gradient.
 
     dara = DARA.for_model(loaded, n_images=5)              # first decoder layer, all heads; alpha = 1
-    with dara.applied(loaded.model, layouts):              # any forward pass inside sees the reallocation
-        logits = loaded.model(**inputs).logits
+    with dara.applied(loaded.model, layouts) as kwargs:    # the batch's layouts -> per-call forward kwargs
+        logits = loaded.model(**inputs, **kwargs).logits
+
+    dara, history = train_dara(loaded, "outlier", shots=4, fit=FitConfig(steps=200))
+    sweep = alpha_sweep(loaded, alphas=(0.5, 2, 4))        # {"alpha=2": intervention, …} for harness conditions
 
 Modes:
   * "logit" (default): add log(alpha) to the logits of the image's columns, i.e. multiply that image's
@@ -16,7 +19,10 @@ Modes:
     computed with eager attention in the DARA layers.
 `kernel="eager"` computes the DARA layers with plain matmul + softmax (the reference the fast path is tested
 against). How it hooks in: a registered attention function ("micl_probe_dara", transformers' attention-function
-registry) set on the decoder's config for the duration of `applied`; layers without factors call sdpa unchanged.
+registry) set on the decoder's config for the duration of `applied`; the factors and the batch's image columns
+reach it per call, as the forward kwarg `micl_dara` that transformers hands on to every attention function
+(`applied` yields it). Layers without factors call sdpa unchanged. Nothing is kept at module level: two DARAs on
+two models (or threads) never see each other's factors.
 
 Images are indexed in prompt order (demo 0's image … the query's last); a DARA is trained for prompts with a
 fixed number of images.
@@ -25,17 +31,28 @@ fixed number of images.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .adapters import Adapter
-from .layout import ROLE, TokenLayout
+from ..core import ROLE, Loaded, TokenLayout
+from .fitting import FitConfig, episode_batches, fit, frozen, query_labels
 
 NAME = "micl_probe_dara"
-_ACTIVE: list = []  # stack of (dara, key_image[B, seq] long, kernel)
+KWARG = "micl_dara"  # the forward kwarg that carries a DaraCall to the attention function
+
+
+@dataclass(frozen=True)
+class DaraCall:
+    """What one forward pass under a DARA needs in its attention function."""
+
+    dara: DARA
+    key_image: torch.Tensor  # [B, seq] long: the image index of each key column, -1 for non-image columns
+    kernel: str  # "sdpa" | "eager"
 
 
 class DARA(nn.Module):
@@ -62,20 +79,16 @@ class DARA(nn.Module):
         return self
 
     @classmethod
-    def for_model(cls, loaded_or_model, n_images: int, layers=(0,), mode: str = "logit",
-                  adapter: Adapter | None = None) -> DARA:
-        model = getattr(loaded_or_model, "model", loaded_or_model)
-        adapter = adapter or getattr(loaded_or_model, "adapter", None)
-        if adapter is None:
-            from .adapters import adapter_for
-            adapter = adapter_for(model)
+    def for_model(cls, loaded: Loaded, n_images: int, layers=(0,), mode: str = "logit") -> DARA:
+        """Factors alpha = 1 for every head of `layers` of `loaded`'s decoder and `n_images` images."""
+        model, adapter = loaded.model, loaded.adapter
         bad = [x for x in layers if not 0 <= x < adapter.n_layers(model)]
         if bad:
             raise ValueError(f"layers {bad} outside the decoder's {adapter.n_layers(model)} layers")
         dara = cls(adapter.n_heads(model), n_images, layers, mode)
         dara.meta = {"family": adapter.family, "n_layers": adapter.n_layers(model),
-                     "model": getattr(loaded_or_model, "name", type(model).__name__)}
-        return dara.to(next(model.parameters()).device)
+                     "model": loaded.name or type(model).__name__}
+        return dara.to(loaded.device)
 
     @property
     def n_params(self) -> int:
@@ -90,7 +103,8 @@ class DARA(nn.Module):
 
     @contextlib.contextmanager
     def applied(self, model, layouts: list[TokenLayout] | TokenLayout, kernel: str = "sdpa"):
-        """Run `model` with this reallocation inside the block (layouts of the batch being run)."""
+        """Run `model` with this reallocation inside the block (layouts of the batch being run); yields the forward
+        kwargs that carry it: `with dara.applied(model, layouts) as kw: model(**inputs, **kw)`."""
         if kernel not in ("sdpa", "eager"):
             raise ValueError("kernel must be 'sdpa' or 'eager'")
         layouts = [layouts] if isinstance(layouts, TokenLayout) else list(layouts)
@@ -104,15 +118,13 @@ class DARA(nn.Module):
         text_config = _text_config(model)
         previous = text_config._attn_implementation
         text_config._attn_implementation = NAME
-        _ACTIVE.append((self, key_image, kernel))
         try:
-            yield self
+            yield {KWARG: DaraCall(self, key_image, kernel)}
         finally:
-            _ACTIVE.pop()
             text_config._attn_implementation = previous
 
     def on(self, model, kernel: str = "sdpa"):
-        """`layouts -> context manager`: this DARA as a per-batch intervention (see dara_train.accuracy)."""
+        """`layouts -> context manager`: this DARA as a per-batch intervention (harness conditions, scoring)."""
         return lambda layouts: self.applied(model, layouts, kernel=kernel)
 
     def save(self, path: str | Path, **meta) -> None:
@@ -126,17 +138,15 @@ class DARA(nn.Module):
         path.with_suffix(".json").write_text(json.dumps(info, indent=1))
 
     @classmethod
-    def load(cls, path: str | Path, model=None, adapter: Adapter | None = None) -> DARA:
-        """Load factors; with `model`, check they were made for its layer and head counts."""
+    def load(cls, path: str | Path, loaded: Loaded | None = None) -> DARA:
+        """Load factors; with `loaded`, check they were made for its layer and head counts."""
         from safetensors.torch import load_file
 
         path = Path(path)
         info = json.loads(path.with_suffix(".json").read_text())
         log_alpha = load_file(str(path.with_suffix(".safetensors")))["log_alpha"]
-        if model is not None:
-            from .adapters import adapter_for
-            adapter = adapter or adapter_for(model)
-            n_layers, n_heads = adapter.n_layers(model), adapter.n_heads(model)
+        if loaded is not None:
+            n_layers, n_heads = loaded.adapter.n_layers(loaded.model), loaded.adapter.n_heads(loaded.model)
             if log_alpha.shape[1] != n_heads or max(info["layers"]) >= n_layers or \
                     info.get("n_layers", n_layers) != n_layers:
                 raise ValueError(f"DARA factors saved for a model with {info.get('n_layers')} layers and "
@@ -181,7 +191,11 @@ def _eager(module, query, key, value, mask, scaling, dropout, post_scale=None):
 def _dara_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    dara, key_image, kernel = _ACTIVE[-1]
+    call = kwargs.pop(KWARG, None)
+    if call is None:
+        raise ValueError("the model runs DARA attention but was not given its factors: pass the kwargs that "
+                         "`DARA.applied` yields, `with dara.applied(model, layouts) as kw: model(**inputs, **kw)`")
+    dara, key_image, kernel = call.dara, call.key_image, call.kernel
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = getattr(module, "layer_idx", None)
     if layer not in dara.layers:
@@ -201,3 +215,42 @@ def _dara_attention(module, query, key, value, attention_mask, scaling=None, dro
         return _eager(module, query, key, value, mask, scaling, dropout)
     return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
                                   is_causal=False, **kwargs)
+
+
+# --- fixed factors and training --------------------------------------------------------------------------
+def fixed_alpha(loaded: Loaded, shots: int, alpha: float, layers=(0,)) -> DARA:
+    """An untrained DARA with factor `alpha` on every demo image (query image 1), all heads of `layers`."""
+    dara = DARA.for_model(loaded, n_images=shots + 1, layers=layers)
+    return dara.set_alpha(alpha, (..., slice(0, shots)))
+
+
+def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=(0,), kernel: str = "eager") -> dict:
+    """{"alpha=<a>": intervention}: factor `a` on every demo image of whatever prompt it is given (a `fixed_alpha`
+    built per batch), for harness conditions such as "4-shot+alpha=2"."""
+    def factory(a):
+        return lambda layouts: fixed_alpha(loaded, layouts[0].n_images - 1, a, layers).applied(
+            loaded.model, layouts, kernel=kernel)
+    return {f"alpha={a:g}": factory(a) for a in alphas}
+
+
+def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=(0,), mode: str = "logit",
+               fit_config: FitConfig | None = None) -> tuple[DARA, list[dict]]:
+    """Learn one factor per (layer, head, image) on k-shot prompts of `task`; the model stays frozen.
+    Settings: `FitConfig` (default learning rate 0.05)."""
+    cfg = (fit_config or FitConfig()).with_lr(0.05)
+    torch.manual_seed(cfg.seed)
+    dara = DARA.for_model(loaded, n_images=shots + 1, layers=layers, mode=mode)
+    print(f"DARA: {dara.n_params} parameters ({len(layers)} layer(s) x {dara.alpha.shape[1]} heads x "
+          f"{shots + 1} images)")
+    val = list(itertools.islice(episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "val"),
+                                max(1, cfg.n_val // cfg.batch)))
+
+    def loss_of(b):
+        with dara.applied(loaded.model, b.layouts) as kwargs:
+            return loaded.model(**b.inputs, **kwargs, labels=query_labels(b)).loss
+
+    with frozen(loaded.model):
+        history = fit([dara.log_alpha], loss_of, episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "support"),
+                      val, cfg, desc=f"DARA {task}")
+    dara.meta.update({"task": task, "shots": shots, "steps_run": history[-1]["step"] if history else 0})
+    return dara, history

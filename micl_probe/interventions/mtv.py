@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attention import nnsight_decoder
-from .prompt import prepare_batch
+from ..core import Loaded
 
 
 # --- the artifact ----------------------------------------------------------------------------------------
@@ -85,15 +84,15 @@ class TaskVector:
 
 # --- hook points -----------------------------------------------------------------------------------------
 @torch.no_grad()
-def head_outputs(loaded, batch, positions: list[int]) -> torch.Tensor:
+def head_outputs(loaded: Loaded, batch, positions: list[int]) -> torch.Tensor:
     """head_out[B, layer, head, d_head] at one position per row (the o_proj input, per head), via nnsight."""
     model, adapter = loaded.model, loaded.adapter
     H, D = adapter.n_heads(model), adapter.head_dim(model)
-    envoy, decoder = nnsight_decoder(model, adapter)
+    decoder = loaded.decoder_envoy()
     rows = torch.arange(len(positions))
     pos = torch.tensor(positions)
     saved = []
-    with envoy.trace(**batch.inputs):
+    with loaded.envoy.trace(**batch.inputs):
         for layer in range(adapter.n_layers(model)):
             x = decoder.layers[layer].self_attn.o_proj.input  # [B, seq, H * D]
             saved.append(x[rows, pos].save())
@@ -101,7 +100,7 @@ def head_outputs(loaded, batch, positions: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract(loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, meta: dict | None = None
+def extract(loaded: Loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, meta: dict | None = None
             ) -> TaskVector:
     """MTV means[layer, head, d_head]: head outputs at the last prompt token, averaged over `n_prompts` k-shot
     prompts drawn from `episode_stream` (an iterator of Episodes). The mean is streamed: one batch at a time."""
@@ -109,7 +108,7 @@ def extract(loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, 
     bar = tqdm(total=n_prompts, desc="extract MTV", mininterval=1)
     while count < n_prompts:
         eps = [next(episode_stream) for _ in range(min(batch_size, n_prompts - count))]
-        b = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model).to(loaded.device)
+        b = loaded.prepare_batch(eps)
         out = head_outputs(loaded, b, [lay.answer_position for lay in b.layouts])  # [B, L, H, D]
         total = out.sum(0) if total is None else total + out.sum(0)
         count += len(eps)
@@ -120,13 +119,13 @@ def extract(loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, 
     return TaskVector(total / count, "mtv", info)
 
 
-def injection(loaded, means: torch.Tensor, mask: torch.Tensor, every_token: bool = False):
+def injection(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, every_token: bool = False):
     """`layouts -> context manager`: `inject` as a per-batch intervention (harness conditions, count_correct)."""
     return lambda layouts: inject(loaded, means, mask, layouts, every_token=every_token)
 
 
 @contextlib.contextmanager
-def inject(loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False):
+def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False):
     """Replace the selected heads' outputs with `means` at each row's last prompt token.
 
     means [layer, head, d_head]; mask bool [layer, head] or [B, layer, head] (one mask per row);
@@ -210,14 +209,14 @@ def locate(loaded, mtv: TaskVector, train_stream, val_episodes, steps: int = 600
 
     def loss_of_masks(masks):
         ep = next(train_stream)
-        b = prepare_batch([ep] * len(masks), loaded.processor, adapter, model=model).to(loaded.device)
+        b = loaded.prepare_batch([ep] * len(masks))
         return first_token_ce(loaded, b, means, masks).cpu()
 
     p = reinforce(adapter.n_layers(model), adapter.n_heads(model), loss_of_masks, steps=steps, n_masks=n_masks,
                   lr=lr, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     candidates = torch.bernoulli(p.expand(n_final, *p.shape), generator=gen).bool()
-    val = prepare_batch(val_episodes, loaded.processor, adapter, model=model).to(loaded.device)
+    val = loaded.prepare_batch(val_episodes)
     scores = []
     with torch.no_grad():
         for mask in candidates:
@@ -252,13 +251,18 @@ def residual_at(loaded, layer: int, layouts, vector: torch.Tensor, mode: str):
         handle.remove()
 
 
+def residual_on(loaded: Loaded, layer: int, vector: torch.Tensor, mode: str):
+    """`layouts -> context manager`: `residual_at` as a per-batch intervention (function / task vectors)."""
+    return lambda layouts: residual_at(loaded, layer, layouts, vector, mode)
+
+
 @torch.no_grad()
 def indirect_effects(loaded, mtv: TaskVector, episodes) -> torch.Tensor:
     """CIE[layer, head]: mean increase of p(first answer token) when one head's last-token output is replaced by
     its mean, on zero-shot prompts (Todd et al.'s causal indirect effect, with zero-shot as the corrupted run)."""
     adapter, model = loaded.adapter, loaded.model
     L, H = adapter.n_layers(model), adapter.n_heads(model)
-    b = prepare_batch(episodes, loaded.processor, adapter, model=model).to(loaded.device)
+    b = loaded.prepare_batch(episodes)
     target = torch.stack([a[0] for a in b.answer_ids]).to(loaded.device)
     rows = torch.arange(len(b))
     pos = torch.tensor([lay.answer_position for lay in b.layouts])
@@ -297,7 +301,7 @@ def task_vector(loaded, episode_stream, layer: int, n_prompts: int = 100, batch_
     total, count = None, 0
     while count < n_prompts:
         eps = [next(episode_stream) for _ in range(min(batch_size, n_prompts - count))]
-        b = prepare_batch(eps, loaded.processor, loaded.adapter, model=loaded.model).to(loaded.device)
+        b = loaded.prepare_batch(eps)
         hs = loaded.model(**b.inputs, output_hidden_states=True).hidden_states[layer + 1]  # after `layer`
         rows = torch.arange(len(eps))
         pos = torch.tensor([lay.answer_position for lay in b.layouts])

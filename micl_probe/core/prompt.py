@@ -1,6 +1,6 @@
 """Episode -> model inputs + TokenLayout, through the family's own processor.
 
-    prepared = prepare(episode, processor, adapter)          # or prepare(episode, loaded) / loaded.prepare(episode)
+    prepared = loaded.prepare(episode)                        # or prepare(episode, processor, adapter, model)
     model(**prepared.inputs)                                  # the exact tensors the processor produced
     prepared.layout.positions(owner=0, role="image")          # demo 0's image positions
 
@@ -18,15 +18,13 @@ expansion of that placeholder; prompt length <= the model's context; placeholder
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .adapters import Adapter
 from .episode import Episode
 from .layout import NONE, QUERY, ROLE, TokenLayout
-
-_TEXT_KEYS = ("input_ids", "attention_mask")
 
 
 @dataclass(frozen=True)
@@ -191,12 +189,11 @@ def _layout(prompt: Prompt, input_ids, attention_mask, offsets, replacements, pl
         if got != expected:
             raise AssertionError(f"image {i}: layout has {got} image positions, the processor expanded {expected}")
 
-    answer_position = int(real.nonzero().flatten()[-1])
-    if prompt.answer is not None:
-        query_answer = ((owner == QUERY) & (role == ROLE["answer"])).nonzero().flatten()
-        answer_position = int(query_answer[0]) - 1
-    return TokenLayout(owner, role, image_index, n_demos=len({p.owner for p in prompt.pieces if p.owner >= 0}),
-                       n_images=len(prompt.images), answer_position=answer_position)
+    layout = TokenLayout(owner, role, image_index, n_demos=len({p.owner for p in prompt.pieces if p.owner >= 0}),
+                         n_images=len(prompt.images), answer_position=int(real.nonzero().flatten()[-1]))
+    if prompt.answer is not None:  # the position whose logits predict the first answer token
+        layout = replace(layout, answer_position=int(layout.query_answer_positions()[0]) - 1)
+    return layout
 
 
 def prepare(episode: Episode, processor, adapter: Adapter, model=None, with_answer: bool = False) -> Prepared:

@@ -5,7 +5,7 @@
     layout.image_index[pos]  # which image of the prompt (prompt order) an image/markup token belongs to, else -1
 
     layout.positions(owner=2, role="image")    # all image tokens of demo 2
-    layout.positions(role="answer", owner=QUERY)  # empty: the query's answer is not in the prompt
+    layout.query_answer_positions()             # the query's answer tokens (empty unless rendered with_answer)
     layout.answer_position   # the position whose logits predict the query's first answer token: the last prompt
                              # token, or (prompt rendered with the query answer) the token before that answer
     layout.segments()                           # {"demo0.image": positions, ..., "query.question": ..., "special": ...}
@@ -75,8 +75,10 @@ class TokenLayout:
         return ((self.role == ROLE["question"]) | (self.role == ROLE["answer"])
                 | (self.role == ROLE["template"])).nonzero().flatten()
 
-    def image_positions(self, owner: int | None = None) -> torch.Tensor:
-        return self.positions(owner=owner, role="image")
+    def query_answer_positions(self) -> torch.Tensor:
+        """The query's answer tokens (only in a prompt rendered with the gold answer: `with_answer=True`); the
+        end-of-turn token follows the last of them."""
+        return self.positions(owner=QUERY, role="answer")
 
     def segment_ids(self) -> tuple[list[str], torch.Tensor]:
         """(names, seg[seq]): every position's segment index. Segments are "<owner>.<role>" for turn content

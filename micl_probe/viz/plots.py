@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-from .attention import AttentionMass
+from ..measure import AttentionMass
 
 PALETTE = sns.color_palette("colorblind")
 ROLE_COLOURS = {"image": PALETTE[0], "image_markup": PALETTE[9], "question": PALETTE[2], "answer": PALETTE[1],
@@ -28,7 +28,7 @@ def save(fig, stem: str | Path) -> list[Path]:
     """Write `stem.png` and `stem.pdf` (vector); returns both paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]  # a dot in the stem stays
     for p in paths:
         fig.savefig(p)
     plt.close(fig)
@@ -92,7 +92,7 @@ def layer_curve(am: AttentionMass, by: str | None = None, title: str | None = No
     return fig
 
 
-# --- figures from harness records (lists of dicts, see micl_probe.harness) ---------------------------------
+# --- figures from harness records (lists of dicts, see micl_probe.evaluation.harness) ---------------------------------
 def _frame(records):
     import pandas as pd
 

@@ -1,4 +1,4 @@
-"""TrueMICL-style tasks, generated procedurally, plus loaders for the released folder formats.
+"""TrueMICL-style tasks, generated procedurally.
 
 Every image is a 32x32 canvas of 4x4 cells of 8x8 px (one cell = one 8x8 vision patch of the organisms),
 each cell blank or holding one glyph: a coloured shape (circle, square, triangle, cross) or a 3x5 digit;
@@ -23,21 +23,23 @@ circles?"), so the query alone determines the answer.
 
     task = TASKS["shape_count"]
     episodes = sample_episodes("shape_count", shots=4, n=200, seed=0, split="query")
+    episodes = sample_episodes("novel_binding", 4, 200, **options_for(loaded))   # drawn as `loaded` was trained
+    stream = rule_stream("clock_math", "red", shots=4, split="support")          # endless, one fixed rule
+
+Drawing options: `binding_scale`, how many times novel_binding's glyph is enlarged (default 2: 12x12 px). An
+organism records the options it was trained with (`loaded.settings`); `options_for(loaded)` reads them back.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .episode import Demo, Episode, Query
+from ..core.episode import Demo, Episode, Query
 
 CELL, GRID = 8, 4
 SIZE = CELL * GRID
@@ -61,7 +63,7 @@ DIGITS = {
 }
 NOVEL_NAMES = ["dax", "wug", "blick", "toma", "fep", "zup", "kiki", "bouba", "mipo", "teb", "gazz", "lorp",
                "snib", "vork", "yem", "quan"]
-BINDING_SCALE = 2  # novel_binding draws its one glyph this many times larger (2: 12x12 px), centred
+BINDING_SCALE = 2  # default: novel_binding draws its one glyph this many times larger (2: 12x12 px), centred
 WHITE = (235, 235, 235)
 GREY = (110, 110, 110)
 
@@ -240,7 +242,7 @@ def _draw_binding(rng, setup):
     cls = int(rng.choice(classes))
     colour, shape = COLOUR_NAMES[cls // len(SHAPE_NAMES)], SHAPE_NAMES[cls % len(SHAPE_NAMES)]
     c = Canvas(rng)
-    c.put_big(SHAPES[shape], COLOURS[colour], BINDING_SCALE)
+    c.put_big(SHAPES[shape], COLOURS[colour], setup.get("scale", BINDING_SCALE))
     return c.image(), {"cls": cls, "colour": colour, "shape": shape}
 
 
@@ -271,15 +273,11 @@ SHORTCUT_SUFFIX = "_shortcut"
 SPLIT_SEEDS = {"support": 0, "query": 1_000_003, "train": 2_000_003, "val": 3_000_017}
 
 
-@contextlib.contextmanager
-def binding_scale(scale: int):
-    """Draw novel_binding's glyph at `scale` inside the block (organisms record the scale they were trained on)."""
-    global BINDING_SCALE
-    previous, BINDING_SCALE = BINDING_SCALE, scale
-    try:
-        yield
-    finally:
-        BINDING_SCALE = previous
+def options_for(loaded) -> dict:
+    """The drawing options `loaded` was trained with ({"binding_scale": n}), from its recorded settings; the
+    defaults for a model that records none."""
+    recipe = getattr(loaded, "settings", {}).get("recipe", {})
+    return {"binding_scale": recipe.get("binding_scale", BINDING_SCALE)}
 
 
 def task_names(shortcut: bool = False) -> list[str]:
@@ -293,8 +291,10 @@ def _parse(name: str) -> tuple[Task, bool]:
     return TASKS[base], name.endswith(SHORTCUT_SUFFIX)
 
 
-def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | None = None) -> Episode:
-    """One episode of task `name` (`<task>_shortcut` for the fixed-rule counterpart) with `shots` demos."""
+def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | None = None,
+                 binding_scale: int = BINDING_SCALE) -> Episode:
+    """One episode of task `name` (`<task>_shortcut` for the fixed-rule counterpart) with `shots` demos;
+    `binding_scale`: novel_binding's glyph size."""
     task, shortcut = _parse(name)
     if task.name == "novel_binding":
         rule = "fixed" if shortcut else "bound"
@@ -303,6 +303,7 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
     setup = task.episode_setup(rng)
     if shortcut and task.name == "shape_count":
         setup = {"kinds": SHAPE_NAMES[:3]}  # fixed kinds; always count circles
+    setup["scale"] = binding_scale
     items = [task.draw(rng, setup) for _ in range(shots + 1)]
     if task.name == "novel_binding" and shots >= 2:
         # balance the two classes among the demos so both labels are shown (the shortcut twin has the same two
@@ -321,71 +322,33 @@ def _balanced_binding(items, setup, rng, task, shots):
     out = []
     for cls in want:
         while True:
-            im, at = task.draw(rng, {"classes": [cls]})
+            im, at = task.draw(rng, {"classes": [cls], "scale": setup["scale"]})
             if at["cls"] == cls:
                 out.append((im, at))
                 break
     return out + [items[-1]]
 
 
-def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query") -> list[Episode]:
+def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query",
+                    binding_scale: int = BINDING_SCALE) -> list[Episode]:
     """`n` seeded episodes; `split` ("support" | "query" | "train" | "val") selects an independent random stream:
     organisms train on "train", interventions (DARA, LoRA, MTV) learn on "support" and early-stop on "val", and
     every reported accuracy is on "query"."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
-    return [make_episode(name, shots, rng) for _ in range(n)]
+    return [make_episode(name, shots, rng, binding_scale=binding_scale) for _ in range(n)]
 
 
-# --- released folder formats --------------------------------------------------------------------------------
-def _load_images(paths, roots: list[Path]) -> tuple[Image.Image, ...]:
-    if isinstance(paths, str):
-        paths = [paths]
-    out = []
-    for p in paths:
-        for root in roots:
-            if (root / p).is_file():
-                out.append(Image.open(root / p).convert("RGB"))
-                break
-        else:
-            raise FileNotFoundError(f"image {p!r} not found under {[str(r) for r in roots]}")
-    return tuple(out)
+def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0, binding_scale: int = BINDING_SCALE):
+    """Endless seeded episodes of `task` under one fixed `rule` (what a task vector is extracted for)."""
+    rng = np.random.default_rng([seed, SPLIT_SEEDS[split], 7])
+    while True:
+        yield make_episode(task, shots, rng, rule=rule, binding_scale=binding_scale)
 
 
-def load_folder(root: str | Path, task: str, shots: int, seed: int = 0, fmt: str = "truemicl",
-                question: str | None = None) -> list[Episode]:
-    """Episodes from a released benchmark folder: `root/<task>/support.json` and `query.json`.
-
-    Both TrueMICL and VL-ICL store lists of {"image": path or [paths], "question": str, "answer": ...}, image
-    paths relative to the task folder or to `root`. VL-ICL's operator_induction stores support answers as
-    [plus, minus, times] and the query's operator in "operator"; that is handled. Each query gets `shots` demos
-    drawn at random from the support set (seeded).
-    """
-    if fmt not in ("truemicl", "vlicl"):
-        raise ValueError(f"fmt must be 'truemicl' or 'vlicl', got {fmt!r}")
-    root = Path(root)
-    folder = root / task
-    support = json.loads((folder / "support.json").read_text())
-    queries = json.loads((folder / "query.json").read_text())
-    roots = [folder, root]
-    rng = np.random.default_rng(seed)
-    op_index = {"+": 0, "-": 1, "x": 2}
-    episodes = []
-    for q in queries:
-        picks = rng.choice(len(support), size=shots, replace=False) if shots else []
-        demos = []
-        for i in picks:
-            s = support[int(i)]
-            answer = s["answer"]
-            if isinstance(answer, list):
-                if "operator" not in q:
-                    raise ValueError(f"{folder}/support.json has list answers but the query has no 'operator'")
-                answer = answer[op_index[q["operator"]]]
-            demos.append(Demo(_load_images(s["image"], roots), question or s.get("question") or "What is it?",
-                              str(answer)))
-        query = Query(_load_images(q["image"], roots), question or q.get("question") or "What is it?",
-                      str(q["answer"]))
-        meta = {"source": fmt, "id": q.get("id", len(episodes))}
-        if "operator" in q:
-            meta["rule"] = q["operator"]
-        episodes.append(Episode(tuple(demos), query, task=task, meta=meta))
-    return episodes
+def rule_episodes(task: str, rule: str, shots: int, n: int, split: str = "query", seed: int = 0,
+                  binding_scale: int = BINDING_SCALE) -> list[Episode]:
+    """The first `n` episodes of `rule_stream`."""
+    stream = rule_stream(task, rule, shots, split, seed, binding_scale)
+    return [next(stream) for _ in range(n)]

@@ -1,7 +1,9 @@
 """Regenerate every figure in figures/ from scratch, fixed seeds, consistent style (PNG + vector PDF).
 
-    python -m micl_probe.figures                 # everything (~20 min on a 2-core CPU)
-    python -m micl_probe.figures --only tasks truemicl attention
+    python -m experiments.figures                 # everything (~20 min on a 2-core CPU), from the repository root
+    python -m experiments.figures --only tasks truemicl attention
+
+An experiment driver, not part of the library: it only calls micl_probe's API.
 
 Figures (stem: content):
   tasks_gallery            one query image of every task
@@ -11,8 +13,8 @@ Figures (stem: content):
   accuracy_vs_attention    novel-binding organism: binned accuracy vs visual share + per-head Spearman map
   attention_heatmap        novel-binding organism, novel_binding 4-shot: visual share per layer x head
   attention_by_turn        the same episodes: attention by demo / query and role
-  dara_accuracy, dara_factors, dara_alpha_sweep     text-shortcut organism (micl_probe.experiments.dara_experiment)
-  mtv_accuracy, mtv_scaling                         both organisms (micl_probe.experiments.mtv_experiment)
+  dara_accuracy, dara_factors, dara_alpha_sweep     text-shortcut organism (experiments.interventions.dara_experiment)
+  mtv_accuracy, mtv_scaling                         both organisms (experiments.interventions.mtv_experiment)
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from . import plots
-from .analysis import accuracy_vs_attention, head_predictiveness
-from .attention import capture_attention
-from .harness import run
-from .loading import load
-from .organisms import as_trained
-from .tasks import sample_episodes, task_names
+from micl_probe import RunConfig, capture_attention, load, run
+from micl_probe.evaluation import accuracy_vs_attention, head_predictiveness
+from micl_probe.tasks import options_for, sample_episodes, task_names
+from micl_probe.viz import plots
+
+from .interventions import MTVSettings, dara_experiment, mtv_experiment
 
 TRUEMICL_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
 PARTS = ("tasks", "truemicl", "attention", "dara", "mtv")
@@ -52,9 +53,9 @@ def tasks_gallery(out: Path):
 def truemicl(out: Path, n: int):
     records = []
     for name in ("organism:true-micl", "organism:novel-binding", "organism:text-shortcut"):
-        with as_trained(name):  # novel_binding drawn as each organism was trained on it
-            records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], n=n,
-                           results=out / "runs" / "truemicl.jsonl")
+        # the harness draws novel_binding as each organism was trained on it (tasks.options_for)
+        records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], RunConfig(n=n),
+                       results=out / "runs" / "truemicl.jsonl")
     plots.save(plots.accuracy_bars(records), out / "truemicl_accuracy")
     plots.save(plots.visual_share_bars(records), out / "truemicl_visual_share")
     plots.save(plots.layer_share_curves(records), out / "truemicl_layers")
@@ -65,8 +66,7 @@ def truemicl(out: Path, n: int):
 
 def attention(out: Path):
     loaded = load(MICL_ORGANISM)
-    with as_trained(MICL_ORGANISM):
-        am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0))
+    am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0, **options_for(loaded)))
     plots.save(plots.visual_share_heatmap(am), out / "attention_heatmap")
     plots.save(plots.demo_stacked_bars(am), out / "attention_by_turn")
 
@@ -86,11 +86,9 @@ def main(argv=None):
     if "attention" in args.only:
         attention(out)
     if "dara" in args.only:
-        from .experiments import dara_experiment
         dara_experiment(out=out, n=args.n)
     if "mtv" in args.only:
-        from .experiments import mtv_experiment
-        mtv_experiment(out=out, n=args.n)
+        mtv_experiment(settings=MTVSettings(n=args.n), out=out)
     print(f"figures in {out}/")
 
 

@@ -12,10 +12,9 @@ token layout, hooks); the shipped organisms prove the science.
 from __future__ import annotations
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
-from .loading import image_only as _image_only
+from ..core.processors import bpe_tokenizer
+from ..core.processors import image_only as _image_only
 
 CORPUS = [
     "What is the answer? The answer is the number. Which colour is the odd one out?",
@@ -33,21 +32,9 @@ _IDEFICS3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<end_of_utteranc
                       + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)])
 
 
-def tiny_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str | None = None,
-                   vocab_size: int = 512, corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (never produces <unk>) with `specials` as special tokens."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    if bos is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
-    extra = [s for s in specials if s not in (bos, eos, pad)]
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad or eos,
-                                   extra_special_tokens=extra, model_max_length=4096)
+def tiny_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str | None = None):
+    """A byte-level BPE tokenizer on `CORPUS` with `specials` as special tokens."""
+    return bpe_tokenizer(specials, bos=bos, eos=eos, pad=pad, corpus=CORPUS)
 
 
 def _llama_text(vocab: int, **kw) -> dict:

@@ -5,7 +5,9 @@ An adapter knows
   * where the decoder lives in the `*ForConditionalGeneration` module tree, and so its layers,
     attention modules and `o_proj`,
   * head counts (incl. grouped-query KV heads) and the image token id,
-  * the family's quirks in feeding images to its processor and in positions (1-D RoPE vs M-RoPE).
+  * the family's quirks in feeding images to its processor,
+  * how its attention modules call the attention function (the named arguments the attention capture reads),
+  * whether TransformerLens 4.3 has a `TransformerBridge` for it.
 
 Every other module is family-agnostic and talks to the model only through an adapter.
 
@@ -48,7 +50,10 @@ class Adapter:
     chat: ChatFormat
     decoder_path: str = "model.language_model"  # dotted path from the *ForConditionalGeneration to the decoder
     nest_images: bool = False  # processor wants images grouped per sample: images=[[img, img, …]]
-    rope: str = "1d"  # "1d" rotary or "mrope" (Qwen2-VL's 3-D multimodal rotary, positions from image grids)
+    # the positional parameters of the attention function the decoder's attention modules call
+    # (transformers: `attention_interface(self, query, key, value, attention_mask, dropout=…, scaling=…, **kwargs)`)
+    attention_params: tuple[str, ...] = ("module", "query", "key", "value", "attention_mask")
+    tl_bridge: bool = True  # TransformerLens 4.3 has a TransformerBridge for this family
     notes: str = ""
 
     # --- module tree ------------------------------------------------------------------------------------
@@ -66,6 +71,12 @@ class Adapter:
 
     def o_proj(self, model: nn.Module, layer: int) -> nn.Linear:
         return self.attention(model, layer).o_proj
+
+    def attention_inputs(self, args: tuple, kwargs: dict) -> dict:
+        """The attention-function call's inputs by name (query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d];
+        attention_mask: None, bool or additive float; scaling)."""
+        named = dict(zip(self.attention_params, args))
+        return {**named, **{k: v for k, v in kwargs.items() if k in self.attention_params or k == "scaling"}}
 
     # --- shapes -----------------------------------------------------------------------------------------
     @staticmethod
@@ -141,10 +152,10 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
                   "Mistral checkpoints (pass chat= for Vicuna/Llama-3 ones)."),
     Adapter("llava_onevision", ("llava_onevision",), _ONEVISION,
             notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
-    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, rope="mrope",
+    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False,
             notes="Qwen2-VL: 2x2 patch merging, <|vision_start|>/<|vision_end|> markup, M-RoPE positions."),
-    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, rope="mrope",
-            notes="Qwen2.5-VL: as Qwen2-VL, windowed vision attention."),
+    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN,
+            notes="Qwen2.5-VL: as Qwen2-VL, windowed vision attention; its TransformerLens bridge needs torchvision."),
     Adapter("idefics3", ("idefics3",), _IDEFICS3, decoder_path="model.text_model", nest_images=True,
             notes="Idefics3 / SmolVLM(v1): image splitting into row/col tiles plus a global image, each tile "
                   "framed by <fake_token_around_image> and <row_i_col_j>/<global-img> markup."),

@@ -1,7 +1,9 @@
 """The DARA and MTV experiments on the shipped organisms: tables (JSON + Markdown) and figures.
 
-    python -m micl_probe.experiments dara --out figures      # figures/dara_*.png|pdf, figures/dara_results.json
-    python -m micl_probe.experiments mtv --out figures       # figures/mtv_*.png|pdf, figures/mtv_results.json
+    python -m experiments.interventions dara --out figures   # figures/dara_*.png|pdf, figures/dara_results.json
+    python -m experiments.interventions mtv --out figures    # figures/mtv_*.png|pdf, figures/mtv_results.json
+
+An experiment driver (run from the repository root), not part of the library: it only calls micl_probe's API.
 
 Every number is on the "query" split (n per cell, 95% Wilson CI); interventions learn on "support" and early-stop
 on "val". Fixed seeds throughout.
@@ -11,18 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
-from . import plots
-from .attention import capture_attention
-from .dara_train import accuracy, fixed_alpha, train_dara, train_lora, verdicts
-from .evaluate import Accuracy, count_correct, mcnemar_p
-from .loading import load
-from .mtv import extract, function_vector, indirect_effects, injection, locate, residual_at, task_vector
-from .organisms import as_trained
-from .tasks import SPLIT_SEEDS, make_episode, sample_episodes
+from micl_probe import capture_attention, load
+from micl_probe.evaluation import Accuracy, mcnemar_p, score, task_verdicts
+from micl_probe.interventions import FitConfig, fixed_alpha, train_dara, train_lora
+from micl_probe.interventions.mtv import (
+    extract,
+    function_vector,
+    indirect_effects,
+    injection,
+    locate,
+    residual_on,
+    task_vector,
+)
+from micl_probe.tasks import options_for, rule_episodes, rule_stream, sample_episodes
+from micl_probe.viz import plots
 
 
 def _ref(name: str) -> str:
@@ -34,10 +41,9 @@ def _load(name: str):
     return load(_ref(name))
 
 
-def _acc(c_n) -> dict:
-    c, n = c_n
-    a = Accuracy(c, n)
-    return {"correct": c, "n": n, "acc": a.acc, "ci": a.ci}
+def _acc(verdicts) -> dict:
+    """{"correct", "n", "acc", "ci"} of a bool[n] verdict tensor."""
+    return Accuracy(int(verdicts.sum()), len(verdicts)).as_dict()
 
 
 def _image_shares(loaded, episodes, intervention=None) -> tuple[float, float]:
@@ -63,31 +69,33 @@ def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int =
         res = results["organisms"][name] = {}
         for task in tasks:
             r = res[task] = {}
-            r["zero-shot"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
-            r["no-image"] = _acc(accuracy(loaded, task, shots, n, seed, condition=lambda e: e.without_demo_images()))
-            k_shot = verdicts(loaded, task, shots, n, seed)
-            r["k-shot"] = _acc((int(k_shot.sum()), n))
-            dara, hist = train_dara(loaded, task, shots, steps=steps, seed=seed, layers=layers)
-            with_dara = verdicts(loaded, task, shots, n, seed, intervention=dara.on(loaded.model))
-            r["dara"] = _acc((int(with_dara.sum()), n))
+            r["zero-shot"] = _acc(task_verdicts(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
+            r["no-image"] = _acc(task_verdicts(loaded, task, shots, n, seed,
+                                               condition=lambda e: e.without_demo_images()))
+            k_shot = task_verdicts(loaded, task, shots, n, seed)
+            r["k-shot"] = _acc(k_shot)
+            fit = FitConfig(steps=steps, seed=seed)
+            dara, hist = train_dara(loaded, task, shots, layers=layers, fit_config=fit)
+            with_dara = task_verdicts(loaded, task, shots, n, seed, intervention=dara.on(loaded.model))
+            r["dara"] = _acc(with_dara)
             r["dara_vs_k_shot_p"] = mcnemar_p(k_shot, with_dara)  # paired: the same query episodes
             r["dara_params"] = dara.n_params
             r["dara_alpha"] = dara.alpha.detach()[0].tolist()  # [head, image] of the first DARA layer
             r["dara_history"] = hist
             dara.save(out / "artifacts" / f"dara_{name}_{task}", organism=name)
-            peft_model, hist_lora = train_lora(loaded, task, shots, steps=steps, seed=seed, layers=layers)
-            r["lora"] = _acc(accuracy(loaded, task, shots, n, seed, model=peft_model))
+            peft_model, hist_lora = train_lora(loaded, task, shots, layers=layers, fit_config=fit)
+            r["lora"] = _acc(task_verdicts(replace(loaded, model=peft_model), task, shots, n, seed))
             r["lora_params"] = sum(p.numel() for nm, p in peft_model.named_parameters() if "lora_" in nm)
             loaded.model = peft_model.unload()
-            probe = sample_episodes(task, shots, 40, seed=seed, split="query")
+            probe = sample_episodes(task, shots, 40, seed=seed, split="query", **options_for(loaded))
             r["image_share_before"], r["query_image_share_before"] = _image_shares(loaded, probe)
             r["image_share_after"], r["query_image_share_after"] = _image_shares(
                 loaded, probe, dara.on(loaded.model, kernel="eager"))
             r["sweep"] = []
             for a in alphas:
                 fixed = fixed_alpha(loaded, shots, a, layers)
-                r["sweep"].append({"alpha": a, **_acc(accuracy(loaded, task, shots, n, seed,
-                                                                intervention=fixed.on(loaded.model))),
+                r["sweep"].append({"alpha": a, **_acc(task_verdicts(loaded, task, shots, n, seed,
+                                                                     intervention=fixed.on(loaded.model))),
                                    "image_share": _image_shares(loaded, probe[:20],
                                                                 fixed.on(loaded.model, kernel="eager"))[0]})
             print(f"{name} {task}: {shots}-shot {r['k-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} "
@@ -147,42 +155,40 @@ MTV_TASKS = {
 }
 
 
-def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0):
-    rng = np.random.default_rng([seed, SPLIT_SEEDS[split], 7])
-    while True:
-        yield make_episode(task, shots, rng, rule=rule)
+@dataclass(frozen=True)
+class MTVSettings:
+    """Sizes of one MTV experiment (per organism and task)."""
+
+    n: int = 200  # query episodes per cell
+    n_shots: int = 4  # shots of the prompts the MTV is extracted from
+    n_prompts: int = 100  # prompts the MTV is averaged over
+    reinforce_steps: int = 600
+    seed: int = 0
+    scaling_prompts: tuple = (1, 4, 16, 64)  # MTV from this many prompts, for the scaling figure
+    icl_shots: tuple = (1, 2, 4, 8, 16, 32)  # k-shot ICL, for the scaling figure
 
 
-def rule_episodes(task, rule, shots, n, split="query", seed=0):
-    s = rule_stream(task, rule, shots, split, seed)
-    return [next(s) for _ in range(n)]
+def score_dict(loaded, episodes, intervention=None, batch: int = 25) -> dict:
+    return score(loaded, episodes, intervention, batch).as_dict()
 
 
-def score(loaded, episodes, intervention=None, batch: int = 25) -> dict:
-    """Accuracy (with CI) of `loaded` on `episodes`, under `intervention` when given."""
-    c = count_correct(loaded.model, loaded.processor, loaded.adapter, episodes, intervention, batch, loaded.device)
-    return _acc((c, len(episodes)))
-
-
-def mtv_experiment(organisms=tuple(MTV_TASKS), n: int = 200, n_shots: int = 4, n_prompts: int = 100,
-                   reinforce_steps: int = 600, out: str | Path = "figures", seed: int = 0,
-                   scaling_prompts=(1, 4, 16, 64), icl_shots=(1, 2, 4, 8, 16, 32), tasks: dict | None = None) -> dict:
+def mtv_experiment(organisms=tuple(MTV_TASKS), settings: MTVSettings | None = None, out: str | Path = "figures",
+                   tasks: dict | None = None) -> dict:
     """MTV, FV and TV next to 0/4/8-shot ICL for each organism's tasks (`tasks`: {organism: {task: rule}}, default
     MTV_TASKS), and the many-shot comparison: MTV from T prompts (N x T shots compressed) vs k-shot ICL up to 32
     shots (~820 of the organisms' 1,024 tokens)."""
     out = Path(out)
     tasks = tasks or MTV_TASKS
-    results = {"n": n, "n_shots": n_shots, "n_prompts": n_prompts, "organisms": {}}
+    st = settings or MTVSettings()
+    results = {"n": st.n, "n_shots": st.n_shots, "n_prompts": st.n_prompts, "organisms": {}}
     for organism in organisms:
         name = Path(organism).name
         if name not in tasks:
             raise ValueError(f"no MTV tasks for {organism!r}: pass tasks={{{name!r}: {{task: rule}}}} (tasks are "
                              f"given for {sorted(tasks)})")
         loaded = _load(organism)
-        with as_trained(_ref(organism)):
-            results["organisms"][name] = {
-                "tasks": {task: _mtv_task(loaded, name, task, rule, n, n_shots, n_prompts, reinforce_steps, out, seed,
-                                          scaling_prompts, icl_shots) for task, rule in tasks[name].items()}}
+        results["organisms"][name] = {"tasks": {task: _mtv_task(loaded, name, task, rule, st, out)
+                                                for task, rule in tasks[name].items()}}
     out.mkdir(parents=True, exist_ok=True)
     (out / "mtv_results.json").write_text(json.dumps(results, indent=1))
     plots.save(plots.mtv_table_figure(results), out / "mtv_accuracy")
@@ -191,43 +197,47 @@ def mtv_experiment(organisms=tuple(MTV_TASKS), n: int = 200, n_shots: int = 4, n
     return results
 
 
-def _mtv_task(loaded, organism, task, rule, n, n_shots, n_prompts, reinforce_steps, out, seed, scaling_prompts,
-              icl_shots):
+def _mtv_task(loaded, organism: str, task: str, rule: str, st: MTVSettings, out: Path) -> dict:
     L = loaded.adapter.n_layers(loaded.model)
+    n, n_shots, n_prompts, seed = st.n, st.n_shots, st.n_prompts, st.seed
+    opts = options_for(loaded)  # episodes drawn as the organism was trained
+
+    def stream(shots, split, s):
+        return rule_stream(task, rule, shots, split, s, **opts)
+
     r = {"rule": rule}
-    queries = rule_episodes(task, rule, max(icl_shots + (8,)), n, seed=seed)
+    queries = rule_episodes(task, rule, max(tuple(st.icl_shots) + (8,)), n, seed=seed, **opts)
     zero = [e.zero_shot() for e in queries]
-    val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)]
+    val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed, **opts)]
     for k in (0, 4, 8):
-        r[f"{k}-shot"] = score(loaded, [e.with_shots(k) for e in queries])
-    mtv = extract(loaded, rule_stream(task, rule, n_shots, "support", seed), n_prompts=n_prompts,
-                  meta={"rule": rule})
-    mask = locate(loaded, mtv, (e.zero_shot() for e in rule_stream(task, rule, 0, "support", seed + 1)), val,
-                  steps=reinforce_steps, seed=seed)
+        r[f"{k}-shot"] = score_dict(loaded, [e.with_shots(k) for e in queries])
+    mtv = extract(loaded, stream(n_shots, "support", seed), n_prompts=n_prompts, meta={"rule": rule})
+    mask = locate(loaded, mtv, (e.zero_shot() for e in stream(0, "support", seed + 1)), val,
+                  steps=st.reinforce_steps, seed=seed)
     mtv.save(out / "artifacts" / f"mtv_{organism}_{task}")
     mask.save(out / "artifacts" / f"mtv_mask_{organism}_{task}")
-    r["mtv"] = score(loaded, zero, injection(loaded, mtv.mean, mask.values))
+    r["mtv"] = score_dict(loaded, zero, injection(loaded, mtv.mean, mask.values))
     r["mtv_heads"] = mask.values.nonzero().tolist()
     r["mtv_p"] = mask.meta["p"]
     fv = function_vector(loaded, mtv, indirect_effects(loaded, mtv, val), top_k=4)
     fv_layer = max(0, L // 3)
-    r["fv"] = score(loaded, zero, residual_on(loaded, fv_layer, fv.values, "add"))
+    r["fv"] = score_dict(loaded, zero, residual_on(loaded, fv_layer, fv.values, "add"))
     r["fv_heads"], r["fv_layer"] = fv.meta["heads"], fv_layer
     tv_scores = {}
     for layer in range(L - 1):  # pick the task-vector layer on the val split
-        tv = task_vector(loaded, rule_stream(task, rule, n_shots, "support", seed), layer, n_prompts=n_prompts)
-        tv_scores[layer] = (tv, score(loaded, val, residual_on(loaded, layer, tv.values, "replace")))
+        tv = task_vector(loaded, stream(n_shots, "support", seed), layer, n_prompts=n_prompts)
+        tv_scores[layer] = (tv, score_dict(loaded, val, residual_on(loaded, layer, tv.values, "replace")))
     best = max(tv_scores, key=lambda la: tv_scores[la][1]["acc"])
-    r["tv"] = score(loaded, zero, residual_on(loaded, best, tv_scores[best][0].values, "replace"))
+    r["tv"] = score_dict(loaded, zero, residual_on(loaded, best, tv_scores[best][0].values, "replace"))
     r["tv_layer"] = best
     # scaling: MTV from more prompts (shots compressed = n_shots x T) vs k-shot ICL
     r["scaling_mtv"] = []
-    for T in scaling_prompts:
-        m_t = extract(loaded, rule_stream(task, rule, n_shots, "support", seed + 2), n_prompts=T)
+    for T in st.scaling_prompts:
+        m_t = extract(loaded, stream(n_shots, "support", seed + 2), n_prompts=T)
         r["scaling_mtv"].append({"shots_compressed": n_shots * T,
-                                 **score(loaded, zero, injection(loaded, m_t.mean, mask.values))})
-    r["scaling_icl"] = [{"shots": k, **score(loaded, [e.with_shots(k) for e in queries], batch=10)}
-                        for k in icl_shots]
+                                 **score_dict(loaded, zero, injection(loaded, m_t.mean, mask.values))})
+    r["scaling_icl"] = [{"shots": k, **score_dict(loaded, [e.with_shots(k) for e in queries], batch=10)}
+                        for k in st.icl_shots]
     # does the vector change where the model looks? query's attention on its own image, zero-shot
     probe = zero[:40]
     r["query_image_share"] = _image_shares(loaded, probe)[0]  # zero-shot: the query's is the only image
@@ -235,11 +245,6 @@ def _mtv_task(loaded, organism, task, rule, n, n_shots, n_prompts, reinforce_ste
     print(f"{organism} {task}: 0-shot {r['0-shot']['acc']:.2f} 4-shot {r['4-shot']['acc']:.2f} "
           f"MTV {r['mtv']['acc']:.2f} FV {r['fv']['acc']:.2f} TV {r['tv']['acc']:.2f}", flush=True)
     return r
-
-
-def residual_on(loaded, layer, vector, mode):
-    """`layouts -> context`: add/replace `vector` in the residual stream after `layer` (FV / TV)."""
-    return lambda layouts: residual_at(loaded, layer, layouts, vector, mode)
 
 
 def mtv_markdown(results: dict) -> str:
@@ -273,7 +278,7 @@ def main(argv=None):
         dara_experiment(organisms=args.organisms or ["text-shortcut"], out=args.out, n=args.n, layers=args.layers,
                         shots=args.shots, steps=args.steps, tasks=args.tasks)
     else:
-        mtv_experiment(organisms=args.organisms or tuple(MTV_TASKS), out=args.out, n=args.n)
+        mtv_experiment(organisms=args.organisms or tuple(MTV_TASKS), settings=MTVSettings(n=args.n), out=args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Accuracy vs visual attention: does looking at the images go with getting the answer right?
 
-    stats = accuracy_vs_attention(records)            # records from micl_probe.harness
+    stats = accuracy_vs_attention(records)            # records from micl_probe.evaluation.harness
     stats["spearman"], stats["logistic"], stats["bins"]
     heads = head_predictiveness(records)              # [layer, head] Spearman rho of visual share vs correctness
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
-from .evaluate import wilson
+from .statistics import wilson
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100) -> dict:

@@ -1,0 +1,25 @@
+"""How micl_probe runs a model under an intervention.
+
+An intervention is a factory `layouts -> context manager`: given the layouts of the batch about to run, it returns
+a context inside which the model runs intervened. The context yields the keyword arguments that the forward pass
+must be given: per-call data that transformers hands on to the attention functions (a DARA's factors and the
+batch's image columns), or nothing for hook-based interventions (MTV injection, residual patches).
+
+    with within(intervention, batch.layouts) as kwargs:          # intervention None: no-op, kwargs == {}
+        logits = model(**batch.inputs, **kwargs).logits
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+
+@contextlib.contextmanager
+def within(intervention: Callable | None, layouts) -> Iterator[dict]:
+    """Enter `intervention(layouts)` (if any) and yield the forward kwargs it asks for ({} if none)."""
+    if intervention is None:
+        yield {}
+        return
+    with intervention(layouts) as kwargs:
+        yield dict(kwargs or {})

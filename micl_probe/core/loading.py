@@ -1,0 +1,123 @@
+"""Loading a VLM with its processor and adapter: hub ids, local paths, or the shipped organisms.
+
+    loaded = micl_probe.load("llava-hf/llava-1.5-7b-hf", dtype=torch.float16, device_map="auto")
+    loaded = micl_probe.load("/models/qwen2-vl-2b")       # local folder, works offline
+    loaded = micl_probe.load("organism:true-micl")        # shipped with the package
+    prepared = loaded.prepare(episode)                    # one episode;  loaded.prepare_batch(episodes): several
+    logits = loaded.model(**prepared.inputs).logits
+
+`Loaded` is the one way into every measurement, intervention and evaluation: it holds the model, its processor and
+the family's adapter, and (lazily) the nnsight wrapper of the model. Build one by hand for a model you already
+have: `Loaded(model, processor, adapter_for(model), name="mine")`.
+
+Offline use: set HF_HUB_OFFLINE=1 (honoured by transformers) and pass a local folder or a hub id already in the
+local cache. A folder may carry a `micl_probe.json` (the organisms do): its "family" wins over the config's
+model_type, and the whole file is kept as `loaded.settings` (an organism's recipe, e.g. the glyph scale its
+novel_binding episodes were drawn at: `micl_probe.tasks.options_for(loaded)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .adapters import Adapter, adapter_for, get_adapter
+from .episode import Episode
+from .processors import load_processor
+from .prompt import Prepared, PreparedBatch, prepare_batch
+
+ORGANISM_PREFIX = "organism:"
+ORGANISMS_DIR = Path(__file__).parent.parent / "organisms" / "shipped"
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    processor: object
+    adapter: Adapter
+    name: str = ""
+    settings: dict = field(default_factory=dict)  # the checkpoint's micl_probe.json, if it has one
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # key -> (model, object built for it)
+
+    def prepare_batch(self, episodes: list[Episode], with_answer: bool = False) -> PreparedBatch:
+        """Episodes -> one padded batch of processor tensors on the model's device + a layout per row."""
+        batch = prepare_batch(episodes, self.processor, self.adapter, model=self.model, with_answer=with_answer)
+        return batch.to(self.device)
+
+    def prepare(self, episode: Episode, with_answer: bool = False) -> Prepared:
+        return self.prepare_batch([episode], with_answer=with_answer)[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def cached(self, key: str, build):
+        """`build()` once per model: wrappers such as nnsight's envoy or a TransformerLens bridge (rebuilt if
+        `model` is replaced, e.g. by a peft model's `unload()`)."""
+        if key not in self._cache or self._cache[key][0] is not self.model:
+            self._cache[key] = (self.model, build())
+        return self._cache[key][1]
+
+    @property
+    def envoy(self):
+        """The model wrapped by nnsight."""
+        from nnsight import NNsight
+
+        return self.cached("nnsight", lambda: NNsight(self.model))
+
+    def decoder_envoy(self):
+        """The decoder inside `envoy`'s module tree (named like the model's own: `.layers[i].self_attn`)."""
+        decoder = self.envoy
+        for part in self.adapter.decoder_path.split("."):
+            decoder = getattr(decoder, part)
+        return decoder
+
+
+def resolve(name_or_path: str) -> tuple[str, dict]:
+    """(path or hub id, the micl_probe.json beside the weights or {})."""
+    if name_or_path.startswith(ORGANISM_PREFIX):
+        name = name_or_path[len(ORGANISM_PREFIX):]
+        path = ORGANISMS_DIR / name
+        if not path.is_dir():
+            have = sorted(p.name for p in ORGANISMS_DIR.glob("*") if p.is_dir()) if ORGANISMS_DIR.is_dir() else []
+            raise FileNotFoundError(f"no shipped organism {name!r}; shipped: {have or 'none'}")
+        name_or_path = str(path)
+    meta = Path(name_or_path) / "micl_probe.json"
+    return name_or_path, json.loads(meta.read_text()) if meta.is_file() else {}
+
+
+def load(name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         device_map: str | dict | None = None, family: str | None = None, **model_kwargs) -> Loaded:
+    """Model + processor + adapter from a hub id, a local folder, or "organism:NAME".
+
+    device: where to put the model (ignored when `device_map` is given; "auto" shards with accelerate).
+    dtype: e.g. torch.bfloat16; default float32 on CPU, the checkpoint's dtype otherwise.
+    family: force an adapter (see `supported_families()`); default: from micl_probe.json or config.model_type.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    path, settings = resolve(name_or_path)
+    family = family or settings.get("family")
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as e:
+        hint = " (HF_HUB_OFFLINE=1: pass a local folder or a hub id already in the cache)" if offline else ""
+        raise OSError(f"cannot load {name_or_path!r}{hint}: {e}") from e
+    adapter = get_adapter(family) if family else adapter_for(_ConfigOnly(config))
+    if dtype is None and device_map is None and (device is None or str(device) == "cpu"):
+        dtype = torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, device_map=device_map, **model_kwargs)
+    if device_map is None and device is not None:
+        model = model.to(device)
+    return Loaded(model.eval(), load_processor(path), adapter, name=name_or_path, settings=settings)
+
+
+@dataclass
+class _ConfigOnly:
+    config: object

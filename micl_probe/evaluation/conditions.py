@@ -1,0 +1,35 @@
+"""Conditions: how one base episode becomes the prompt of a condition.
+
+    "zero-shot"            no demos
+    "no-image"             k demos without their images (TrueMICL's control; k from the largest k-shot asked, else 4)
+    "<k>-shot"             the episode's first k demos
+    "retrieved-<k>-shot"   the k demos whose images are most like the query's (base episodes carry >= 2k demos)
+    "shuffled-answers"     k demos, answers permuted among them
+    "<condition>+<name>"   any of these under the intervention called <name> (see harness)
+"""
+
+from __future__ import annotations
+
+
+def condition_episode(episode, condition: str, k_default: int = 4):
+    if condition.startswith("retrieved-") and condition.endswith("-shot"):
+        return episode.with_retrieved_shots(int(condition.split("-")[1]))
+    if condition == "zero-shot":
+        return episode.zero_shot()
+    if condition == "no-image":
+        return episode.with_shots(k_default).without_demo_images()
+    if condition == "shuffled-answers":
+        return episode.with_shots(k_default).with_shuffled_answers()
+    if condition.endswith("-shot"):
+        return episode.with_shots(int(condition.split("-")[0]))
+    raise ValueError(f"unknown condition {condition!r}; use zero-shot, no-image, shuffled-answers, <k>-shot or "
+                     "retrieved-<k>-shot, each optionally +<intervention>")
+
+
+def pool_size(conditions: list[str]) -> tuple[int, int]:
+    """(k for no-image / shuffled-answers, demos each base episode carries)."""
+    bases = [c.partition("+")[0] for c in conditions]
+    shots = [int(c.split("-")[0]) for c in bases if c.endswith("-shot") and c[0].isdigit()]
+    retrieved = [2 * int(c.split("-")[1]) for c in bases if c.startswith("retrieved-")]
+    k_default = max(shots) if shots else 4
+    return k_default, max([k_default] + shots + retrieved)
