@@ -116,7 +116,6 @@ def test_transformer_lens_backend_installs_nothing(monkeypatch):
     """Booting a bridge must not run pip (TransformerLens would install torchvision to load a processor)."""
     import subprocess
 
-
     calls = []
     monkeypatch.setattr(subprocess, "check_call", lambda *a, **k: calls.append(a))
     model, processor = cached_tiny("llava_onevision")
