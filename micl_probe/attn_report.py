@@ -19,18 +19,24 @@ Examples:
 Interventions: a condition "<condition>+<name>" runs under the named intervention: "dara" (factors saved by
 `DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "alpha=<a>" (fixed factor a on
 every demo image in the first decoder layer, --alphas). Artifacts are checked against the model they are used with.
+
+A mistake in the flags ends in one line naming the flag and its fix (exit code 2, no traceback; --debug shows it),
+before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from .core import load
-from .evaluation import RunConfig, accuracy_table, accuracy_vs_attention, head_predictiveness, run
+from .evaluation import RunConfig, accuracy_table, accuracy_vs_attention, head_predictiveness, run, verdicts
+from .evaluation.conditions import parse_condition
 from .organisms import shipped
 from .tasks import task_names
 from .viz import write_report
@@ -60,7 +66,48 @@ def parse(argv=None):
     ap.add_argument("--mtv", nargs=2, metavar=("MEANS", "HEADS"), help="MTV means and head mask (TaskVector.save) "
                     "for +mtv conditions")
     ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap.parse_args(argv)
+
+
+class UsageError(ValueError):
+    """A mistake in the flags: the message names the flag and the fix."""
+
+
+def check(args) -> None:
+    """Every flag mistake found before anything is loaded or written (raises UsageError)."""
+    if args.n < 1:
+        raise UsageError(f"--n {args.n}: give at least 1 query episode per task and condition")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size}: give at least 1 episode per forward pass")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file: name a folder (it is created if missing)")
+    bad = [a for a in args.alphas if not (math.isfinite(a) and a > 0)]
+    if bad:
+        raise UsageError(f"--alphas {' '.join(map(str, bad))}: factors must be finite numbers > 0")
+    given = {"dara": "--dara PATH", "mtv": "--mtv MEANS HEADS"}
+    for c in args.conditions:
+        try:
+            _, name = parse_condition(c)
+        except ValueError as e:
+            raise UsageError(f"--conditions: {e}") from None
+        if name == "dara" and not args.dara or name == "mtv" and not args.mtv:
+            raise UsageError(f"--conditions {c} needs {given[name]} (the saved artifact to run it with)")
+        if name.startswith("alpha="):
+            if f"alpha={name[6:]}" not in {f"alpha={a:g}" for a in args.alphas}:
+                raise UsageError(f"--conditions {c} needs --alphas {name[6:]}")
+        elif name and name not in given:
+            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv or +alpha=<a>")
+    for path in ([args.dara] if args.dara else []) + (args.mtv or []):
+        missing = [s for s in (".json", ".safetensors") if not Path(path).with_suffix(s).is_file()]
+        if missing:
+            flag = "--dara" if path == args.dara else "--mtv"
+            raise UsageError(f"{flag} {path}: no {' or '.join(path + m for m in missing)} (the path given to "
+                             "DARA.save / TaskVector.save)")
+    have = shipped()
+    for m in args.model or []:
+        if m.startswith("organism:") and m.removeprefix("organism:") not in have:
+            raise UsageError(f"--model {m}: no such organism; shipped: {', '.join('organism:' + h for h in have)}")
 
 
 def interventions_for(loaded, args) -> dict:
@@ -78,12 +125,24 @@ def interventions_for(loaded, args) -> dict:
 
 def main(argv=None):
     args = parse(argv)
+    try:
+        check(args)
+        report(args)
+    except (ValueError, OSError) as e:  # a user's mistake (flags, artifacts, a model that cannot be loaded)
+        if args.debug:
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__} (--debug shows the traceback)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def report(args) -> Path:
+    """Run the harness on every model and write the report folder; returns the page's path."""
     models = args.model or [f"organism:{name}" for name in shipped()]
     if not models:
-        raise SystemExit("no shipped organism found; pass --model or train one with "
+        raise UsageError("no shipped organism found; pass --model or train one with "
                          "python -m micl_probe.organisms.train --recipe true-micl")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     settings = {"models": models, "tasks": args.tasks, "conditions": args.conditions, "n": args.n,
                 "seed": args.seed, "device": args.device or "cpu"}
@@ -92,15 +151,18 @@ def main(argv=None):
     records = []
     for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
         loaded = load(name, device=args.device, dtype=dtype)
+        interventions = interventions_for(loaded, args)  # checked against the model before anything is written
+        out.mkdir(parents=True, exist_ok=True)
         records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
-                       interventions=interventions_for(loaded, args))
+                       interventions=interventions)
     stats = {}
     if not args.no_attention:
         for model in models:
             mine = [r for r in records if r["model"] == model]
             stats[model] = (accuracy_vs_attention(mine), head_predictiveness(mine))
-    page = write_report(out, records, settings, time.time() - t0, accuracy_table(records), stats)
+    page = write_report(out, records, settings, time.time() - t0, accuracy_table(records), stats, verdicts(records))
     print(f"report: {page}")
+    return page
 
 
 if __name__ == "__main__":

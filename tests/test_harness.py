@@ -99,7 +99,7 @@ def test_retrieval_keeps_the_most_similar_demos():
         Episode((Demo((), "q?", "a"),), ep.query).with_retrieved_shots(1)
 
 
-def test_alpha_sweep_and_report_cli(loaded, tmp_path):
+def test_alpha_sweep_and_report_cli(loaded, tmp_path, capsys):
     from micl_probe.attn_report import main
     from micl_probe.interventions import alpha_sweep
 
@@ -120,13 +120,17 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path):
     assert set(table) == {"zero-shot", "2-shot", "retrieved-1-shot", "2-shot+alpha=2"}
     assert "data:image/png;base64" in (out / "report.html").read_text()
     _check_in_browser(out / "report.html", tmp_path / "shot.png")
-    with pytest.raises(ValueError, match="layers"):  # artifacts for another model are refused
-        other = DARA(n_heads=7, n_images=3)
-        other.meta = {"n_layers": 12, "model": "elsewhere"}
-        other.save(tmp_path / "dara")
+    other = DARA(n_heads=7, n_images=3)  # artifacts for another model are refused, in one line
+    other.meta = {"n_layers": 12, "model": "elsewhere"}
+    other.save(tmp_path / "dara")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
         main(["--model", "organism:text-shortcut", "--tasks", "outlier", "--conditions", "2-shot+dara",
               "--dara", str(tmp_path / "dara"), "--n", "2", "--out", str(tmp_path / "r2")])
-
+    err = capsys.readouterr().err  # the model's loading bar, then the error
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert exit_.value.code == 2 and "saved for a model with 12 layers" in line and "Traceback" not in err
+    assert not (tmp_path / "r2").exists()
 
 
 def _check_in_browser(page, shot):

@@ -10,8 +10,23 @@
 
 from __future__ import annotations
 
+import re
+
+_BASE = re.compile(r"zero-shot|no-image|shuffled-answers|\d+-shot|retrieved-[1-9]\d*-shot")
+KNOWN = "zero-shot, no-image, shuffled-answers, <k>-shot or retrieved-<k>-shot, each optionally +<intervention>"
+
+
+def parse_condition(condition: str) -> tuple[str, str]:
+    """(base condition, intervention name or ""): "4-shot+dara" -> ("4-shot", "dara"); ValueError if unknown."""
+    base, _, name = condition.partition("+")
+    if not _BASE.fullmatch(base) or (condition.endswith("+") and not name):
+        raise ValueError(f"unknown condition {condition!r}; use {KNOWN}")
+    return base, name
+
 
 def condition_episode(episode, condition: str, k_default: int = 4):
+    """`episode` as condition `condition` (its base part; an intervention is the harness's business) prescribes."""
+    condition, _ = parse_condition(condition)
     if condition.startswith("retrieved-") and condition.endswith("-shot"):
         return episode.with_retrieved_shots(int(condition.split("-")[1]))
     if condition == "zero-shot":
@@ -20,10 +35,7 @@ def condition_episode(episode, condition: str, k_default: int = 4):
         return episode.with_shots(k_default).without_demo_images()
     if condition == "shuffled-answers":
         return episode.with_shots(k_default).with_shuffled_answers()
-    if condition.endswith("-shot"):
-        return episode.with_shots(int(condition.split("-")[0]))
-    raise ValueError(f"unknown condition {condition!r}; use zero-shot, no-image, shuffled-answers, <k>-shot or "
-                     "retrieved-<k>-shot, each optionally +<intervention>")
+    return episode.with_shots(int(condition.split("-")[0]))
 
 
 def pool_size(conditions: list[str]) -> tuple[int, int]:

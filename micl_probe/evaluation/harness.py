@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..core import Loaded, within
 from ..measure import capture_attention
 from ..tasks import options_for, sample_episodes
-from .conditions import condition_episode, pool_size
+from .conditions import condition_episode, parse_condition, pool_size
 from .scoring import greedy_exact_match
 
 
@@ -101,7 +101,7 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
     cfg = config or RunConfig()
     interventions = interventions or {}
     for c in conditions:
-        name = c.partition("+")[2]
+        name = parse_condition(c)[1]
         if name and name not in interventions:
             raise ValueError(f"condition {c!r} names intervention {name!r}; given: {sorted(interventions) or 'none'}")
     results = Path(results) if results else None

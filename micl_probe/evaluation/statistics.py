@@ -3,6 +3,7 @@ queries.
 
     Accuracy(correct=57, n=200)           # str(): "28.5 [22.7, 35.1]"
     mcnemar_p(before[n], after[n])        # paired verdicts (bool) of the same episodes
+    paired_difference(a[n], b[n])         # (acc(a) - acc(b), 95% CI) on the same episodes
 """
 
 from __future__ import annotations
@@ -58,3 +59,30 @@ def mcnemar_p(before, after) -> float:
                          f"{tuple(after.shape)}")
     gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
     return 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5).pvalue)
+
+
+def paired_difference(a, b, z: float = 1.96) -> tuple[float, tuple[float, float]]:
+    """(acc(a) − acc(b), its 95% interval) for two conditions scored on the SAME episodes (`a[n]`, `b[n]` bool):
+    Newcombe's hybrid score interval for paired proportions (method 10 of Newcombe 1998, Stat. Med. 17:2635),
+    built from the two Wilson intervals and the correlation of the pairs. It stays inside [-1, 1] and, unlike the
+    Wald interval, keeps its coverage at small n and near 0 or 1."""
+    a, b = torch.as_tensor(a, dtype=torch.bool), torch.as_tensor(b, dtype=torch.bool)
+    if a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"paired verdicts must have the same, non-empty shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    n = a.numel()
+    both, only_a = int((a & b).sum()), int((a & ~b).sum())
+    only_b, neither = int((~a & b).sum()), int((~a & ~b).sum())
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    l1, u1 = wilson(both + only_a, n, z)
+    l2, u2 = wilson(both + only_b, n, z)
+    cross = both * neither - only_a * only_b
+    den = math.sqrt((both + only_a) * (neither + only_b) * (both + only_b) * (neither + only_a))
+    if den == 0:
+        phi = 0.0
+    else:  # with Newcombe's continuity correction of a positive association
+        phi = (max(cross - n / 2, 0) if cross > 0 else cross) / den
+    diff = p1 - p2
+    lower = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    upper = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return diff, (max(-1.0, lower), min(1.0, upper))

@@ -15,6 +15,7 @@ from .synthetic import (
     TASKS,
     TRUE_MICL_TASKS,
     Task,
+    chance,
     make_episode,
     options_for,
     rule_episodes,
@@ -25,6 +26,6 @@ from .synthetic import (
 
 __all__ = [
     "BINDING_SCALE", "COLOUR_NAMES", "NOVEL_NAMES", "SHAPE_NAMES", "SHORTCUT_SUFFIX", "SPLIT_SEEDS", "TASKS",
-    "TRUE_MICL_TASKS", "Task", "load_folder", "make_episode", "options_for", "rule_episodes", "rule_stream",
+    "TRUE_MICL_TASKS", "Task", "chance", "load_folder", "make_episode", "options_for", "rule_episodes", "rule_stream",
     "sample_episodes", "task_names",
 ]

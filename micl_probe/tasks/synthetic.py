@@ -125,6 +125,8 @@ class Task:
     answer: Callable[[dict, str, dict], str]
     episode_setup: Callable[[np.random.Generator], dict] = lambda rng: {}
     shortcut_question: str = ""
+    n_answers: int = 0  # how many answers the task can have (its chance level is 1 / n_answers)
+    n_answers_shortcut: int = 0  # the shortcut twin's, where it differs
 
 
 def _draw_operator(rng, setup):
@@ -254,23 +256,35 @@ def _answer_binding(at, rule, setup):
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("operator_induction", "What is the result?", ("plus", "minus"), _draw_operator, _answer_operator,
-         shortcut_question="What is the sum mod 5?"),
+         shortcut_question="What is the sum mod 5?", n_answers=5),
     Task("clock_math", "What hour is it?", ("red", "blue"), _draw_clock, _answer_clock,
-         shortcut_question="What hour is the red hand?"),
+         shortcut_question="What hour is the red hand?", n_answers=6),
     Task("outlier", "Which colour?", ("colour_outlier", "shape_outlier"), _draw_outlier, _answer_outlier,
-         shortcut_question="Which colour is the odd one out?"),
+         shortcut_question="Which colour is the odd one out?", n_answers=len(COLOURS)),
     Task("shape_count", "How many?", ("kind0", "kind1", "kind2"), _draw_count, _answer_count, _setup_count,
-         shortcut_question="How many circles?"),
+         shortcut_question="How many circles?", n_answers=8),
     Task("number_grid", "What is the missing number?", ("step1", "step3"), _draw_grid, _answer_grid,
-         shortcut_question="What is the next number, counting on by one?"),
+         shortcut_question="What is the next number, counting on by one?", n_answers=10),
     Task("palindrome", "What completes it?", ("mirror", "shift"), _draw_palindrome, _answer_palindrome,
-         shortcut_question="Which digit completes the palindrome?"),
+         shortcut_question="Which digit completes the palindrome?", n_answers=10),
     Task("novel_binding", "What is it?", ("bound", "fixed"), _draw_binding, _answer_binding, _setup_binding,
-         shortcut_question="What colour and shape?"),
+         shortcut_question="What colour and shape?", n_answers=2,
+         n_answers_shortcut=len(COLOURS) * len(SHAPES)),
 ]}
 TRUE_MICL_TASKS = tuple(TASKS)
 SHORTCUT_SUFFIX = "_shortcut"
 SPLIT_SEEDS = {"support": 0, "query": 1_000_003, "train": 2_000_003, "val": 3_000_017}
+
+
+def chance(name: str) -> float | None:
+    """The accuracy of a uniform guess among task `name`'s answers (None for a task micl_probe does not generate,
+    e.g. one loaded from a dataset folder)."""
+    base = name.removesuffix(SHORTCUT_SUFFIX)
+    if base not in TASKS:
+        return None
+    task = TASKS[base]
+    n = task.n_answers_shortcut if name.endswith(SHORTCUT_SUFFIX) and task.n_answers_shortcut else task.n_answers
+    return 1 / n
 
 
 def options_for(loaded) -> dict:

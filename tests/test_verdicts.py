@@ -1,0 +1,138 @@
+"""The verdict per model and task: the paired interval, the rule on planted records, chance levels, CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from micl_probe.evaluation import paired_difference, verdicts
+from micl_probe.evaluation.verdicts import IMITATES, INCONCLUSIVE, READS
+from micl_probe.tasks import TASKS, chance, sample_episodes, task_names
+
+
+def test_paired_difference_contains_the_difference_and_is_antisymmetric():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        a, b = rng.random(n) < rng.random(), rng.random(n) < rng.random()
+        d, (lo, hi) = paired_difference(a, b)
+        assert d == pytest.approx(a.mean() - b.mean()) and -1 <= lo <= d <= hi <= 1
+        d2, (lo2, hi2) = paired_difference(b, a)
+        assert d2 == pytest.approx(-d) and lo2 == pytest.approx(-hi) and hi2 == pytest.approx(-lo)
+    with pytest.raises(ValueError, match="same, non-empty shape"):
+        paired_difference([True], [True, False])
+
+
+def test_paired_difference_covers_the_true_difference_95_percent_of_the_time():
+    """Simulated pairs with a known difference and correlation: the interval holds the truth in ~95% of samples
+    (Newcombe's method keeps its coverage at small n, where a Wald interval falls short)."""
+    rng = np.random.default_rng(1)
+    for n, p_both, p_a_only, p_b_only in [(40, 0.3, 0.25, 0.05), (200, 0.5, 0.1, 0.1), (25, 0.6, 0.2, 0.0)]:
+        truth = p_a_only - p_b_only
+        hits = 0
+        for _ in range(1000):
+            u = rng.random(n)
+            a = u < p_both + p_a_only
+            b = (u < p_both) | ((u >= p_both + p_a_only) & (u < p_both + p_a_only + p_b_only))
+            lo, hi = paired_difference(a, b)[1]
+            hits += lo <= truth <= hi
+        assert 0.93 <= hits / 1000 <= 0.995, (n, hits)
+
+
+def _records(model, task, sighted, blind, k=4):
+    """Harness-like records: query i under k-shot and under no-image (the same demos without images)."""
+    out = []
+    for cond, verdict in ((f"{k}-shot", sighted), ("no-image", blind)):
+        out += [{"model": model, "task": task, "condition": cond, "index": i, "correct": bool(v), "shots": k}
+                for i, v in enumerate(verdict)]
+    return out + [{"model": model, "task": task, "condition": "zero-shot", "index": i, "correct": False, "shots": 0}
+                  for i in range(len(sighted))]
+
+
+def test_the_verdict_rule_on_planted_records():
+    n = 100
+    reads = _records("m", "clock_math", [1] * 90 + [0] * 10, [1] * 45 + [0] * 55)
+    imitates = _records("m", "outlier", [1] * 50 + [0] * 50, [1] * 50 + [0] * 50)
+    misled = _records("m", "shape_count", [0] * 80 + [1] * 20, [1] * 40 + [0] * 60)  # images hurt: also text
+    few = _records("m", "palindrome", [1, 1, 1, 0, 0, 1], [1, 0, 0, 0, 1, 1])
+    no_control = [r for r in _records("m", "number_grid", [1] * 5, [0] * 5) if r["condition"] != "no-image"]
+    rows = {r["task"]: r for r in verdicts(reads + imitates + misled + few + no_control)}
+    assert set(rows) == {"clock_math", "outlier", "shape_count", "palindrome"}  # no verdict without the control
+    assert rows["clock_math"]["verdict"] == READS and rows["clock_math"]["p"] < 1e-6
+    assert rows["clock_math"]["difference"] == pytest.approx(0.45) and rows["clock_math"]["ci"][0] > 0.3
+    assert rows["outlier"]["verdict"] == IMITATES and rows["outlier"]["ci"][1] < 0.10
+    assert rows["shape_count"]["verdict"] == IMITATES and rows["shape_count"]["difference"] < 0
+    assert rows["palindrome"]["verdict"] == INCONCLUSIVE
+    assert rows["clock_math"]["n"] == n and rows["clock_math"]["k"] == 4
+    assert rows["clock_math"]["chance"] == pytest.approx(1 / 6) and rows["clock_math"]["k_shot"]["correct"] == 90
+
+
+def test_the_verdict_uses_the_largest_k_and_only_paired_queries():
+    recs = _records("m", "clock_math", [1] * 30, [0] * 30, k=8)
+    recs += [{"model": "m", "task": "clock_math", "condition": "2-shot", "index": i, "correct": False, "shots": 2}
+             for i in range(30)]
+    recs = [r for r in recs if not (r["condition"] == "no-image" and r["index"] >= 20)]  # 10 unpaired queries
+    (row,) = verdicts(recs)
+    assert row["k"] == 8 and row["n"] == 20 and row["verdict"] == READS
+
+
+@pytest.mark.parametrize("name", task_names() + task_names(shortcut=True))
+def test_chance_is_one_over_the_answers_the_generator_gives(name):
+    n = round(1 / chance(name))
+    if name == "novel_binding":  # names are drawn per episode: two names within each episode
+        assert all(len({d.answer for d in e.demos} | {e.query.answer}) == n for e in sample_episodes(name, 4, 50))
+        return
+    answers = {e.query.answer for e in sample_episodes(name, 0, 1500, seed=2)}
+    assert len(answers) <= n and len(answers) >= n - (1 if name.startswith("shape_count") else 0), sorted(answers)
+    assert chance("not_a_task") is None and TASKS["clock_math"].n_answers == 6
+
+
+# --- the command line -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, says", [
+    (["--n", "0"], "--n 0: give at least 1"),
+    (["--batch-size", "0"], "--batch-size 0: give at least 1"),
+    (["--conditions", "zero-shot+dara"], "--conditions zero-shot+dara needs --dara PATH"),
+    (["--conditions", "4-shot+mtv"], "--conditions 4-shot+mtv needs --mtv MEANS HEADS"),
+    (["--conditions", "4-shot+alpha=3", "--alphas", "2"], "needs --alphas 3"),
+    (["--conditions", "4-shot+boost"], "unknown intervention 'boost'"),
+    (["--conditions", "five-shot"], "unknown condition 'five-shot'"),
+    (["--alphas", "nan"], "--alphas nan: factors must be finite numbers > 0"),
+    (["--dara", "nowhere/dara"], "--dara nowhere/dara: no nowhere/dara.json"),
+    (["--model", "organism:nope"], "--model organism:nope: no such organism; shipped: organism:"),
+    (["--model", "/no/such/folder"], "cannot load '/no/such/folder'"),
+])
+def test_cli_mistakes_end_in_one_line_naming_the_flag(flags, says, tmp_path, capsys):
+    from micl_probe.attn_report import main
+
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tasks", "outlier", "--n", "2", "--out", str(out)] + flags)
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and not out.exists()  # nothing half-written
+
+
+def test_cli_out_that_is_a_file_and_debug(tmp_path, capsys):
+    from micl_probe.attn_report import UsageError, main
+
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    with pytest.raises(SystemExit):
+        main(["--out", str(taken)])
+    assert "is a file: name a folder" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--n 0"):  # --debug: the exception itself, with its traceback
+        main(["--n", "0", "--debug", "--out", str(tmp_path / "r")])
+
+
+def test_report_opens_with_the_verdicts(tmp_path):
+    """The default conditions give a verdict per model and task, first in report.md and in results.json."""
+    from micl_probe.attn_report import main
+
+    out = tmp_path / "r"
+    main(["--model", "organism:binding-clock-palindrome", "--tasks", "clock_math", "--n", "12", "--no-attention",
+          "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["verdicts"]
+    assert row["task"] == "clock_math" and row["k"] == 4 and row["n"] == 12 and "McNemar" in results["verdict_rule"]
+    md = (out / "report.md").read_text()
+    assert md.index("## Verdict") < md.index("## Accuracy and attention") and f"**{row['verdict']}**" in md
