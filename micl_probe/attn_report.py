@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .core import load
-from .evaluation import RunConfig, accuracy_table, accuracy_vs_attention, head_predictiveness, run, verdicts
+from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import parse_condition
 from .organisms import shipped
 from .tasks import task_names
@@ -155,12 +155,7 @@ def report(args) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
                        interventions=interventions)
-    stats = {}
-    if not args.no_attention:
-        for model in models:
-            mine = [r for r in records if r["model"] == model]
-            stats[model] = (accuracy_vs_attention(mine), head_predictiveness(mine))
-    page = write_report(out, records, settings, time.time() - t0, accuracy_table(records), stats, verdicts(records))
+    page = write_report(out, records, settings, time.time() - t0, summarise(records))
     print(f"report: {page}")
     return page
 

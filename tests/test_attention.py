@@ -80,6 +80,14 @@ def test_views_and_roundtrip(tmp_path):
     back = AttentionMass.load(tmp_path / "am")
     assert torch.equal(back.mass, am.mass) and back.segments == am.segments and back.meta["note"] == "x"
     assert back.meta["shots"] == [2, 1, 0] and back.row_positions == am.row_positions
+    parts, names = am.where_it_looks()  # against sums over segment names
+    by_name = lambda pick: am.mass[..., [i for i, s in enumerate(am.segments) if pick(s)]].sum(-1)  # noqa: E731
+    torch.testing.assert_close(parts[..., names.index("demo_image")],
+                               by_name(lambda s: s.startswith("demo") and s.endswith(".image")))
+    torch.testing.assert_close(parts[..., names.index("query_text")],
+                               by_name(lambda s: s in ("query.question", "query.answer", "query.template")))
+    torch.testing.assert_close(parts[..., names.index("special")], am.special_share())
+    torch.testing.assert_close(parts.sum(-1), torch.ones(parts.shape[:3]), atol=1e-5, rtol=0)
 
 
 def test_bad_rows_and_backend():

@@ -39,6 +39,14 @@ def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
         text = loaded.processor.tokenizer.decode(out[0, p.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         assert (text.strip() == ep.query.answer) == r["correct"], (r, text)
         assert 0 <= r["visual_share"] <= 1 and (r["condition"] != "zero-shot" or set(r["image_share"]) == {"query"})
+        assert sum(r["looks_at"].values()) == pytest.approx(1, abs=1e-5)
+        assert r["looks_at"]["query_image"] == pytest.approx(r["image_share"]["query"], abs=1e-6)
+        match = [i for i, d in enumerate(ep.demos) if d.answer == ep.query.answer]
+        if r["task"] == "novel_binding_shortcut" and r["condition"] == "2-shot":  # one demo of each class
+            assert len(match) == 1 and r["matching_demo_image"] == pytest.approx(r["image_share"][f"demo{match[0]}"])
+            assert r["other_demo_image"] == pytest.approx(r["image_share"][f"demo{1 - match[0]}"])
+        else:
+            assert "matching_demo_image" not in r
     # a crash after the first records: the rerun computes only what is missing and gives the same table
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:7]) + "\n" + lines[7][:25])  # the 8th record cut short mid-line
@@ -119,6 +127,8 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path, capsys):
     table = json.loads((out / "results.json").read_text())["accuracy"]["organism:text-shortcut"]["outlier"]
     assert set(table) == {"zero-shot", "2-shot", "retrieved-1-shot", "2-shot+alpha=2"}
     assert "data:image/png;base64" in (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Where the answer looks" in md and "| organism:text-shortcut | 2-shot+alpha=2 |" in md
     _check_in_browser(out / "report.html", tmp_path / "shot.png")
     other = DARA(n_heads=7, n_images=3)  # artifacts for another model are refused, in one line
     other.meta = {"n_layers": 12, "model": "elsewhere"}

@@ -76,6 +76,21 @@ def test_the_verdict_uses_the_largest_k_and_only_paired_queries():
     assert row["k"] == 8 and row["n"] == 20 and row["verdict"] == READS
 
 
+def test_where_it_looks_and_the_right_demo_on_planted_records():
+    from micl_probe.evaluation import right_demo, where_it_looks
+
+    looks = {"demo_image": 0.2, "query_image": 0.3, "demo_text": 0.3, "query_text": 0.1, "special": 0.1, "other": 0.0}
+    recs = [{"model": "m", "task": "novel_binding", "condition": "4-shot", "index": i, "correct": True,
+             "looks_at": {k: v * (1 + (i % 2)) for k, v in looks.items()},
+             "matching_demo_image": 0.10 + 0.001 * i, "other_demo_image": 0.05} for i in range(20)]
+    cell = where_it_looks(recs)["m"]["4-shot"]
+    assert cell["n"] == 20 and cell["demo_image"] == pytest.approx(0.2 * 1.5)
+    (row,) = right_demo(recs)
+    assert row["matching"] > row["other"] == pytest.approx(0.05) and row["p"] < 1e-4 and row["n"] == 20
+    same = [r | {"other_demo_image": r["matching_demo_image"]} for r in recs]
+    assert right_demo(same)[0]["p"] == 1.0
+
+
 @pytest.mark.parametrize("name", task_names() + task_names(shortcut=True))
 def test_chance_is_one_over_the_answers_the_generator_gives(name):
     n = round(1 / chance(name))
@@ -136,3 +151,4 @@ def test_report_opens_with_the_verdicts(tmp_path):
     assert row["task"] == "clock_math" and row["k"] == 4 and row["n"] == 12 and "McNemar" in results["verdict_rule"]
     md = (out / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Accuracy and attention") and f"**{row['verdict']}**" in md
+    assert "## Where the answer looks" not in md  # --no-attention: no attention tables

@@ -1,7 +1,7 @@
 """Evaluation: scoring (greedy exact match), conditions, the harness over tasks x conditions, statistics, the
 verdict per model and task (does it read the demo images?), and the accuracy-vs-attention analysis."""
 
-from .analysis import accuracy_vs_attention, head_predictiveness
+from .analysis import accuracy_vs_attention, head_predictiveness, right_demo, summarise, where_it_looks
 from .conditions import condition_episode
 from .harness import RunConfig, accuracy_table, load_records, run
 from .scoring import count_correct, greedy_exact_match, score, task_verdicts, which_correct
@@ -9,5 +9,6 @@ from .statistics import Accuracy, mcnemar_p, paired_difference, wilson
 from .verdicts import verdicts
 
 __all__ = ["Accuracy", "RunConfig", "accuracy_table", "accuracy_vs_attention", "condition_episode", "count_correct",
-           "greedy_exact_match", "head_predictiveness", "load_records", "mcnemar_p", "paired_difference", "run",
-           "score", "task_verdicts", "verdicts", "which_correct", "wilson"]
+           "greedy_exact_match", "head_predictiveness", "load_records", "mcnemar_p", "paired_difference",
+           "right_demo", "run", "score", "summarise", "task_verdicts", "verdicts", "where_it_looks", "which_correct",
+           "wilson"]

@@ -3,6 +3,8 @@
     stats = accuracy_vs_attention(records)            # records from micl_probe.evaluation.harness
     stats["spearman"], stats["logistic"], stats["bins"]
     heads = head_predictiveness(records)              # [layer, head] Spearman rho of visual share vs correctness
+    where_it_looks(records)                           # {model: {condition: {demo_image, query_image, …}}}
+    right_demo(records)                               # novel binding: the query's class's demos vs the others
 """
 
 from __future__ import annotations
@@ -57,4 +59,59 @@ def head_predictiveness(records: list[dict]) -> np.ndarray:
         for head in range(v.shape[2]):
             if v[:, layer, head].std() > 0:
                 out[layer, head] = sps.spearmanr(v[:, layer, head], y)[0]
+    return out
+
+
+def where_it_looks(records: list[dict]) -> dict:
+    """{model: {condition: {part: mean share, "n": episodes}}}: where the answer row's attention goes (demo images,
+    query image, demo text, query text, special tokens, other), mean over the records' tasks and episodes."""
+    out: dict = {}
+    for r in records:
+        if "looks_at" not in r:
+            continue
+        cell = out.setdefault(r["model"], {}).setdefault(r["condition"], {"n": 0})
+        cell["n"] += 1
+        for part, v in r["looks_at"].items():
+            cell[part] = cell.get(part, 0.0) + v
+    for conditions in out.values():
+        for cell in conditions.values():
+            for part in cell:
+                if part != "n":
+                    cell[part] /= cell["n"]
+    return out
+
+
+def right_demo(records: list[dict]) -> list[dict]:
+    """Does the answer row look at the right demo? Per model, task and condition with a matching demo (novel
+    binding): the mean image share of a demo of the query's class against a demo of the other class, and the
+    Wilcoxon signed-rank p of the paired episodes (two-sided)."""
+    cells: dict = {}
+    for r in records:
+        if "matching_demo_image" in r:
+            cells.setdefault((r["model"], r["task"], r["condition"]), []).append(
+                (r["matching_demo_image"], r["other_demo_image"]))
+    rows = []
+    for (model, task, condition), pairs in cells.items():
+        match, other = np.array(pairs).T
+        p = float(sps.wilcoxon(match, other).pvalue) if len(pairs) > 1 and np.any(match != other) else 1.0
+        rows.append({"model": model, "task": task, "condition": condition, "n": len(pairs),
+                     "matching": float(match.mean()), "other": float(other.mean()), "p": p})
+    return rows
+
+
+def summarise(records: list[dict]) -> dict:
+    """Everything the report shows, computed from harness records: {"verdicts", "accuracy", "where_it_looks",
+    "right_demo", "accuracy_vs_attention": {model: (stats, head rho [layer, head])}} (attention parts only when the
+    records carry attention)."""
+    from .harness import accuracy_table
+    from .verdicts import verdicts
+
+    out = {"verdicts": verdicts(records), "accuracy": accuracy_table(records), "where_it_looks": {},
+           "right_demo": [], "accuracy_vs_attention": {}}
+    if records and "visual_share" in records[0]:
+        out["where_it_looks"] = where_it_looks(records)
+        out["right_demo"] = right_demo(records)
+        for model in dict.fromkeys(r["model"] for r in records):
+            mine = [r for r in records if r["model"] == model]
+            out["accuracy_vs_attention"][model] = (accuracy_vs_attention(mine), head_predictiveness(mine))
     return out

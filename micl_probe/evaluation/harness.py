@@ -4,9 +4,12 @@
                   results="runs/x/results.jsonl")
 
 Each record (one episode): model, task, condition, index, correct, prediction, answer, and the attention summary at
-the answer position: visual share (mean over layers and heads), per-layer visual share, the image share of each
-demo and of the query. Records are appended to a JSON-lines file as each chunk finishes; a rerun with the same
-file skips what is already there, so a crash or Ctrl-C loses no finished episode. Records carry a fingerprint of
+the answer position (means over layers and heads unless named): visual share, per layer and per head, the image
+share of each demo and of the query, where the answer looks (`looks_at`: demo images, query image, demo text, query
+text, special tokens, other) and, for novel binding, the image share of a demo of the query's class against that of
+a demo of the other class (`matching_demo_image`, `other_demo_image`, per demo). Records are appended to a JSON-lines
+file as each chunk finishes; a rerun with the same file skips what is already there, so a crash or Ctrl-C loses no
+finished episode. Records carry a fingerprint of
 the weights ("weights"): a model retrained under the same name gets new records, never the old model's.
 
 Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retrieved-<k>-shot",
@@ -38,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..core import Loaded, within
 from ..measure import capture_attention
-from ..tasks import options_for, sample_episodes
+from ..tasks import matching_demos, options_for, sample_episodes
 from .conditions import condition_episode, parse_condition, pool_size
 from .scoring import greedy_exact_match
 
@@ -153,6 +156,7 @@ def _add_attention(chunk: list[dict], am, episodes) -> None:
     visual = am.visual_share()  # [episode, layer, head]
     per_demo, owners = am.demo_image_share()
     special = am.special_share()
+    parts, names = am.where_it_looks()  # [episode, layer, head, part]
     for j, (r, ep) in enumerate(zip(chunk, episodes)):
         r["visual_share"] = float(visual[j].mean())
         r["visual_share_by_layer"] = visual[j].mean(-1).tolist()
@@ -160,6 +164,12 @@ def _add_attention(chunk: list[dict], am, episodes) -> None:
         r["image_share"] = {o: float(per_demo[j, ..., k].mean()) for k, o in enumerate(owners)
                             if o == "query" or int(o[4:]) < ep.shots}
         r["special_share"] = float(special[j].mean())
+        r["looks_at"] = {name: float(parts[j, ..., k].mean()) for k, name in enumerate(names)}
+        match = matching_demos(ep) if any(d.images for d in ep.demos) else None
+        if match is not None and 0 < len(match) < ep.shots:  # novel binding: the demos of the query's class
+            r["matching_demo_image"] = sum(r["image_share"][f"demo{i}"] for i in match) / len(match)
+            r["other_demo_image"] = sum(r["image_share"][f"demo{i}"] for i in range(ep.shots) if i not in match) \
+                / (ep.shots - len(match))
 
 
 def accuracy_table(records: list[dict]) -> dict:

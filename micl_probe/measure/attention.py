@@ -6,6 +6,7 @@
     am.segments              # ["special", "none.template", "demo0.image", ..., "query.question"]
     am.visual_share()        # [episode, layer, head]: mass on image tokens (demos' and query's)
     am.demo_image_share()    # [episode, layer, head, demo0 .. demoK-1, query]
+    am.where_it_looks()      # [episode, layer, head, part]: demo images, query image, demo text, query text, …
     am.save("runs/x")  /  AttentionMass.load("runs/x")
 
 Rows: "answer" = the position whose logits predict the first answer token; "last" = the last prompt token;
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, within
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
+PARTS = ("demo_image", "query_image", "demo_text", "query_text", "special", "other")  # see where_it_looks
 
 
 # --- the result ------------------------------------------------------------------------------------------
@@ -100,6 +102,23 @@ class AttentionMass:
             o, r = ("all", "special") if s == "special" else s.split(".")
             t[..., owners.index(o), roles.index(r)] += self.mass[..., j]
         return t, owners, roles
+
+    def where_it_looks(self) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """([episode, layer, head, part], PARTS): the mass on the demos' images, the query's image, the demos' text
+        (question, answer, template), the query's text, special tokens, and everything else (image markup, system
+        text). The parts sum to 1 for every row."""
+        def part(s: str) -> str:
+            if s == "special":
+                return "special"
+            owner, role = s.split(".")
+            who = "demo" if owner.startswith("demo") else "query" if owner == "query" else None
+            kind = "image" if role == "image" else "text" if role in ("question", "answer", "template") else None
+            return f"{who}_{kind}" if who and kind else "other"
+
+        index = [PARTS.index(part(s)) for s in self.segments]
+        out = torch.zeros(*self.mass.shape[:3], len(PARTS))
+        out.index_add_(3, torch.tensor(index, dtype=torch.long), self.mass)
+        return out, PARTS
 
     def save(self, path: str | Path) -> None:
         """`path.safetensors` (mass) + `path.json` (segments, rows, metadata)."""

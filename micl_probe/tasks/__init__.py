@@ -17,6 +17,7 @@ from .synthetic import (
     Task,
     chance,
     make_episode,
+    matching_demos,
     options_for,
     rule_episodes,
     rule_stream,
@@ -26,6 +27,6 @@ from .synthetic import (
 
 __all__ = [
     "BINDING_SCALE", "COLOUR_NAMES", "NOVEL_NAMES", "SHAPE_NAMES", "SHORTCUT_SUFFIX", "SPLIT_SEEDS", "TASKS",
-    "TRUE_MICL_TASKS", "Task", "chance", "load_folder", "make_episode", "options_for", "rule_episodes", "rule_stream",
-    "sample_episodes", "task_names",
+    "TRUE_MICL_TASKS", "Task", "chance", "load_folder", "make_episode", "matching_demos", "options_for",
+    "rule_episodes", "rule_stream", "sample_episodes", "task_names",
 ]

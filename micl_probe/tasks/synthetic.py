@@ -287,6 +287,14 @@ def chance(name: str) -> float | None:
     return 1 / n
 
 
+def matching_demos(episode: Episode) -> list[int] | None:
+    """The demos that show the query's class (novel binding and its twin: the demos answered with the query's
+    answer), or None for a task without such a match."""
+    if episode.task.removesuffix(SHORTCUT_SUFFIX) != "novel_binding":
+        return None
+    return [i for i, d in enumerate(episode.demos) if d.answer == episode.query.answer]
+
+
 def options_for(loaded) -> dict:
     """The drawing options `loaded` was trained with ({"binding_scale": n}), from its recorded settings; the
     defaults for a model that records none."""

@@ -1,11 +1,10 @@
 """The report folder: figures (PNG + PDF), report.md, a self-contained report.html (figures inline) and results.json.
 
-    write_report(out, records, settings, seconds, table, attention_stats, verdict_rows)
+    write_report(out, records, settings, seconds, summarise(records))      # micl_probe.evaluation.summarise
 
-Rendering only: the verdicts (`evaluation.verdicts`), the accuracy table (`evaluation.accuracy_table`) and the
-accuracy-vs-attention statistics (`evaluation.accuracy_vs_attention`, `head_predictiveness`) are computed by the
-caller. The page opens with the verdict per model and task. The HTML is the Markdown
-rendered by markdown-it (CommonMark + tables), each figure's PNG inlined as a data URI.
+Rendering only: every number comes from `evaluation.summarise` (verdicts, accuracy table, where the answer looks,
+the right-demo test, accuracy vs attention). The page opens with the verdict per model and task. The HTML is the
+Markdown rendered by markdown-it (CommonMark + tables), each figure's PNG inlined as a data URI.
 """
 
 from __future__ import annotations
@@ -23,6 +22,10 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          ".reads{color:#1a7f37}.imitates{color:#b35900}.inconclusive{color:#666}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
          "font-size:14px}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%}")
+
+
+PART_NAMES = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
+              "query_text": "query text", "special": "special tokens", "other": "other"}
 
 
 def report_figures(records: list[dict], settings: dict, attention_stats: dict) -> dict:
@@ -65,10 +68,37 @@ def verdict_markdown(verdict_rows: list[dict]) -> list[str]:
                  + (f"; n = {n.pop()} paired queries per row." if len(n) == 1 else "."), ""]
 
 
-def report_markdown(table: dict, attention_stats: dict, settings: dict, seconds: float, stems: list[str],
-                    verdict_rows: list[dict] | None = None) -> str:
+def looks_markdown(where: dict, right: list[dict]) -> list[str]:
+    """Where the answer row's attention goes, per model and condition; and, for novel binding, the demos of the
+    query's class against the others."""
+    if not where:
+        return []
+    parts = list(PART_NAMES)
+    md = ["## Where the answer looks", "",
+          "Attention of the answer position (the one whose logits give the first answer token), % of the row, mean "
+          "over layers, heads, tasks and episodes.", "",
+          "| model | condition | " + " | ".join(PART_NAMES[p] for p in parts) + " |", "|---|---|" + "---|" * len(parts)]
+    for model, conditions in where.items():
+        for condition, cell in conditions.items():
+            md.append(f"| {model} | {condition} | " + " | ".join(f"{100 * cell.get(p, 0.0):.1f}" for p in parts)
+                      + " |")
+    md.append("")
+    if right:
+        md += ["### Does it look at the right demo?", "",
+               "Novel binding: the image share (% of the answer row) of one demo of the query's class against one "
+               "demo of the other class; p: Wilcoxon signed-rank test on the paired episodes.", "",
+               "| model | task | condition | query's class | other class | p | n |", "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['model']} | {r['task']} | {r['condition']} | {100 * r['matching']:.2f} | "
+               f"{100 * r['other']:.2f} | {r['p']:.2g} | {r['n']} |" for r in right]
+        md.append("")
+    return md
+
+
+def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[str]) -> str:
     conditions = settings["conditions"]
-    md = ["# Does the model look at its demonstration images?", ""] + verdict_markdown(verdict_rows or []) + [
+    table, attention_stats = summary["accuracy"], summary["accuracy_vs_attention"]
+    md = ["# Does the model look at its demonstration images?", ""] + verdict_markdown(summary["verdicts"]) \
+        + looks_markdown(summary["where_it_looks"], summary["right_demo"]) + [
           "## Accuracy and attention by condition", "",
           f"Models: {', '.join(settings['models'])}. Tasks: {', '.join(settings['tasks'])}. "
           f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
@@ -109,21 +139,21 @@ def report_html(markdown: str, folder: Path) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")
 
 
-def write_report(out: Path, records: list[dict], settings: dict, seconds: float, table: dict,
-                 attention_stats: dict, verdict_rows: list[dict] | None = None) -> Path:
+def write_report(out: Path, records: list[dict], settings: dict, seconds: float, summary: dict) -> Path:
     """Figures, results.json, report.md and report.html into `out`; returns the page's path.
-    `attention_stats`: {model: (accuracy_vs_attention stats, head_predictiveness [layer, head])};
-    `verdict_rows`: `evaluation.verdicts(records)`."""
+    `summary`: `evaluation.summarise(records)`."""
+    attention_stats = summary["accuracy_vs_attention"]
     figures = report_figures(records, settings, attention_stats)
     for stem, fig in figures.items():
         plots.save(fig, out / stem)
     results = {"settings": settings | {"accuracy_vs_attention": {m: s for m, (s, _) in attention_stats.items()}},
-               "seconds": round(seconds, 1), "verdicts": verdict_rows or [], "verdict_rule": RULE,
-               "accuracy": table}
+               "seconds": round(seconds, 1), "verdicts": summary["verdicts"], "verdict_rule": RULE,
+               "where_it_looks": summary["where_it_looks"], "right_demo": summary["right_demo"],
+               "accuracy": summary["accuracy"]}
     if not attention_stats:
         results["settings"].pop("accuracy_vs_attention")
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    md = report_markdown(table, attention_stats, settings, seconds, list(figures), verdict_rows)
+    md = report_markdown(summary, settings, seconds, list(figures))
     (out / "report.md").write_text(md)
     (out / "report.html").write_text(report_html(md, out))
     return out / "report.html"
