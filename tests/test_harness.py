@@ -129,6 +129,7 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path, capsys):
     assert "data:image/png;base64" in (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     assert "## Where the answer looks" in md and "| organism:text-shortcut | 2-shot+alpha=2 |" in md
+    assert "## Which heads predict a correct answer" in md and (out / "fig_heads_text-shortcut.png").is_file()
     _check_in_browser(out / "report.html", tmp_path / "shot.png")
     other = DARA(n_heads=7, n_images=3)  # artifacts for another model are refused, in one line
     other.meta = {"n_layers": 12, "model": "elsewhere"}

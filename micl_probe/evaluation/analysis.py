@@ -3,6 +3,7 @@
     stats = accuracy_vs_attention(records)            # records from micl_probe.evaluation.harness
     stats["spearman"], stats["logistic"], stats["bins"]
     heads = head_predictiveness(records)              # [layer, head] Spearman rho of visual share vs correctness
+    tests = head_tests(records)                       # one task and condition: rho, p and BH q per head
     where_it_looks(records)                           # {model: {condition: {demo_image, query_image, …}}}
     right_demo(records)                               # novel binding: the query's class's demos vs the others
 """
@@ -15,8 +16,21 @@ from scipy import stats as sps
 from .statistics import wilson
 
 
+def separated(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether a threshold on x splits the outcomes (complete or quasi-complete separation, or one outcome only):
+    then the maximum-likelihood slope does not exist (Newton's method walks off to infinity)."""
+    y = y.astype(bool)
+    if y.all() or not y.any():
+        return True
+    return bool(x[y].min() >= x[~y].max() or x[y].max() <= x[~y].min())
+
+
 def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100) -> dict:
-    """Maximum-likelihood logistic regression y ~ sigmoid(a + b x) by Newton's method."""
+    """Maximum-likelihood logistic regression y ~ sigmoid(a + b x) by Newton's method, with the slope's standard
+    error from the inverse Fisher information. Under separation there is no estimate: intercept, slope and its
+    standard error are NaN and "separated" is True."""
+    if separated(x, y):
+        return {"intercept": float("nan"), "slope": float("nan"), "slope_se": float("nan"), "separated": True}
     X = np.stack([np.ones_like(x), x], 1)
     w = np.zeros(2)
     for _ in range(iters):
@@ -27,7 +41,10 @@ def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100) -> dict:
         w += step
         if np.abs(step).max() < 1e-8:
             break
-    return {"intercept": float(w[0]), "slope": float(w[1])}
+    p = 1 / (1 + np.exp(-X @ w))
+    cov = np.linalg.inv(X.T @ (X * (p * (1 - p))[:, None]))
+    return {"intercept": float(w[0]), "slope": float(w[1]), "slope_se": float(np.sqrt(cov[1, 1])),
+            "separated": False}
 
 
 def accuracy_vs_attention(records: list[dict], key: str = "visual_share", n_bins: int = 5) -> dict:
@@ -101,17 +118,60 @@ def right_demo(records: list[dict]) -> list[dict]:
 
 def summarise(records: list[dict]) -> dict:
     """Everything the report shows, computed from harness records: {"verdicts", "accuracy", "where_it_looks",
-    "right_demo", "accuracy_vs_attention": {model: (stats, head rho [layer, head])}} (attention parts only when the
-    records carry attention)."""
+    "right_demo", "heads"} (the attention parts empty when the records carry no attention)."""
     from .harness import accuracy_table
     from .verdicts import verdicts
 
     out = {"verdicts": verdicts(records), "accuracy": accuracy_table(records), "where_it_looks": {},
-           "right_demo": [], "accuracy_vs_attention": {}}
+           "right_demo": [], "heads": []}
     if records and "visual_share" in records[0]:
         out["where_it_looks"] = where_it_looks(records)
         out["right_demo"] = right_demo(records)
-        for model in dict.fromkeys(r["model"] for r in records):
-            mine = [r for r in records if r["model"] == model]
-            out["accuracy_vs_attention"][model] = (accuracy_vs_attention(mine), head_predictiveness(mine))
+        out["heads"] = heads_that_predict(records)
     return out
+
+
+def head_tests(records: list[dict], key: str = "demo_image_by_head") -> dict:
+    """Per head, Spearman rho between its attention `key` [layer][head] and correctness across `records` (one
+    task and condition: never pool them), its p-value and the Benjamini-Hochberg q over all heads:
+    {"rho", "p", "q": [layer][head] lists (NaN where a head's attention or the outcome does not vary), "n"}."""
+    v = np.array([r[key] for r in records], dtype=float)  # [episode, layer, head]
+    y = np.array([r["correct"] for r in records], dtype=float)
+    rho, p = np.full(v.shape[1:], np.nan), np.full(v.shape[1:], np.nan)
+    if len(set(y)) > 1:
+        for layer in range(v.shape[1]):
+            for head in range(v.shape[2]):
+                if v[:, layer, head].std() > 0:
+                    rho[layer, head], p[layer, head] = sps.spearmanr(v[:, layer, head], y)
+    q = np.full(p.shape, np.nan)
+    tested = ~np.isnan(p)
+    if tested.any():
+        q[tested] = sps.false_discovery_control(p[tested], method="bh")
+    return {"rho": rho.tolist(), "p": p.tolist(), "q": q.tolist(), "n": len(records)}
+
+
+def heads_that_predict(records: list[dict], fdr: float = 0.05) -> list[dict]:
+    """Per model, task and condition with demo images: does demo-image attention go with a correct answer?
+    The mean demo-image share against correctness (Spearman; logistic slope per s.d. with its standard error, or
+    "separated"), and the heads whose demo-image attention predicts it at a false discovery rate of `fdr`
+    (Benjamini-Hochberg over all heads)."""
+    cells: dict = {}
+    for r in records:
+        if "demo_image_by_head" in r and r.get("shots", 0) > 0:
+            cells.setdefault((r["model"], r["task"], r["condition"]), []).append(r)
+    rows = []
+    for (model, task, condition), mine in cells.items():
+        if condition.partition("+")[0] in ("no-image", "zero-shot"):
+            continue
+        x = np.array([r["looks_at"]["demo_image"] for r in mine])
+        y = np.array([r["correct"] for r in mine], dtype=float)
+        rho, p = sps.spearmanr(x, y) if len(set(y)) > 1 and x.std() > 0 else (float("nan"), float("nan"))
+        tests = head_tests(mine)
+        q = np.array(tests["q"])
+        found = sorted(zip(*np.nonzero(q < fdr)), key=lambda lh: q[lh])
+        rows.append({"model": model, "task": task, "condition": condition, "n": len(mine), "correct": int(y.sum()),
+                     "spearman": {"rho": float(rho), "p": float(p)},
+                     "logistic": _logistic((x - x.mean()) / (x.std() + 1e-12), y),
+                     "heads": [{"layer": int(la), "head": int(h), "rho": tests["rho"][la][h], "q": float(q[la, h])}
+                               for la, h in found], "tests": tests})
+    return rows

@@ -5,12 +5,12 @@
 
 Each record (one episode): model, task, condition, index, correct, prediction, answer, and the attention summary at
 the answer position (means over layers and heads unless named): visual share, per layer and per head, the image
-share of each demo and of the query, where the answer looks (`looks_at`: demo images, query image, demo text, query
-text, special tokens, other) and, for novel binding, the image share of a demo of the query's class against that of
-a demo of the other class (`matching_demo_image`, `other_demo_image`, per demo). Records are appended to a JSON-lines
-file as each chunk finishes; a rerun with the same file skips what is already there, so a crash or Ctrl-C loses no
-finished episode. Records carry a fingerprint of
-the weights ("weights"): a model retrained under the same name gets new records, never the old model's.
+share of each demo and of the query, the demo images' share per head, where the answer looks (`looks_at`: demo
+images, query image, demo text, query text, special tokens, other) and, for novel binding, the image share of a demo
+of the query's class against that of a demo of the other class (`matching_demo_image`, `other_demo_image`, per
+demo). Records are appended to a JSON-lines file as each chunk finishes; a rerun with the same file skips what is
+already there, so a crash or Ctrl-C loses no finished episode. Records carry a fingerprint of the weights
+("weights"): a model retrained under the same name gets new records, never the old model's.
 
 Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retrieved-<k>-shot",
 "shuffled-answers". Any condition can take an intervention: "<condition>+<name>" runs it inside
@@ -163,6 +163,8 @@ def _add_attention(chunk: list[dict], am, episodes) -> None:
         r["visual_share_by_head"] = visual[j].tolist()  # [layer][head]
         r["image_share"] = {o: float(per_demo[j, ..., k].mean()) for k, o in enumerate(owners)
                             if o == "query" or int(o[4:]) < ep.shots}
+        demos = [k for k, o in enumerate(owners) if o != "query" and int(o[4:]) < ep.shots]
+        r["demo_image_by_head"] = per_demo[j][..., demos].sum(-1).tolist()  # [layer][head]
         r["special_share"] = float(special[j].mean())
         r["looks_at"] = {name: float(parts[j, ..., k].mean()) for k, name in enumerate(names)}
         match = matching_demos(ep) if any(d.images for d in ep.demos) else None

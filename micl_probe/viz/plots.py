@@ -308,3 +308,29 @@ def accuracy_vs_attention(stats: dict, head_rho: np.ndarray | None = None, title
         axes[0][1].set_ylabel("layer")
         axes[0][1].set_title("Which heads' visual attention predicts success (rho)", fontsize=10)
     return fig
+
+
+def head_rho_panels(rows: list[dict], title: str | None = None):
+    """One model: per task and condition, each head's Spearman rho between its demo-image attention and a correct
+    answer (layer x head); a dot marks the heads significant at a 5% false discovery rate. Rows from
+    `evaluation.heads_that_predict`."""
+    style()
+    n = len(rows)
+    fig, axes = plt.subplots(1, n + 1, figsize=(0.9 + 2.7 * n, 3.3), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * n + [0.06]})
+    for i, (ax, r) in enumerate(zip(axes[0], rows)):
+        rho = np.array(r["tests"]["rho"], dtype=float)
+        sns.heatmap(rho, ax=ax, cmap="vlag", center=0, vmin=-1, vmax=1, cbar=i == 0, cbar_ax=axes[0][-1],
+                    cbar_kws={"label": "rho: demo-image attention vs correct"})
+        for h in r["heads"]:
+            ax.plot(h["head"] + 0.5, h["layer"] + 0.5, "o", color="black", markersize=5)
+        ax.grid(False)
+        if np.isnan(rho).all():
+            ax.text(rho.shape[1] / 2, rho.shape[0] / 2, "no test:\nall right or\nall wrong", ha="center",
+                    va="center", fontsize=9, color="0.3")
+        ax.set_title(f"{r['task']}, {r['condition']}\n{r['correct']}/{r['n']} right", fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" if i == 0 else "")
+    fig.suptitle(title or f"{rows[0]['model']}: heads whose demo-image attention predicts a correct answer "
+                 "(dot: FDR 5%)", fontsize=10, y=1.12)
+    return fig
