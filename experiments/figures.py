@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from micl_probe import RunConfig, capture_attention, load, run
 from micl_probe.evaluation import accuracy_vs_attention, head_predictiveness
-from micl_probe.tasks import options_for, sample_episodes, task_names
+from micl_probe.tasks import chance, options_for, sample_episodes, task_names
 from micl_probe.viz import plots
 
 from .interventions import MTVSettings, dara_experiment, mtv_experiment
@@ -56,7 +56,7 @@ def truemicl(out: Path, n: int):
         # the harness draws novel_binding as each organism was trained on it (tasks.options_for)
         records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], RunConfig(n=n),
                        results=out / "runs" / "truemicl.jsonl")
-    plots.save(plots.accuracy_bars(records), out / "truemicl_accuracy")
+    plots.save(plots.accuracy_bars(records, {t: chance(t) for t in TRUEMICL_TASKS}), out / "truemicl_accuracy")
     plots.save(plots.visual_share_bars(records), out / "truemicl_visual_share")
     plots.save(plots.layer_share_curves(records), out / "truemicl_layers")
     mine = [r for r in records if r["model"] == MICL_ORGANISM]

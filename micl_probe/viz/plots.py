@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from ..evaluation.statistics import wilson
 from ..measure import AttentionMass
 
 PALETTE = sns.color_palette("colorblind")
@@ -99,46 +100,84 @@ def _frame(records):
     return pd.DataFrame(records)
 
 
-def accuracy_bars(records, title: str | None = None):
-    """Accuracy per task and condition (bars, 95% CI), one panel per model."""
+def accuracy_bars(records, chance: dict[str, float] | None = None, title: str | None = None):
+    """Accuracy per task and condition, one panel per model: bars with 95% Wilson intervals, a dashed line at
+    each task's chance level (`chance`: {task: accuracy of a uniform guess}), and a 0 written on empty bars."""
     style()
-    df = _frame(records)
-    df["accuracy"] = df["correct"].astype(float)
-    models = list(dict.fromkeys(df["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 3.6), sharey=True, squeeze=False)
+    models = list(dict.fromkeys(r["model"] for r in records))
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    conditions = list(dict.fromkeys(r["condition"] for r in records))
+    counts: dict = {}
+    for r in records:
+        c = counts.setdefault((r["model"], r["task"], r["condition"]), [0, 0])
+        c[0] += int(r["correct"])
+        c[1] += 1
+    width = 0.8 / len(conditions)
+    fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 1.1 * len(tasks) * len(models), 3.4), sharey=True,
+                             squeeze=False)
     for ax, model in zip(axes[0], models):
-        sns.barplot(df[df["model"] == model], x="task", y="accuracy", hue="condition", errorbar=("ci", 95), ax=ax,
-                    hue_order=list(dict.fromkeys(df["condition"])))
-        ax.set_title(model)
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=30)
-        ax.legend(fontsize=8, frameon=False)
-    fig.suptitle(title or "Accuracy by task and condition (95% CI)")
+        for j, cond in enumerate(conditions):
+            for i, task in enumerate(tasks):
+                if (model, task, cond) not in counts:
+                    continue
+                k, n = counts[(model, task, cond)]
+                lo, hi = wilson(k, n)
+                x = i - 0.4 + width * (j + 0.5)
+                ax.bar(x, k / n, width, color=PALETTE[j], label=cond if i == 0 else None)
+                ax.errorbar(x, k / n, yerr=[[k / n - lo], [hi - k / n]], color="0.25", capsize=2, lw=1)
+                if k == 0:
+                    ax.text(x, 0.015, "0", ha="center", va="bottom", fontsize=7, color=PALETTE[j])
+        for i, task in enumerate(tasks):
+            if chance and chance.get(task) is not None:
+                ax.hlines(chance[task], i - 0.45, i + 0.45, colors="0.35", linestyles="--", lw=1,
+                          label="chance" if i == 0 else None)
+        ax.set_xticks(range(len(tasks)), tasks, rotation=25, ha="right")
+        ax.set_title(model, fontsize=10)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlim(-0.55, len(tasks) - 0.45)
+        ax.grid(axis="x", visible=False)
+    axes[0][0].set_ylabel("accuracy (95% CI)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.91, 0.55), frameon=False)
+    fig.suptitle(title or "Accuracy by task and condition", y=1.04)
     return fig
 
 
 def visual_share_bars(records, title: str | None = None):
-    """Share of attention on image tokens at the answer position, per condition and model (95% CI)."""
+    """Share of attention on image tokens at the answer position, per condition and model (95% CI, bootstrap
+    with a fixed seed)."""
     style()
     df = _frame(records)
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    sns.barplot(df, x="condition", y="visual_share", hue="model", errorbar=("ci", 95), ax=ax)
+    sns.barplot(df, x="condition", y="visual_share", hue="model", errorbar=("ci", 95), seed=0, ax=ax)
     ax.set_ylabel("attention on image tokens")
     ax.set_title(title or "Where the answer position looks")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
 def layer_share_curves(records, title: str | None = None):
-    """Visual share per layer (mean over heads), one line per model x condition, episodes as 95% CI bands."""
+    """Visual share per layer (mean over heads), one panel per model and a line per condition; episodes as 95% CI
+    bands (bootstrap with a fixed seed)."""
     style()
-    rows = [{"layer": layer, "visual share": v, "model / condition": f"{r['model']} / {r['condition']}"}
+    models = list(dict.fromkeys(r["model"] for r in records))
+    conditions = list(dict.fromkeys(r["condition"] for r in records))
+    rows = [{"layer": layer, "visual share": v, "model": r["model"], "condition": r["condition"]}
             for r in records for layer, v in enumerate(r["visual_share_by_layer"])]
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    sns.lineplot(_frame(rows), x="layer", y="visual share", hue="model / condition", errorbar=("ci", 95),
-                 marker="o", ax=ax)
-    ax.set_title(title or "Attention on image tokens by layer")
-    ax.legend(fontsize=7, frameon=False)
+    df = _frame(rows)
+    n_layers = int(df["layer"].max()) + 1
+    fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 3.2 * len(models), 3.2), sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        sns.lineplot(df[df["model"] == model], x="layer", y="visual share", hue="condition", hue_order=conditions,
+                     errorbar=("ci", 95), seed=0, marker="o", ax=ax, legend=ax is axes[0][0])
+        ax.set_xticks(range(n_layers))
+        ax.set_title(model, fontsize=10)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("attention on image tokens")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    axes[0][0].get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.91, 0.55), frameon=False)
+    fig.suptitle(title or "Attention on image tokens by layer (answer position)", y=1.04)
     return fig
 
 
@@ -154,8 +193,8 @@ def head_heatmaps(records, condition: str, title: str | None = None):
                     cbar=ax is axes[0][-1])
         ax.set_title(model)
         ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-    fig.suptitle(title or f"Attention on image tokens per head ({condition})")
+        ax.set_ylabel("layer" if ax is axes[0][0] else "")
+    fig.suptitle(title or f"Attention on image tokens per head ({condition})", y=1.06)
     return fig
 
 

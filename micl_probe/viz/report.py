@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..evaluation.statistics import Accuracy
 from ..evaluation.verdicts import IMITATES, INCONCLUSIVE, READS, RULE
+from ..tasks import chance
 from . import plots
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
@@ -25,6 +26,16 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "font-size:14px}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%}")
 
 
+CAPTIONS = {
+    "fig_accuracy": "Accuracy per task and condition, one panel per model (95% Wilson intervals; dashed: chance). "
+                    "A model that reads the demo images is far above its no-image bar at k shots.",
+    "fig_visual_share": "The answer position's attention on all image tokens (demos' and query's), per condition "
+                        "(mean over layers, heads, tasks and episodes; 95% bootstrap intervals).",
+    "fig_layer_share": "The same per layer: where in the decoder the answer position turns to the images.",
+    "fig_head_heatmap": "The same per layer and head, at k shots: which heads look at images.",
+    "fig_heads": "Per task at k shots, each head's rank correlation between its attention on the demo images and a "
+                 "correct answer; a dot marks heads significant at a 5% false discovery rate.",
+}
 PART_NAMES = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
               "query_text": "query text", "special": "special tokens", "other": "other"}
 
@@ -32,7 +43,7 @@ PART_NAMES = {"demo_image": "demo images", "query_image": "query image", "demo_t
 def report_figures(records: list[dict], settings: dict, head_rows: list[dict]) -> dict:
     """{stem: Figure} for the report: accuracy, and (when attention was recorded) visual share per condition, per
     layer, per head, and per model the heads whose demo-image attention predicts a correct answer."""
-    figures = {"fig_accuracy": plots.accuracy_bars(records)}
+    figures = {"fig_accuracy": plots.accuracy_bars(records, {t: chance(t) for t in settings["tasks"]})}
     if "visual_share" in records[0]:
         figures["fig_visual_share"] = plots.visual_share_bars(records)
         figures["fig_layer_share"] = plots.layer_share_curves(records)
@@ -139,7 +150,8 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
         md.append("")
     md += ["## Figures", ""]
     for stem in stems:
-        md += [f"![{stem}]({stem}.png)", ""]
+        caption = CAPTIONS.get(stem) or CAPTIONS["fig_heads"].replace("Per task", f"{stem[10:]}: per task")
+        md += [f"![{caption}]({stem}.png)", ""]
     return "\n".join(md) + "\n"
 
 
