@@ -36,9 +36,9 @@ import torch
 
 from .core import load
 from .evaluation import RunConfig, run, summarise
-from .evaluation.conditions import parse_condition
+from .evaluation.conditions import condition_episode, parse_condition, pool_size
 from .organisms import shipped
-from .tasks import task_names
+from .tasks import options_for, sample_episodes, task_names
 from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
@@ -136,6 +136,19 @@ def main(argv=None):
         raise SystemExit(2) from None
 
 
+def example_patch_maps(loaded, args) -> tuple:
+    """(maps, the three heads with most attention on the demo images, label): the answer row over the patches of
+    the first task's query episode 0 at the run's k shots (the harness's record index 0)."""
+    from .measure import patch_maps, top_heads
+
+    k, k_max = pool_size(args.conditions)
+    task = args.tasks[0]
+    episode = condition_episode(sample_episodes(task, k_max, 1, seed=args.seed, split="query",
+                                                **options_for(loaded))[0], f"{k}-shot")
+    maps = patch_maps(loaded, episode)
+    return maps, top_heads(maps), f"{task}, {k}-shot, query episode 0"
+
+
 def report(args) -> Path:
     """Run the harness on every model and write the report folder; returns the page's path."""
     models = args.model or [f"organism:{name}" for name in shipped()]
@@ -148,14 +161,16 @@ def report(args) -> Path:
                 "seed": args.seed, "device": args.device or "cpu"}
     config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention)
     t0 = time.time()
-    records = []
+    records, patches = [], {}
     for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
         loaded = load(name, device=args.device, dtype=dtype)
         interventions = interventions_for(loaded, args)  # checked against the model before anything is written
         out.mkdir(parents=True, exist_ok=True)
         records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
                        interventions=interventions)
-    page = write_report(out, records, settings, time.time() - t0, summarise(records))
+        if not args.no_attention and loaded.adapter.patch_layout != "anyres":
+            patches[name] = example_patch_maps(loaded, args)
+    page = write_report(out, records, settings, time.time() - t0, summarise(records), patches)
     print(f"report: {page}")
     return page
 

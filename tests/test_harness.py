@@ -130,6 +130,7 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "## Where the answer looks" in md and "| organism:text-shortcut | 2-shot+alpha=2 |" in md
     assert "## Which heads predict a correct answer" in md and (out / "fig_heads_text-shortcut.png").is_file()
+    assert (out / "fig_patch_text-shortcut.png").is_file() and "fig_patch_text-shortcut.png" in md
     _check_in_browser(out / "report.html", tmp_path / "shot.png")
     other = DARA(n_heads=7, n_images=3)  # artifacts for another model are refused, in one line
     other.meta = {"n_layers": 12, "model": "elsewhere"}

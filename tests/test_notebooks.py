@@ -17,3 +17,5 @@ def test_notebook_runs(path):
     assert not errors
     assert any(o.output_type == "display_data" for c in nb.cells if c.cell_type == "code" for o in c.outputs) or \
         path.stem == "04_mtv"
+    shown = [sum("image/png" in o.get("data", {}) for o in c.outputs) for c in nb.cells if c.cell_type == "code"]
+    assert max(shown) <= 1, f"a figure is shown more than once: {shown}"

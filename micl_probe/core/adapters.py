@@ -54,6 +54,7 @@ class Adapter:
     # (transformers: `attention_interface(self, query, key, value, attention_mask, dropout=…, scaling=…, **kwargs)`)
     attention_params: tuple[str, ...] = ("module", "query", "key", "value", "attention_mask")
     tl_bridge: bool = True  # TransformerLens 4.3 has a TransformerBridge for this family
+    patch_layout: str = "square"  # how image tokens tile the image: square | merged | tiles | anyres (core.patches)
     notes: str = ""
 
     # --- module tree ------------------------------------------------------------------------------------
@@ -147,16 +148,17 @@ ORGANISM_CHAT = ChatFormat(user="", image="<image>", user_end="", assistant=" A:
 
 ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
     Adapter("llava", ("llava",), _VICUNA, notes="LLaVA-1.5: one <image> per image, 576 tokens at 336 px."),
-    Adapter("llava_next", ("llava_next",), _MISTRAL,
+    Adapter("llava_next", ("llava_next",), _MISTRAL, patch_layout="anyres",
             notes="LLaVA-NeXT: anyres tiling, variable image-token count incl. row newlines; chat format of the "
                   "Mistral checkpoints (pass chat= for Vicuna/Llama-3 ones)."),
-    Adapter("llava_onevision", ("llava_onevision",), _ONEVISION,
+    Adapter("llava_onevision", ("llava_onevision",), _ONEVISION, patch_layout="anyres",
             notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
-    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False,
+    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False, patch_layout="merged",
             notes="Qwen2-VL: 2x2 patch merging, <|vision_start|>/<|vision_end|> markup, M-RoPE positions."),
-    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN,
+    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, patch_layout="merged",
             notes="Qwen2.5-VL: as Qwen2-VL, windowed vision attention; its TransformerLens bridge needs torchvision."),
     Adapter("idefics3", ("idefics3",), _IDEFICS3, decoder_path="model.text_model", nest_images=True,
+            patch_layout="tiles",
             notes="Idefics3 / SmolVLM(v1): image splitting into row/col tiles plus a global image, each tile "
                   "framed by <fake_token_around_image> and <row_i_col_j>/<global-img> markup."),
     Adapter("organism", (), ORGANISM_CHAT,

@@ -228,6 +228,23 @@ def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], o
     return [torch.stack([saved[layer][b].cpu() for layer in range(len(saved))]) for b in range(len(rows))]
 
 
+def row_attention(loaded: Loaded, episode: Episode, rows="answer") -> torch.Tensor:
+    """[layer, head, seq]: the attention of the given row(s) (averaged) over every position of `episode`'s prompt,
+    through the nnsight trace (the model keeps its fast attention). What the segment sums and patch maps fold."""
+    prepared = loaded.prepare(episode)
+    pos = row_positions(prepared.layout, rows)
+    decoder = loaded.decoder_envoy()
+    call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
+    saved = []
+    with torch.no_grad(), loaded.envoy.trace(**prepared.inputs):
+        for layer in range(loaded.adapter.n_layers(loaded.model)):
+            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
+            x = loaded.adapter.attention_inputs(args, kwargs)
+            saved.append(rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)[0]
+                         .mean(1).save())  # [H, seq]
+    return torch.stack([t.float().cpu() for t in saved])
+
+
 def _twin(model):
     """A copy of `model`'s module tree and config that shares every parameter and buffer with it."""
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
@@ -359,4 +376,4 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 
-__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "rows_attention", "segment_matrix"]
+__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "row_attention", "rows_attention", "segment_matrix"]

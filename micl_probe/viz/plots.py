@@ -373,3 +373,38 @@ def head_rho_panels(rows: list[dict], title: str | None = None):
     fig.suptitle(title or f"{rows[0]['model']}: heads whose demo-image attention predicts a correct answer "
                  "(dot: FDR 5%)", fontsize=10, y=1.12)
     return fig
+
+
+def patch_maps(maps, heads: list[tuple[int, int]] | None = None, title: str | None = None):
+    """The answer row's attention over every image's patches, drawn over the images (demos, then the query): the
+    first row averaged over layers and heads, then one row per (layer, head) in `heads`. Colour: attention on each
+    image token (one scale per row); the share of the row on each image is in its title. Tiles of a split image
+    are drawn in place; a global thumbnail is drawn only where the image has no other tiles."""
+    style()
+    panels = [("mean over layers and heads", None)] + [(f"layer {la} head {h}", (la, h)) for la, h in heads or []]
+    fig, axes = plt.subplots(len(panels), len(maps), figsize=(0.8 + 1.9 * len(maps), 0.4 + 2.0 * len(panels)),
+                             squeeze=False)
+    for row, (label, head) in enumerate(panels):
+        pick = (lambda h: h.mean((0, 1))) if head is None else (lambda h, lh=head: h[lh[0], lh[1]])
+        heat = [[pick(h).numpy() for h in m.heat] for m in maps]
+        top = max(float(t.max()) for hs in heat for t in hs) or 1.0
+        for col, (ax, m, hs) in enumerate(zip(axes[row], maps, heat)):
+            w, h = m.grid.size
+            ax.imshow(np.asarray(m.image.convert("RGB")), extent=(0, w, h, 0))
+            tiles = [(t, x) for t, x in zip(m.grid.tiles, hs) if t.name != "global" or len(m.grid.tiles) == 1]
+            for tile, x in tiles:
+                x0, y0, x1, y1 = tile.box
+                im = ax.imshow(x, extent=(x0 * w, x1 * w, y1 * h, y0 * h), cmap="magma", alpha=0.6, vmin=0,
+                               vmax=top, interpolation="nearest")
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            who = "query" if m.grid.owner < 0 else f"demo {m.grid.owner}"
+            ax.set_title(f"{who}: {100 * sum(float(x.sum()) for x in hs):.1f}%", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=9)
+        fig.colorbar(im, ax=list(axes[row]), fraction=0.02, pad=0.01, label="attention per token")
+    fig.suptitle(title or "Where the answer position looks in each image", y=0.9 + 0.1 / len(panels) ** 0.5)
+    return fig

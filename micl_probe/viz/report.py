@@ -36,6 +36,9 @@ CAPTIONS = {
     "fig_heads": "Per task at k shots, each head's rank correlation between its attention on the demo images and a "
                  "correct answer; a dot marks heads significant at a 5% false discovery rate.",
 }
+CAPTIONS["fig_patch"] = ("One episode at k shots: the answer position's attention on each image token, drawn over "
+                         "the images (first row: mean over layers and heads; then the three heads that look most at "
+                         "the demo images). The % is the share of the row on that image.")
 PART_NAMES = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
               "query_text": "query text", "special": "special tokens", "other": "other"}
 
@@ -150,7 +153,10 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
         md.append("")
     md += ["## Figures", ""]
     for stem in stems:
-        caption = CAPTIONS.get(stem) or CAPTIONS["fig_heads"].replace("Per task", f"{stem[10:]}: per task")
+        if stem.startswith("fig_patch_"):
+            caption = CAPTIONS["fig_patch"].replace("One episode", f"{stem[10:]}: one episode")
+        else:
+            caption = CAPTIONS.get(stem) or CAPTIONS["fig_heads"].replace("Per task", f"{stem[10:]}: per task")
         md += [f"![{caption}]({stem}.png)", ""]
     return "\n".join(md) + "\n"
 
@@ -173,10 +179,15 @@ def report_html(markdown: str, folder: Path) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")
 
 
-def write_report(out: Path, records: list[dict], settings: dict, seconds: float, summary: dict) -> Path:
+def write_report(out: Path, records: list[dict], settings: dict, seconds: float, summary: dict,
+                 patches: dict | None = None) -> Path:
     """Figures, results.json, report.md and report.html into `out`; returns the page's path.
-    `summary`: `evaluation.summarise(records)`."""
+    `summary`: `evaluation.summarise(records)`; `patches`: {model: (measure.patch_maps, heads, label)}."""
     figures = report_figures(records, settings, summary["heads"])
+    for model, (maps, heads, label) in (patches or {}).items():
+        slug = model.replace("organism:", "").replace("/", "_")
+        figures[f"fig_patch_{slug}"] = plots.patch_maps(maps, heads, title=f"{model}: where the answer position "
+                                                                           f"looks in each image ({label})")
     for stem, fig in figures.items():
         plots.save(fig, out / stem)
     results = {"settings": settings, "seconds": round(seconds, 1), "verdict_rule": RULE} | summary
