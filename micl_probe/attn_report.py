@@ -168,7 +168,7 @@ def report(args) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
                        interventions=interventions)
-        if not args.no_attention and loaded.adapter.patch_layout != "anyres":
+        if not args.no_attention:
             patches[name] = example_patch_maps(loaded, args)
     page = write_report(out, records, settings, time.time() - t0, summarise(records), patches)
     print(f"report: {page}")

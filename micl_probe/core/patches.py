@@ -10,7 +10,11 @@ How the image tokens map onto the image is a family fact (`Adapter.patch_layout`
              in patches, spatial_merge_size x spatial_merge_size patches per token)
   "tiles"    row/col tiles, each a square grid, then a downscaled global image (Idefics3), read from the
              <row_r_col_c> / <global-img> markup that precedes each tile's tokens
-  "anyres"   LLaVA-NeXT / OneVision anyres tiling with unpadding and row newlines: not mapped yet (an error says so)
+  "anyres"   LLaVA-NeXT / LLaVA-OneVision: a base grid over the whole (squashed) image, then the high-resolution
+             grid over the whole image after the tiles are unpadded (and, for OneVision, downscaled), with a newline
+             token closing each row. The order is read from the model's own `pack_image_features`, run on marker
+             features (base 0, tile 1, newline 2), so unpadding and downscaling are the model's.
+Tokens that hold no patch (the row newlines) are listed in `ImageGrid.unmapped`.
 """
 
 from __future__ import annotations
@@ -39,15 +43,13 @@ class ImageGrid:
     owner: int  # demo index, or QUERY
     size: tuple[int, int]  # the original image's (width, height)
     tiles: tuple[Tile, ...]
+    unmapped: tuple[int, ...] = ()  # image-token positions that hold no patch (row newlines)
 
 
 def patch_grids(loaded, prepared) -> list[ImageGrid]:
     """The patch grid of every image in `prepared` (a batch of one: `loaded.prepare(episode)`)."""
     adapter, model = loaded.adapter, loaded.model
     kind = adapter.patch_layout
-    if kind == "anyres":
-        raise ValueError(f"patch maps are not available for the {adapter.family!r} family yet (anyres tiling); "
-                         "families with patch maps: those whose adapter's patch_layout is square, merged or tiles")
     layout, ids = prepared.layout, prepared.inputs["input_ids"][0].cpu()
     images = prepared.episode.images
     grids = []
@@ -63,6 +65,10 @@ def patch_grids(loaded, prepared) -> list[ImageGrid]:
             tiles = (Tile(positions.reshape(h // merge, w // merge), FULL, "image"),)
         elif kind == "tiles":
             tiles = _tiles(layout, ids, i, loaded.processor.tokenizer.convert_ids_to_tokens)
+        elif kind == "anyres":
+            tiles, newlines = _anyres(model, positions, prepared.inputs["image_sizes"][i])
+            grids.append(ImageGrid(i, owner, size, tiles, newlines))
+            continue
         else:
             raise ValueError(f"unknown patch layout {kind!r} in the {adapter.family!r} adapter")
         grids.append(ImageGrid(i, owner, size, tiles))
@@ -117,3 +123,44 @@ def _tiles(layout, ids: torch.Tensor, image: int, tokens) -> tuple[Tile, ...]:
             box = ((c - 1) / cols, (r - 1) / rows, c / cols, r / rows)
         out.append(Tile(_square(torch.tensor(pos)), box, name))
     return tuple(out)
+
+
+def _anyres(model, positions: torch.Tensor, image_size) -> tuple[tuple[Tile, ...], tuple[int, ...]]:
+    """LLaVA-NeXT / OneVision: run the model's own packing on marker features to learn each token's place."""
+    import importlib
+    import inspect
+
+    cfg = model.config
+    module = importlib.import_module(type(model).__module__)
+    n_patches = module.image_size_to_num_patches(image_size=image_size.tolist(),
+                                                 grid_pinpoints=cfg.image_grid_pinpoints,
+                                                 patch_size=cfg.vision_config.image_size)
+    side = cfg.vision_config.image_size // cfg.vision_config.patch_size
+    marker = torch.ones(n_patches, side * side, 1)
+    marker[0] = 0.0  # the base image; 1: high-resolution tiles
+    pack = model.model.pack_image_features
+    params = inspect.signature(pack).parameters
+    kwargs = {"image_newline": torch.tensor([2.0])}
+    if "vision_feature_select_strategy" in params:
+        kwargs["vision_feature_select_strategy"] = cfg.vision_feature_select_strategy
+    if "vision_aspect_ratio" in params:
+        kwargs["vision_aspect_ratio"] = getattr(cfg, "vision_aspect_ratio", "anyres_max_9")
+    with torch.no_grad():
+        packed = pack([marker], image_size[None], **kwargs)[0]
+    codes = torch.cat(packed if isinstance(packed, (list, tuple)) else [packed]).flatten().round().long()
+    if codes.numel() != positions.numel():
+        raise ValueError(f"the model packs {codes.numel()} tokens for this image; the prompt has {positions.numel()}")
+    base = positions[codes == 0]
+    tiles = [Tile(_square(base), FULL, "base")]
+    rows, row = [], []
+    for pos, code in zip(positions.tolist(), codes.tolist()):
+        if code == 1:
+            row.append(pos)
+        elif code == 2 and row:
+            rows.append(row)
+            row = []
+    if rows:
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("the high-resolution rows differ in length")
+        tiles.append(Tile(torch.tensor(rows), FULL, "high-res"))
+    return tuple(tiles), tuple(int(p) for p, c in zip(positions.tolist(), codes.tolist()) if c == 2)

@@ -378,8 +378,8 @@ def head_rho_panels(rows: list[dict], title: str | None = None):
 def patch_maps(maps, heads: list[tuple[int, int]] | None = None, title: str | None = None):
     """The answer row's attention over every image's patches, drawn over the images (demos, then the query): the
     first row averaged over layers and heads, then one row per (layer, head) in `heads`. Colour: attention on each
-    image token (one scale per row); the share of the row on each image is in its title. Tiles of a split image
-    are drawn in place; a global thumbnail is drawn only where the image has no other tiles."""
+    image token (one scale per row); the share of the row on each image (all its tiles) is in its title. Tiles of
+    a split image are drawn in place; a global thumbnail or base image only where the image has no other tiles."""
     style()
     panels = [("mean over layers and heads", None)] + [(f"layer {la} head {h}", (la, h)) for la, h in heads or []]
     fig, axes = plt.subplots(len(panels), len(maps), figsize=(0.8 + 1.9 * len(maps), 0.4 + 2.0 * len(panels)),
@@ -391,7 +391,8 @@ def patch_maps(maps, heads: list[tuple[int, int]] | None = None, title: str | No
         for col, (ax, m, hs) in enumerate(zip(axes[row], maps, heat)):
             w, h = m.grid.size
             ax.imshow(np.asarray(m.image.convert("RGB")), extent=(0, w, h, 0))
-            tiles = [(t, x) for t, x in zip(m.grid.tiles, hs) if t.name != "global" or len(m.grid.tiles) == 1]
+            tiles = [(t, x) for t, x in zip(m.grid.tiles, hs)
+                     if t.name not in ("global", "base") or len(m.grid.tiles) == 1]
             for tile, x in tiles:
                 x0, y0, x1, y1 = tile.box
                 im = ax.imshow(x, extent=(x0 * w, x1 * w, y1 * h, y0 * h), cmap="magma", alpha=0.6, vmin=0,
