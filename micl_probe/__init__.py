@@ -14,10 +14,12 @@ Subpackages, from the bottom layer up (each imports only from the ones before it
   organisms      the shipped model organisms, their recipes, trainer and cards
   viz            figures and the report page
   testing        tiny random models of the real architectures, test episodes
+and two entry points on top: attn_report (the command line) and explore (one episode in Jupyter).
 """
 
 from .core import Demo, Episode, Loaded, Query, TokenLayout, load, supported_families
 from .evaluation.harness import RunConfig, run
+from .explore import explore
 from .interventions.dara import DARA
 from .interventions.mtv import TaskVector
 from .measure.attention import AttentionMass, capture_attention
@@ -25,6 +27,6 @@ from .tasks import sample_episodes
 
 __all__ = [
     "DARA", "AttentionMass", "Demo", "Episode", "Loaded", "Query", "RunConfig", "TaskVector", "TokenLayout",
-    "capture_attention", "load", "run", "sample_episodes", "supported_families",
+    "capture_attention", "explore", "load", "run", "sample_episodes", "supported_families",
 ]
 __version__ = "0.1.0"

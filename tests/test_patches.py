@@ -121,3 +121,18 @@ def test_patch_map_figure_draws_every_image_and_the_chosen_heads(tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert len(titles) == 3 * 2 and titles[0].startswith("demo 0:") and titles[1].startswith("query:")
     assert all(p.stat().st_size > 1000 for p in plots.save(fig, tmp_path / "patch"))
+
+
+def test_explore_gives_the_token_view_and_the_patch_maps():
+    import micl_probe
+
+    loaded = tiny_loaded("qwen2_vl")
+    ep = Episode((Demo((noise_image(32, 32, 1),), "What?", "dax"),), Query((noise_image(48, 48, 2),), "What?"))
+    found = micl_probe.explore(loaded, ep, show=False)
+    layers, heads, seq = found.attention.shape
+    assert len(found.tokens) == seq and found.tokens.count("[demo0 img]") == 16 and "[query img]" in found.tokens
+    assert found.values().shape == (seq, 1 + layers * heads) and found.labels()[:2] == ["mean", "L0H0"]
+    torch.testing.assert_close(found.values()[:, 0], found.attention.mean((0, 1)))
+    html = str(found.html())
+    assert "ColoredTokensMulti" in html and '"L1H3"' in html
+    assert len([ax for ax in found.figure().axes if ax.get_title()]) == 2 * (1 + len(found.heads))
