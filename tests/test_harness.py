@@ -163,3 +163,23 @@ def _check_in_browser(page, shot):
                          timeout=120).stdout
     n_figures = page.read_text().count("<img ")
     assert f"<title>{n_figures}</title>" in dom, dom[:300]
+
+
+def test_one_forward_pass_gives_the_records_of_separate_scoring_and_capture(loaded):
+    """The harness scores and measures each batch in one (padded) forward pass; the same records come from scoring
+    each batch on its own and capturing each episode alone, with and without an intervention."""
+    from micl_probe import capture_attention
+    from micl_probe.evaluation import which_correct
+    from micl_probe.interventions import alpha_sweep
+    from micl_probe.tasks import sample_episodes
+
+    sweep = alpha_sweep(loaded, alphas=(2,))
+    recs = run(loaded, ["outlier"], ["2-shot", "2-shot+alpha=2"], RunConfig(n=6, batch_size=3, progress=False),
+               interventions=sweep)
+    eps = [condition_episode(e, "2-shot") for e in sample_episodes("outlier", 2, 6, split="query")]
+    for cond, intervention in (("2-shot", None), ("2-shot+alpha=2", sweep["alpha=2"])):
+        mine = sorted((r for r in recs if r["condition"] == cond), key=lambda r: r["index"])
+        assert [r["correct"] for r in mine] == which_correct(loaded, eps, intervention).tolist()
+        alone = capture_attention(loaded, eps, progress=False, intervention=intervention)
+        torch.testing.assert_close(torch.tensor([r["visual_share_by_head"] for r in mine]), alone.visual_share(),
+                                   atol=1e-5, rtol=0)

@@ -22,8 +22,8 @@ Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retr
 
 (attention under an intervention is measured on HF's eager weights, so a DARA must use kernel="eager" there).
 Scoring is greedy exact match (`scoring.greedy_exact_match`), identical to generate + exact match. Each batch is
-prepared once: the scoring pass and the attention capture run on the same prepared batch. Query episodes are drawn
-as the model was trained (`tasks.options_for`).
+prepared once and run once: the forward pass that scores it also measures its attention (`score_and_capture`).
+Query episodes are drawn as the model was trained (`tasks.options_for`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, within
-from ..measure import capture_attention
+from ..measure import score_and_capture
 from ..tasks import matching_demos, options_for, sample_episodes
 from .conditions import condition_episode, parse_condition, pool_size
-from .scoring import greedy_exact_match
+from .scoring import greedy_exact_match, verdicts_from_logits
 
 
 @dataclass(frozen=True)
@@ -133,14 +133,18 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
         intervention = interventions.get(name) if name else None
         eps = [condition_episode(base[i], base_cond, k_default) for i in idx]
         batch = loaded.prepare_batch(eps, with_answer=True)
-        with within(intervention, batch.layouts) as kwargs:
-            correct, first = greedy_exact_match(loaded.model, batch, **kwargs)
+        if cfg.attention:  # one forward pass scores the batch and measures its attention
+            am, logits = score_and_capture(loaded, batch, intervention=intervention)
+            correct, first = verdicts_from_logits(logits, batch)
+        else:
+            with within(intervention, batch.layouts) as kwargs:
+                correct, first = greedy_exact_match(loaded.model, batch, **kwargs)
         chunk = [{"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
                   "correct": bool(correct[j]),
                   "prediction": loaded.processor.tokenizer.decode([int(first[j])]).strip(),
                   "answer": ep.query.answer, "shots": ep.shots} for j, (i, ep) in enumerate(zip(idx, eps))]
         if cfg.attention:
-            _add_attention(chunk, capture_attention(loaded, batch, progress=False, intervention=intervention), eps)
+            _add_attention(chunk, am, eps)
         if results:
             with results.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in chunk)

@@ -23,7 +23,11 @@ from .statistics import Accuracy
 def greedy_exact_match(model, batch: PreparedBatch, **forward_kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     """(correct[B] bool, first_token[B]): batch prepared with `with_answer=True`; `forward_kwargs` go to the
     forward pass (what an intervention's context yields)."""
-    logits = model(**batch.inputs, **forward_kwargs).logits  # [B, seq, vocab]
+    return verdicts_from_logits(model(**batch.inputs, **forward_kwargs).logits, batch)
+
+
+def verdicts_from_logits(logits: torch.Tensor, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct[B] bool, first_token[B]) from the teacher-forced logits[B, seq, vocab] of a with-answer batch."""
     ids = batch.inputs["input_ids"]
     correct, first = [], []
     for b, lay in enumerate(batch.layouts):

@@ -208,11 +208,15 @@ def _reduce(probs_rows: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
     return (probs_rows.float() @ onehot.to(probs_rows.device)).mean(1)
 
 
-def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots) -> list[torch.Tensor]:
-    """Through an nnsight trace of each attention module's attention-function call (named like the model's tree)."""
+def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None
+                  ) -> list[torch.Tensor]:
+    """Through an nnsight trace of each attention module's attention-function call (named like the model's tree);
+    the forward's logits are appended to `outputs` when given (the scoring pass and the capture in one)."""
     adapter = loaded.adapter
     decoder = loaded.decoder_envoy()
     call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
+    if len({len(r) for r in rows}) == 1:  # the same number of rows in every episode: one batched reduction
+        return _nnsight_mass_batched(loaded, decoder, call, batch, rows, onehots, outputs)
     saved = []  # [layer][row] -> [H, n_seg]
     with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
         for layer in range(adapter.n_layers(loaded.model)):
@@ -225,7 +229,52 @@ def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], o
                                        None if mask is None else mask[b:b + 1], x["scaling"], pos)  # [1, H, R, seq]
                 per_row.append(_reduce(probs[0], onehot).save())
             saved.append(per_row)
+        if outputs is not None:
+            logits = loaded.envoy.output.logits.save()
+    if outputs is not None:
+        outputs.append(logits)
     return [torch.stack([saved[layer][b].cpu() for layer in range(len(saved))]) for b in range(len(rows))]
+
+
+def batched_rows_attention(query, key, mask, scaling: float, rows: torch.Tensor) -> torch.Tensor:
+    """probs[B, H, R, seq] for rows[B, R] (each episode its own rows): `rows_attention` for a whole batch."""
+    b = torch.arange(query.shape[0], device=query.device)[:, None]  # [B, 1]
+    rows = rows.to(query.device)
+    q = query[b, :, rows].transpose(1, 2).float()  # [B, H, R, d]
+    k = key.float()
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+    scores = q @ k.transpose(-1, -2) * scaling  # [B, H, R, seq]
+    if mask is None:
+        causal = torch.arange(k.shape[2], device=q.device)[None, None, :] > rows[:, :, None]  # [B, R, seq]
+        scores = scores.masked_fill(causal[:, None], float("-inf"))
+    else:
+        picked = mask[b, :, rows][..., : k.shape[2]].transpose(1, 2)  # [B, 1, R, seq]
+        scores = scores.masked_fill(~picked, float("-inf")) if mask.dtype == torch.bool else scores + picked.float()
+    return scores.softmax(-1)
+
+
+def _nnsight_mass_batched(loaded, decoder, call, batch, rows, onehots, outputs) -> list[torch.Tensor]:
+    """`_nnsight_mass` with one reduction a layer: segment one-hots padded to the batch's largest segment count."""
+    widths = [o.shape[1] for o in onehots]
+    onehot = torch.zeros(len(onehots), onehots[0].shape[0], max(widths))  # [B, seq, n_seg]
+    for b, o in enumerate(onehots):
+        onehot[b, :, : o.shape[1]] = o
+    onehot = onehot.to(batch.inputs["input_ids"].device)[:, None]  # [B, 1, seq, n_seg]
+    pos = torch.tensor(rows)  # [B, R]
+    saved = []
+    with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
+        for layer in range(loaded.adapter.n_layers(loaded.model)):
+            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
+            x = loaded.adapter.attention_inputs(args, kwargs)
+            probs = batched_rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)
+            saved.append((probs @ onehot).mean(2).save())  # [B, H, n_seg]
+        if outputs is not None:
+            logits = loaded.envoy.output.logits.save()
+    if outputs is not None:
+        outputs.append(logits)
+    stacked = torch.stack([t.cpu() for t in saved], 1)  # [B, layer, H, n_seg]
+    return [stacked[b, ..., :w] for b, w in enumerate(widths)]
 
 
 def row_attention(loaded: Loaded, episode: Episode, rows="answer") -> torch.Tensor:
@@ -306,15 +355,20 @@ def _transformer_lens_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots) 
     return [torch.stack([out[layer][b] for layer in range(len(names))]) for b in range(len(rows))]
 
 
-def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, intervention=None) -> list[torch.Tensor]:
+def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, intervention=None,
+                outputs: list | None = None) -> list[torch.Tensor]:
     """HF eager attention weights reduced to segments; inside `intervention(layouts)` when given (hook-based
-    interventions such as MTV injection run as they are; a DARA must use kernel="eager")."""
+    interventions such as MTV injection run as they are; a DARA must use kernel="eager"); the logits are appended
+    to `outputs` when given."""
     model = loaded.model
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # an intervention may then install its own (weight-returning) kernel
     try:
         with torch.no_grad(), within(intervention, batch.layouts) as kwargs:
-            attentions = model(**batch.inputs, **kwargs, output_attentions=True).attentions  # L x [B, H, seq, seq]
+            out = model(**batch.inputs, **kwargs, output_attentions=True)
+        attentions = out.attentions  # L x [B, H, seq, seq]
+        if outputs is not None:
+            outputs.append(out.logits)
     finally:
         model.set_attn_implementation(previous)
     if not attentions or any(a is None for a in attentions):
@@ -324,9 +378,18 @@ def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, interventio
 
 
 # --- the call --------------------------------------------------------------------------------------------
+def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", intervention=None
+                      ) -> tuple[AttentionMass, torch.Tensor]:
+    """(AttentionMass, logits[B, seq, vocab]) from ONE forward pass of a prepared batch: the pass that scores it
+    also measures its attention (nnsight; the eager path under an intervention)."""
+    outputs: list = []
+    am = capture_attention(loaded, batch, rows=rows, progress=False, intervention=intervention, _outputs=outputs)
+    return am, outputs[0]
+
+
 def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, rows="answer",
                       backend: str = "nnsight", progress: bool = True, meta: dict | None = None,
-                      intervention=None) -> AttentionMass:
+                      intervention=None, _outputs: list | None = None) -> AttentionMass:
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
     `loaded`: from `micl_probe.load`, or `Loaded(model, processor, adapter_for(model))` for a model you hold.
@@ -353,9 +416,9 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
         seg = [segment_matrix(layout) for layout in batch.layouts]
         onehots = [onehot for _, onehot in seg]
         if intervention is not None:
-            masses = _eager_mass(loaded, batch, pos, onehots, intervention)
+            masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=_outputs)
         elif backend == "nnsight":
-            masses = _nnsight_mass(loaded, batch, pos, onehots)
+            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=_outputs)
         elif backend == "transformer_lens":
             masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:
@@ -376,4 +439,5 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 
-__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "row_attention", "rows_attention", "segment_matrix"]
+__all__ = ["AttentionMass", "BACKENDS", "capture_attention", "row_attention", "rows_attention", "score_and_capture",
+           "segment_matrix"]
