@@ -49,7 +49,8 @@ def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
             assert "matching_demo_image" not in r
     # a crash after the first records: the rerun computes only what is missing and gives the same table
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines[:7]) + "\n" + lines[7][:25])  # the 8th record cut short mid-line
+    path.write_text("\n".join(lines[:7]) + "\n" + '{"model": "m", "note": "no task"}\n' + "[1, 2]\n"
+                    + lines[7][:25])  # valid JSON that is no record, then the 8th record cut short mid-line
     with pytest.warns(UserWarning, match="unreadable"):
         again = run(loaded, TASKS, CONDITIONS, RunConfig(n=6, batch_size=3, progress=False), results=path)
     key = lambda r: (r["task"], r["condition"], r["index"])

@@ -57,22 +57,30 @@ class RunConfig:
     progress: bool = True  # tqdm progress bar
 
 
+RECORD_KEY = ("model", "task", "condition", "index")  # with "weights": what makes a record unique
+
+
 def load_records(results: str | Path) -> list[dict]:
-    """The records of a results file, one per (model, task, condition, index): a line cut short by a crash is
-    skipped (with a warning) and a repeated key keeps its first record."""
+    """The records of a results file, one per (model, task, condition, index), read line by line: a line cut short
+    by a crash, or one that is not a record (missing a key field), is skipped with a warning and recomputed; a
+    repeated key keeps its first record."""
     records, seen, broken = [], set(), 0
-    for line in Path(results).read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            broken += 1
-            continue
-        key = (r["model"], r.get("weights"), r["task"], r["condition"], r["index"])
-        if key not in seen:
-            seen.add(key)
-            records.append(r)
+    with Path(results).open() as lines:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                broken += 1
+                continue
+            if not isinstance(r, dict) or any(k not in r for k in RECORD_KEY):
+                broken += 1
+                continue
+            key = (r["model"], r.get("weights"), r["task"], r["condition"], r["index"])
+            if key not in seen:
+                seen.add(key)
+                records.append(r)
     if broken:
         warnings.warn(f"{results}: skipped {broken} unreadable line(s) (a run cut short?); they are recomputed",
                       stacklevel=2)
