@@ -15,9 +15,9 @@ Each line: best of --repeats (after a warm-up) of `run(..., RunConfig(attention=
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import best
 
 from micl_probe import RunConfig, load, run
 from micl_probe.core import Loaded, get_adapter
@@ -45,16 +45,6 @@ def real_width() -> Loaded:
     processor = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
     return Loaded(model, processor, get_adapter("llava"), name="real-width 2-layer")
-
-
-def best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def ratio(loaded, tasks, conditions, n, batch_size, repeats) -> tuple[float, float]:

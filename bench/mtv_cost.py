@@ -10,24 +10,14 @@ Timing does not depend on the weights: without a shipped organism a freshly init
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import best
 
 from micl_probe import Loaded, load, sample_episodes
 from micl_probe.core import get_adapter
 from micl_probe.interventions import inject
 from micl_probe.organisms import build, shipped
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main():
@@ -57,10 +47,10 @@ def main():
         with inject(loaded, means, mask, batches[0].layouts), torch.no_grad():
             m(**batches[0].inputs)
 
-    rows = {"zero-shot": best_time(lambda: forward(batches[0]), args.repeats),
-            "zero-shot + MTV (8 heads)": best_time(mtv, args.repeats),
-            "4-shot ICL": best_time(lambda: forward(batches[4]), args.repeats),
-            "8-shot ICL": best_time(lambda: forward(batches[8]), args.repeats)}
+    rows = {"zero-shot": best(lambda: forward(batches[0]), args.repeats),
+            "zero-shot + MTV (8 heads)": best(mtv, args.repeats),
+            "4-shot ICL": best(lambda: forward(batches[4]), args.repeats),
+            "8-shot ICL": best(lambda: forward(batches[8]), args.repeats)}
     base = rows["zero-shot"]
     print(f"{loaded.name}: batch {args.batch}, best of {args.repeats}; prompt tokens "
           f"{ {k: b.inputs['input_ids'].shape[1] for k, b in batches.items()} }")
