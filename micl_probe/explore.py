@@ -16,7 +16,8 @@ import torch
 
 from .core import ROLE, Episode, Loaded
 from .core.layout import owner_name
-from .measure import PatchMap, patch_maps, row_attention, top_heads
+from .measure import PatchMap, top_heads
+from .measure.patches import maps_and_attention
 from .viz import plots
 
 
@@ -49,12 +50,12 @@ class Exploration:
 def explore(loaded: Loaded, episode: Episode, rows="answer", show: bool | None = None) -> Exploration:
     """The attention of `rows` (default: the answer position) over `episode`'s prompt and images; shown at once in
     a notebook (`show=None`), or not (`show=False`)."""
-    prepared = loaded.prepare(episode)
-    layout, ids = prepared.layout, prepared.input_ids[0].tolist()
+    batch = loaded.prepare_batch([episode])
+    maps, attention = maps_and_attention(loaded, batch, rows)
+    layout, ids = batch.layouts[0], batch.inputs["input_ids"][0].tolist()
     tokens = [f"[{owner_name(int(layout.owner[i]))} img]" if layout.role[i] == ROLE["image"]
               else loaded.processor.tokenizer.decode([t]) for i, t in enumerate(ids)]
-    maps = patch_maps(loaded, episode, rows)
-    found = Exploration(tokens, row_attention(loaded, episode, rows), maps, top_heads(maps))
+    found = Exploration(tokens, attention, maps, top_heads(maps))
     if show if show is not None else _in_notebook():
         from IPython.display import display
 

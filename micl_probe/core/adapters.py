@@ -55,6 +55,7 @@ class Adapter:
     attention_params: tuple[str, ...] = ("module", "query", "key", "value", "attention_mask")
     tl_bridge: bool = True  # TransformerLens 4.3 has a TransformerBridge for this family
     patch_layout: str = "square"  # how image tokens tile the image: square | merged | tiles | anyres (core.patches)
+    pack_config: tuple[str, ...] = ()  # anyres: the config fields the model's pack_image_features takes by name
     notes: str = ""
 
     # --- module tree ------------------------------------------------------------------------------------
@@ -149,9 +150,11 @@ ORGANISM_CHAT = ChatFormat(user="", image="<image>", user_end="", assistant=" A:
 ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
     Adapter("llava", ("llava",), _VICUNA, notes="LLaVA-1.5: one <image> per image, 576 tokens at 336 px."),
     Adapter("llava_next", ("llava_next",), _MISTRAL, patch_layout="anyres",
+            pack_config=("vision_feature_select_strategy",),
             notes="LLaVA-NeXT: anyres tiling, variable image-token count incl. row newlines; chat format of the "
                   "Mistral checkpoints (pass chat= for Vicuna/Llama-3 ones)."),
     Adapter("llava_onevision", ("llava_onevision",), _ONEVISION, patch_layout="anyres",
+            pack_config=("vision_aspect_ratio",),
             notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
     Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False, patch_layout="merged",
             notes="Qwen2-VL: 2x2 patch merging, <|vision_start|>/<|vision_end|> markup, M-RoPE positions."),

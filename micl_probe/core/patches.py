@@ -66,7 +66,7 @@ def patch_grids(loaded, prepared) -> list[ImageGrid]:
         elif kind == "tiles":
             tiles = _tiles(layout, ids, i, loaded.processor.tokenizer.convert_ids_to_tokens)
         elif kind == "anyres":
-            tiles, newlines = _anyres(model, positions, prepared.inputs["image_sizes"][i])
+            tiles, newlines = _anyres(model, adapter, positions, prepared.inputs["image_sizes"][i])
             grids.append(ImageGrid(i, owner, size, tiles, newlines))
             continue
         else:
@@ -125,10 +125,9 @@ def _tiles(layout, ids: torch.Tensor, image: int, tokens) -> tuple[Tile, ...]:
     return tuple(out)
 
 
-def _anyres(model, positions: torch.Tensor, image_size) -> tuple[tuple[Tile, ...], tuple[int, ...]]:
+def _anyres(model, adapter, positions: torch.Tensor, image_size) -> tuple[tuple[Tile, ...], tuple[int, ...]]:
     """LLaVA-NeXT / OneVision: run the model's own packing on marker features to learn each token's place."""
     import importlib
-    import inspect
 
     cfg = model.config
     module = importlib.import_module(type(model).__module__)
@@ -138,15 +137,10 @@ def _anyres(model, positions: torch.Tensor, image_size) -> tuple[tuple[Tile, ...
     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
     marker = torch.ones(n_patches, side * side, 1)
     marker[0] = 0.0  # the base image; 1: high-resolution tiles
-    pack = model.model.pack_image_features
-    params = inspect.signature(pack).parameters
-    kwargs = {"image_newline": torch.tensor([2.0])}
-    if "vision_feature_select_strategy" in params:
-        kwargs["vision_feature_select_strategy"] = cfg.vision_feature_select_strategy
-    if "vision_aspect_ratio" in params:
-        kwargs["vision_aspect_ratio"] = getattr(cfg, "vision_aspect_ratio", "anyres_max_9")
+    kwargs = {name: getattr(cfg, name) for name in adapter.pack_config}  # family facts, from the adapter
     with torch.no_grad():
-        packed = pack([marker], image_size[None], **kwargs)[0]
+        packed = model.model.pack_image_features([marker], image_size[None], image_newline=torch.tensor([2.0]),
+                                                 **kwargs)[0]
     codes = torch.cat(packed if isinstance(packed, (list, tuple)) else [packed]).flatten().round().long()
     if codes.numel() != positions.numel():
         raise ValueError(f"the model packs {codes.numel()} tokens for this image; the prompt has {positions.numel()}")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
+from .harness import accuracy_table
 from .statistics import wilson
+from .verdicts import verdicts
 
 
 def separated(x: np.ndarray, y: np.ndarray) -> bool:
@@ -66,17 +68,9 @@ def accuracy_vs_attention(records: list[dict], key: str = "visual_share", n_bins
 
 
 def head_predictiveness(records: list[dict]) -> np.ndarray:
-    """[layer, head] Spearman rho between each head's visual share and correctness, across episodes."""
-    v = np.array([r["visual_share_by_head"] for r in records], dtype=float)  # [episode, layer, head]
-    y = np.array([r["correct"] for r in records], dtype=float)
-    out = np.full(v.shape[1:], np.nan)
-    if len(set(y)) < 2:
-        return out
-    for layer in range(v.shape[1]):
-        for head in range(v.shape[2]):
-            if v[:, layer, head].std() > 0:
-                out[layer, head] = sps.spearmanr(v[:, layer, head], y)[0]
-    return out
+    """[layer, head] Spearman rho between each head's visual share and correctness, across episodes (`head_tests`
+    on all image tokens)."""
+    return np.array(head_tests(records, "visual_share_by_head")["rho"])
 
 
 def where_it_looks(records: list[dict]) -> dict:
@@ -119,9 +113,6 @@ def right_demo(records: list[dict]) -> list[dict]:
 def summarise(records: list[dict]) -> dict:
     """Everything the report shows, computed from harness records: {"verdicts", "accuracy", "where_it_looks",
     "right_demo", "heads"} (the attention parts empty when the records carry no attention)."""
-    from .harness import accuracy_table
-    from .verdicts import verdicts
-
     out = {"verdicts": verdicts(records), "accuracy": accuracy_table(records), "where_it_looks": {},
            "right_demo": [], "heads": []}
     if records and "visual_share" in records[0]:

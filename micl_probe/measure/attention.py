@@ -181,69 +181,20 @@ def segment_matrix(layout: TokenLayout) -> tuple[list[str], torch.Tensor]:
     return names, onehot
 
 
-def rows_attention(query, key, mask, scaling: float, rows: list[int]) -> torch.Tensor:
+def rows_attention(query, key, mask, scaling: float, rows) -> torch.Tensor:
     """probs[B, H, R, seq] = softmax(q[rows]·kᵀ·scaling + mask[rows]) for the given rows only.
 
     query [B, H, seq, d], key [B, H_kv, seq, d] (grouped-query heads repeated), mask: None (causal), bool
-    (True = attend) or additive float [B, 1, seq, seq]."""
-    rows_t = torch.tensor(rows, device=query.device)
-    q = query[:, :, rows_t].float()  # [B, H, R, d]
-    k = key.float()
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, seq, d]
-    scores = q @ k.transpose(-1, -2) * scaling  # [B, H, R, seq]
-    if mask is None:
-        causal = torch.arange(k.shape[2], device=q.device)[None, :] > rows_t[:, None]  # [R, seq]
-        scores = scores.masked_fill(causal, float("-inf"))
-    elif mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask[:, :, rows_t, : k.shape[2]], float("-inf"))
-    else:
-        scores = scores + mask[:, :, rows_t, : k.shape[2]].float()
-    return scores.softmax(-1)
-
-
-# --- backends: each maps a prepared batch to a [layer, head, n_segments of the row] tensor per row ----------
-def _reduce(probs_rows: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-    """[H, R, seq] attention of one row's R query rows -> [H, n_seg]: summed per segment, averaged over rows."""
-    return (probs_rows.float() @ onehot.to(probs_rows.device)).mean(1)
-
-
-def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None
-                  ) -> list[torch.Tensor]:
-    """Through an nnsight trace of each attention module's attention-function call (named like the model's tree);
-    the forward's logits are appended to `outputs` when given (the scoring pass and the capture in one)."""
-    adapter = loaded.adapter
-    decoder = loaded.decoder_envoy()
-    call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
-    if len({len(r) for r in rows}) == 1:  # the same number of rows in every episode: one batched reduction
-        return _nnsight_mass_batched(loaded, decoder, call, batch, rows, onehots, outputs)
-    saved = []  # [layer][row] -> [H, n_seg]
-    with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
-        for layer in range(adapter.n_layers(loaded.model)):
-            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-            x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
-            mask = x["attention_mask"]
-            per_row = []
-            for b, (pos, onehot) in enumerate(zip(rows, onehots)):
-                probs = rows_attention(x["query"][b:b + 1], x["key"][b:b + 1],
-                                       None if mask is None else mask[b:b + 1], x["scaling"], pos)  # [1, H, R, seq]
-                per_row.append(_reduce(probs[0], onehot).save())
-            saved.append(per_row)
-        if outputs is not None:
-            logits = loaded.envoy.output.logits.save()
-    if outputs is not None:
-        outputs.append(logits)
-    return [torch.stack([saved[layer][b].cpu() for layer in range(len(saved))]) for b in range(len(rows))]
-
-
-def batched_rows_attention(query, key, mask, scaling: float, rows: torch.Tensor) -> torch.Tensor:
-    """probs[B, H, R, seq] for rows[B, R] (each episode its own rows): `rows_attention` for a whole batch."""
+    (True = attend) or additive float [B, 1, seq, seq]; rows: a list of positions (the same for every episode) or a
+    [B, R] tensor (each episode its own)."""
+    rows = torch.as_tensor(rows, device=query.device)
+    if rows.dim() == 1:
+        rows = rows.expand(query.shape[0], -1)
     b = torch.arange(query.shape[0], device=query.device)[:, None]  # [B, 1]
-    rows = rows.to(query.device)
     q = query[b, :, rows].transpose(1, 2).float()  # [B, H, R, d]
     k = key.float()
     if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, seq, d]
     scores = q @ k.transpose(-1, -2) * scaling  # [B, H, R, seq]
     if mask is None:
         causal = torch.arange(k.shape[2], device=q.device)[None, None, :] > rows[:, :, None]  # [B, R, seq]
@@ -254,44 +205,61 @@ def batched_rows_attention(query, key, mask, scaling: float, rows: torch.Tensor)
     return scores.softmax(-1)
 
 
-def _nnsight_mass_batched(loaded, decoder, call, batch, rows, onehots, outputs) -> list[torch.Tensor]:
-    """`_nnsight_mass` with one reduction a layer: segment one-hots padded to the batch's largest segment count."""
-    widths = [o.shape[1] for o in onehots]
-    onehot = torch.zeros(len(onehots), onehots[0].shape[0], max(widths))  # [B, seq, n_seg]
-    for b, o in enumerate(onehots):
-        onehot[b, :, : o.shape[1]] = o
-    onehot = onehot.to(batch.inputs["input_ids"].device)[:, None]  # [B, 1, seq, n_seg]
-    pos = torch.tensor(rows)  # [B, R]
+# --- backends: each maps a prepared batch to a [layer, head, n_segments of the row] tensor per row ----------
+def _padded_rows(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions[B, R], weights[B, R]): each episode's rows padded to the longest list by repeating its last row,
+    weighted 1/R_b on its own rows and 0 on the padding, so a weighted sum over R is each episode's mean."""
+    width = max(len(r) for r in rows)
+    pos = torch.tensor([r + r[-1:] * (width - len(r)) for r in rows])
+    weights = torch.tensor([[1 / len(r)] * len(r) + [0.0] * (width - len(r)) for r in rows])
+    return pos, weights
+
+
+def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Tensor | None = None,
+                 outputs: list | None = None) -> torch.Tensor:
+    """One nnsight trace of `inputs` (a batch): at every layer, each episode's rows' attention (averaged over its
+    rows) recomputed from the attention-function call's post-RoPE queries and keys, the model keeping its fast
+    attention. Returns [B, layer, head, seq], or [B, layer, head, n_seg] summed by `onehot` [B, seq, n_seg] inside
+    the forward (the lean path: only [B, head, n_seg] a layer is kept). The logits are appended to `outputs` when
+    given (the pass that scores a batch also measures it)."""
+    adapter = loaded.adapter
+    decoder = loaded.decoder_envoy()
+    call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
+    pos, weights = _padded_rows(rows)
+    device = inputs["input_ids"].device
+    weights = weights.to(device)[:, None, None, :]  # [B, 1, 1, R]
+    onehot = None if onehot is None else onehot.to(device)[:, None]  # [B, 1, seq, n_seg]
     saved = []
-    with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
-        for layer in range(loaded.adapter.n_layers(loaded.model)):
+    with torch.no_grad(), loaded.envoy.trace(**inputs):
+        for layer in range(adapter.n_layers(loaded.model)):
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-            x = loaded.adapter.attention_inputs(args, kwargs)
-            probs = batched_rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)
-            saved.append((probs @ onehot).mean(2).save())  # [B, H, n_seg]
+            x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
+            probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
+            row = (weights @ probs)  # [B, H, 1, seq]: each episode's mean over its rows
+            saved.append((row if onehot is None else row @ onehot)[:, :, 0].save())  # [B, H, seq | n_seg]
         if outputs is not None:
             logits = loaded.envoy.output.logits.save()
     if outputs is not None:
         outputs.append(logits)
-    stacked = torch.stack([t.cpu() for t in saved], 1)  # [B, layer, H, n_seg]
-    return [stacked[b, ..., :w] for b, w in enumerate(widths)]
+    return torch.stack([t.float().cpu() for t in saved], 1)
 
 
-def row_attention(loaded: Loaded, episode: Episode, rows="answer") -> torch.Tensor:
-    """[layer, head, seq]: the attention of the given row(s) (averaged) over every position of `episode`'s prompt,
-    through the nnsight trace (the model keeps its fast attention). What the segment sums and patch maps fold."""
-    prepared = loaded.prepare(episode)
-    pos = row_positions(prepared.layout, rows)
-    decoder = loaded.decoder_envoy()
-    call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
-    saved = []
-    with torch.no_grad(), loaded.envoy.trace(**prepared.inputs):
-        for layer in range(loaded.adapter.n_layers(loaded.model)):
-            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-            x = loaded.adapter.attention_inputs(args, kwargs)
-            saved.append(rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)[0]
-                         .mean(1).save())  # [H, seq]
-    return torch.stack([t.float().cpu() for t in saved])
+def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None
+                  ) -> list[torch.Tensor]:
+    """[layer, head, n_seg] per episode through `_traced_rows`: the one-hots padded to the batch's widest."""
+    widths = [o.shape[1] for o in onehots]
+    onehot = torch.zeros(len(onehots), onehots[0].shape[0], max(widths))  # [B, seq, n_seg]
+    for b, o in enumerate(onehots):
+        onehot[b, :, : o.shape[1]] = o
+    mass = _traced_rows(loaded, batch.inputs, rows, onehot, outputs)  # [B, layer, head, n_seg]
+    return [mass[b, ..., :w] for b, w in enumerate(widths)]
+
+
+def row_attention(loaded: Loaded, episode: Episode | PreparedBatch, rows="answer") -> torch.Tensor:
+    """[layer, head, seq]: the attention of the given row(s) (averaged) over every position of one episode's prompt
+    (an Episode, or a batch of one already prepared). What the segment sums and patch maps fold."""
+    batch = episode if isinstance(episode, PreparedBatch) else loaded.prepare_batch([episode])
+    return _traced_rows(loaded, batch.inputs, [row_positions(batch.layouts[0], rows)])[0]
 
 
 def _twin(model):
@@ -333,6 +301,11 @@ def _no_package_installs():
     finally:
         if original is not None:
             helpers._ensure_torchvision = original
+
+
+def _reduce(probs_rows: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    """[H, R, seq] attention of one episode's R rows -> [H, n_seg]: summed per segment, averaged over rows."""
+    return (probs_rows.float() @ onehot.to(probs_rows.device)).mean(1)
 
 
 def _transformer_lens_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots) -> list[torch.Tensor]:
@@ -383,13 +356,13 @@ def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", inter
     """(AttentionMass, logits[B, seq, vocab]) from ONE forward pass of a prepared batch: the pass that scores it
     also measures its attention (nnsight; the eager path under an intervention)."""
     outputs: list = []
-    am = capture_attention(loaded, batch, rows=rows, progress=False, intervention=intervention, _outputs=outputs)
+    am = _capture(loaded, [batch], list(batch.episodes), rows, "nnsight", False, None, intervention, outputs)
     return am, outputs[0]
 
 
 def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, rows="answer",
                       backend: str = "nnsight", progress: bool = True, meta: dict | None = None,
-                      intervention=None, _outputs: list | None = None) -> AttentionMass:
+                      intervention=None) -> AttentionMass:
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
     `loaded`: from `micl_probe.load`, or `Loaded(model, processor, adapter_for(model))` for a model you hold.
@@ -405,24 +378,28 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     if isinstance(episodes, Episode):
         episodes = [episodes]
     if isinstance(episodes, PreparedBatch):
-        batches, all_episodes = [episodes], list(episodes.episodes)
-    else:
-        batches, all_episodes = (loaded.prepare_batch([e]) for e in episodes), list(episodes)
+        return _capture(loaded, [episodes], list(episodes.episodes), rows, backend, False, meta, intervention)
+    batches = (loaded.prepare_batch([e]) for e in episodes)
+    return _capture(loaded, batches, list(episodes), rows, backend, progress, meta, intervention)
+
+
+def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None):
+    """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given."""
     results, names, positions = [], [], []
-    bar = tqdm(batches, total=len(all_episodes) if not isinstance(episodes, PreparedBatch) else 1,
-               desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
+    bar = tqdm(batches, total=len(all_episodes), desc=f"attention ({backend})",
+               disable=not progress or len(all_episodes) < 2)
     for batch in bar:
         pos = [row_positions(layout, rows) for layout in batch.layouts]
         seg = [segment_matrix(layout) for layout in batch.layouts]
         onehots = [onehot for _, onehot in seg]
         if intervention is not None:
-            masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=_outputs)
+            masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=outputs)
         elif backend == "nnsight":
-            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=_outputs)
+            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs)
         elif backend == "transformer_lens":
             masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:
-            masses = _eager_mass(loaded, batch, pos, onehots)
+            masses = _eager_mass(loaded, batch, pos, onehots, outputs=outputs)
         results += masses  # per row: [layer, head, n_seg of this episode]
         names += [n for n, _ in seg]
         positions += pos

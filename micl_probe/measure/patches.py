@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import Episode, Loaded
+from ..core import Episode, Loaded, PreparedBatch
 from ..core.patches import ImageGrid, patch_grids
 from .attention import row_attention
 
@@ -34,9 +34,18 @@ def fold(grids: list[ImageGrid], attention: torch.Tensor) -> list[list[torch.Ten
 
 def patch_maps(loaded: Loaded, episode: Episode, rows="answer") -> list[PatchMap]:
     """The attention of `rows` (default: the answer position) over the patches of every image of `episode`."""
-    grids = patch_grids(loaded, loaded.prepare(episode))
-    heat = fold(grids, row_attention(loaded, episode, rows))
-    return [PatchMap(g, episode.images[g.image], h) for g, h in zip(grids, heat)]
+    return maps_and_attention(loaded, episode, rows)[0]
+
+
+def maps_and_attention(loaded: Loaded, episode: Episode | PreparedBatch, rows="answer"
+                       ) -> tuple[list[PatchMap], torch.Tensor]:
+    """(patch maps, the row's attention [layer, head, seq] they fold) of one episode (or a batch of one already
+    prepared): one preparation, one forward pass."""
+    batch = episode if isinstance(episode, PreparedBatch) else loaded.prepare_batch([episode])
+    attention = row_attention(loaded, batch, rows)
+    grids = patch_grids(loaded, batch[0])
+    images = batch.episodes[0].images
+    return [PatchMap(g, images[g.image], h) for g, h in zip(grids, fold(grids, attention))], attention
 
 
 def top_heads(maps: list[PatchMap], k: int = 3) -> list[tuple[int, int]]:

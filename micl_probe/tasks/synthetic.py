@@ -127,6 +127,7 @@ class Task:
     shortcut_question: str = ""
     n_answers: int = 0  # how many answers the task can have (its chance level is 1 / n_answers)
     n_answers_shortcut: int = 0  # the shortcut twin's, where it differs
+    demos_match_query: bool = False  # the demos answered like the query show the query's class (novel binding)
 
 
 def _draw_operator(rng, setup):
@@ -269,7 +270,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          shortcut_question="Which digit completes the palindrome?", n_answers=10),
     Task("novel_binding", "What is it?", ("bound", "fixed"), _draw_binding, _answer_binding, _setup_binding,
          shortcut_question="What colour and shape?", n_answers=2,
-         n_answers_shortcut=len(COLOURS) * len(SHAPES)),
+         n_answers_shortcut=len(COLOURS) * len(SHAPES), demos_match_query=True),
 ]}
 TRUE_MICL_TASKS = tuple(TASKS)
 SHORTCUT_SUFFIX = "_shortcut"
@@ -288,9 +289,10 @@ def chance(name: str) -> float | None:
 
 
 def matching_demos(episode: Episode) -> list[int] | None:
-    """The demos that show the query's class (novel binding and its twin: the demos answered with the query's
-    answer), or None for a task without such a match."""
-    if episode.task.removesuffix(SHORTCUT_SUFFIX) != "novel_binding":
+    """The demos that show the query's class (tasks whose `demos_match_query`, novel binding and its twin: the demos
+    answered with the query's answer), or None for a task without such a match."""
+    task = TASKS.get(episode.task.removesuffix(SHORTCUT_SUFFIX))
+    if task is None or not task.demos_match_query:
         return None
     return [i for i, d in enumerate(episode.demos) if d.answer == episode.query.answer]
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
+from ..evaluation.harness import accuracy_table
 from ..evaluation.statistics import wilson
 from ..measure import AttentionMass
 
@@ -107,20 +108,17 @@ def accuracy_bars(records, chance: dict[str, float] | None = None, title: str | 
     models = list(dict.fromkeys(r["model"] for r in records))
     tasks = list(dict.fromkeys(r["task"] for r in records))
     conditions = list(dict.fromkeys(r["condition"] for r in records))
-    counts: dict = {}
-    for r in records:
-        c = counts.setdefault((r["model"], r["task"], r["condition"]), [0, 0])
-        c[0] += int(r["correct"])
-        c[1] += 1
+    table = accuracy_table(records)  # {model: {task: {condition: {"correct", "n", ...}}}}
     width = 0.8 / len(conditions)
     fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 1.1 * len(tasks) * len(models), 3.4), sharey=True,
                              squeeze=False)
     for ax, model in zip(axes[0], models):
         for j, cond in enumerate(conditions):
             for i, task in enumerate(tasks):
-                if (model, task, cond) not in counts:
+                cell = table[model].get(task, {}).get(cond)
+                if cell is None:
                     continue
-                k, n = counts[(model, task, cond)]
+                k, n = cell["correct"], cell["n"]
                 lo, hi = wilson(k, n)
                 x = i - 0.4 + width * (j + 0.5)
                 ax.bar(x, k / n, width, color=PALETTE[j], label=cond if i == 0 else None)
