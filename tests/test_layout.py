@@ -6,6 +6,7 @@ import torch
 from micl_probe.core import QUERY, TokenLayout, adapter_for, get_adapter, prepare, supported_families
 from micl_probe.core.prompt import Prompt, encode, render
 from micl_probe.testing import cached_tiny, noise_episode, noise_image
+from micl_probe.testing.templates import CHAT_TEMPLATES, with_template
 
 
 @pytest.mark.parametrize("shots", [0, 1, 4])
@@ -13,7 +14,24 @@ def test_layout_matches_processor_and_model(family, shots):
     model, processor = cached_tiny(family)
     adapter = adapter_for(model)
     ep = noise_episode(shots)
-    p = prepare(ep, processor, adapter, model=model)
+    _check_layout(model, processor, adapter, ep, prepare(ep, processor, adapter, model=model))
+
+
+@pytest.mark.parametrize("style", ["turns", "single"])
+@pytest.mark.parametrize("shots", [0, 3])
+@pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
+def test_layout_through_published_chat_templates(name, shots, style):
+    """Prompts written by a checkpoint's own chat template (the processor carries it) pass every layout check."""
+    family = CHAT_TEMPLATES[name][0]
+    model, processor = cached_tiny(family)
+    processor = with_template(processor, name)
+    ep = noise_episode(shots).with_style(style, instruction="Answer with one word.")
+    p = prepare(ep, processor, adapter_for(model), model=model)
+    _check_layout(model, processor, adapter_for(model), ep, p)
+
+
+def _check_layout(model, processor, adapter, ep, p):
+    shots = ep.shots
     ids, lay = p.input_ids[0], p.layout
     tok = processor.tokenizer
     assert len(lay) == ids.numel() and lay.n_demos == shots and lay.n_images == shots + 1

@@ -7,8 +7,13 @@
     episode.without_demo_images()  # demos keep text, lose images (TrueMICL's "no-image" control)
     episode.with_shuffled_answers(seed=0)
     episode.with_retrieved_shots(4)   # the 4 demos whose images look most like the query's
+    episode.with_style("single")      # every demo in one user turn, as VL-ICL Bench writes its prompts
 
-The query's gold answer is kept on the episode for scoring and is never rendered into a prompt.
+The query's gold answer is kept on the episode for scoring and is never rendered into a prompt (unless a scorer asks
+for teacher forcing). An episode may carry a task `instruction` (written once, before the first demo) and a prompt
+`style`: "turns" (default: one user turn + one assistant turn per demo) or "single" (VL-ICL Bench's layout: the
+instruction, then every demo as "{images}{question}\nAnswer: {answer}\n" and the query as
+"{images}{question}\nAnswer:" in ONE user turn; the model answers in the assistant turn).
 """
 
 from __future__ import annotations
@@ -26,13 +31,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+STYLES = ("turns", "single")
+
 
 def _as_image(x: Any) -> Image.Image:
+    accepted = "a PIL.Image or an HxW / HxWxC uint8 numpy array"
     if isinstance(x, Image.Image):
         return x
     if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8:
+            raise TypeError(f"an image must be {accepted}; got a {x.dtype} array: convert it, e.g. "
+                            "(x * 255).clip(0, 255).astype(np.uint8) for values in [0, 1]")
+        if x.ndim not in (2, 3):
+            raise TypeError(f"an image must be {accepted}; got an array of shape {x.shape}")
         return Image.fromarray(x)
-    raise TypeError(f"an image must be a PIL.Image or an HxWxC uint8 numpy array, got {type(x).__name__}")
+    if isinstance(x, (str, Path)):
+        raise TypeError(f"an image must be {accepted}; got the path {str(x)!r}: open it first, "
+                        "PIL.Image.open(path).convert('RGB')")
+    raise TypeError(f"an image must be {accepted}; got {type(x).__name__}")
 
 
 def _images(xs: Sequence[Any] | Image.Image | None) -> tuple[Image.Image, ...]:
@@ -81,10 +97,14 @@ class Episode:
     query: Query
     task: str = "unnamed"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    instruction: str = ""  # task instruction written once before the first demo ("" for none)
+    style: str = "turns"  # "turns" (a chat turn per demo) | "single" (VL-ICL: all demos in one user turn)
 
     def __post_init__(self):
         object.__setattr__(self, "demos", tuple(self.demos))
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+        if self.style not in STYLES:
+            raise ValueError(f"unknown prompt style {self.style!r}; use one of {', '.join(STYLES)}")
 
     # --- views -----------------------------------------------------------------------------------------
     @property
@@ -121,15 +141,14 @@ class Episode:
         if not self.query.images or any(not d.images for d in self.demos):
             raise ValueError("retrieval needs an image on the query and on every demo")
 
-        def feature(images):  # feature[32 * 32 * 3]: the images' mean, centred and unit-normed
-            x = np.mean([np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.float32) for im in images], 0)
-            x = x.ravel() - x.mean()
-            return x / (np.linalg.norm(x) + 1e-8)
-
-        q = feature(self.query.images)
-        sims = [float(feature(d.images) @ q) for d in self.demos]
+        q = image_feature(self.query.images)
+        sims = [float(image_feature(d.images) @ q) for d in self.demos]
         keep = sorted(sorted(range(self.shots), key=lambda i: -sims[i])[:k])
         return self._with(f"retrieved-{k}-shot", demos=tuple(self.demos[i] for i in keep))
+
+    def with_style(self, style: str, instruction: str | None = None) -> Episode:
+        """The same episode written in prompt style `style` (and with `instruction`, when given)."""
+        return replace(self, style=style, instruction=self.instruction if instruction is None else instruction)
 
     def without_demo_images(self) -> Episode:
         """Demos keep question and answer but lose their images (TrueMICL's 'no-image' control)."""
@@ -155,6 +174,8 @@ class Episode:
         return {
             "task": self.task,
             "meta": dict(self.meta),
+            "instruction": self.instruction,
+            "style": self.style,
             "demos": [{"images": imgs(d.images), "question": d.question, "answer": d.answer} for d in self.demos],
             "query": {"images": imgs(self.query.images), "question": self.query.question,
                       "answer": self.query.answer},
@@ -167,7 +188,8 @@ class Episode:
 
         return cls(demos=tuple(Demo(imgs(x["images"]), x["question"], x["answer"]) for x in d["demos"]),
                    query=Query(imgs(d["query"]["images"]), d["query"]["question"], d["query"].get("answer")),
-                   task=d.get("task", "unnamed"), meta=d.get("meta", {}))
+                   task=d.get("task", "unnamed"), meta=d.get("meta", {}), instruction=d.get("instruction", ""),
+                   style=d.get("style", "turns"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))
@@ -175,6 +197,13 @@ class Episode:
     @classmethod
     def load(cls, path: str | Path) -> Episode:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def image_feature(images) -> np.ndarray:
+    """[32 * 32 * 3]: the images' mean at 32x32, centred and unit-normed (the retrieval measure: cosine of these)."""
+    x = np.mean([np.asarray(im.convert("RGB").resize((32, 32)), dtype=np.float32) for im in images], 0)
+    x = x.ravel() - x.mean()
+    return x / (np.linalg.norm(x) + 1e-8)
 
 
 def _png_b64(im: Image.Image) -> str:

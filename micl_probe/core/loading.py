@@ -42,11 +42,15 @@ class Loaded:
     adapter: Adapter
     name: str = ""
     settings: dict = field(default_factory=dict)  # the checkpoint's micl_probe.json, if it has one
+    use_template: bool = True  # prompts through the processor's chat template where it has one (else ChatFormat)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)  # key -> (model, object built for it)
 
-    def prepare_batch(self, episodes: list[Episode], with_answer: bool = False) -> PreparedBatch:
-        """Episodes -> one padded batch of processor tensors on the model's device + a layout per row."""
-        batch = prepare_batch(episodes, self.processor, self.adapter, model=self.model, with_answer=with_answer)
+    def prepare_batch(self, episodes: list[Episode], with_answer: bool = False, padding_side: str | None = None
+                      ) -> PreparedBatch:
+        """Episodes -> one padded batch of processor tensors on the model's device + a layout per row
+        (`padding_side="left"` for generation)."""
+        batch = prepare_batch(episodes, self.processor, self.adapter, model=self.model, with_answer=with_answer,
+                              use_template=self.use_template, padding_side=padding_side)
         return batch.to(self.device)
 
     def prepare(self, episode: Episode, with_answer: bool = False) -> Prepared:

@@ -51,7 +51,7 @@ class Prepared:
 
     inputs: dict  # BatchFeature from the processor (batch of 1)
     layout: TokenLayout
-    answer_ids: torch.Tensor | None  # [n] token ids of answer_sep + gold answer, None if no gold answer
+    answer_ids: torch.Tensor | None  # [n] token ids of the gold answer as the model emits it; None if none
     text: str  # rendered prompt, before placeholder expansion
     episode: Episode
 
@@ -88,38 +88,141 @@ class PreparedBatch:
         return self
 
 
-def render(episode: Episode, adapter: Adapter, with_answer: bool = False) -> Prompt:
-    """Write `episode` in the family's multi-turn chat format as tagged pieces."""
-    chat = adapter.chat
-    pieces: list[Piece] = []
-    add = lambda text, owner, kind: text and pieces.append(Piece(text, owner, kind))  # noqa: E731
-    add(chat.system, NONE, "template")
-    turns = [(i, d.images, d.question, d.answer) for i, d in enumerate(episode.demos)]
+@dataclass(frozen=True)
+class _Message:
+    """One chat message in family-neutral form: items are (kind, owner, text), kind image | question | answer |
+    template (glue text); `owner` owns the message's template text, `end_owner` what closes it."""
+
+    role: str  # "user" | "assistant"
+    owner: int
+    items: tuple[tuple[str, int, str], ...]
+    end_owner: int
+
+
+def _messages(episode: Episode, with_answer: bool) -> list[_Message]:
+    """The episode as user/assistant messages, in its prompt style (see `Episode`)."""
     q = episode.query
-    turns.append((QUERY, q.images, q.question, q.answer if with_answer else None))
     if with_answer and q.answer is None:
         raise ValueError("with_answer=True needs a query with a gold answer")
-    for owner, images, question, answer in turns:
-        for text in (question, answer or ""):
-            if chat.image.strip() and chat.image.strip() in text:
+    instruction = [("template", NONE, episode.instruction.strip() + "\n")] if episode.instruction.strip() else []
+    demos = [(i, d.images, d.question, d.answer) for i, d in enumerate(episode.demos)]
+    answer = [_Message("assistant", QUERY, (("answer", QUERY, q.answer),), QUERY)] if with_answer else []
+    if episode.style == "single":  # VL-ICL Bench: every demo and the query in one user turn
+        items = list(instruction)
+        for owner, images, question, ans in demos + [(QUERY, q.images, q.question, None)]:
+            items += [("image", owner, "")] * len(images) + [("question", owner, question),
+                                                             ("template", owner, "\nAnswer:")]
+            if ans is not None:
+                items += [("answer", owner, " " + str(ans)), ("template", owner, "\n")]
+        return [_Message("user", NONE, tuple(items), QUERY)] + answer
+    messages = []
+    for t, (owner, images, question, ans) in enumerate(demos + [(QUERY, q.images, q.question, None)]):
+        lead = instruction if t == 0 else []
+        items = tuple(lead + [("image", owner, "")] * len(images) + [("question", owner, question)])
+        messages.append(_Message("user", owner, items, owner))
+        if ans is not None:
+            messages.append(_Message("assistant", owner, (("answer", owner, str(ans)),), owner))
+    return messages + answer
+
+
+def render(episode: Episode, adapter: Adapter, with_answer: bool = False, processor=None) -> Prompt:
+    """Write `episode` as tagged pieces: through the checkpoint's own chat template when `processor` carries one
+    (`processor.chat_template`), else in the adapter's declared `ChatFormat` (the organisms, processors without a
+    template)."""
+    for owner, text in [(i, t) for i, d in enumerate(episode.demos) for t in (d.question, d.answer)] + \
+            [(QUERY, episode.query.question), (QUERY, episode.query.answer or "")]:
+        for mark in {adapter.chat.image.strip(), getattr(processor, "image_token", None)} - {None, ""}:
+            if mark in str(text):
                 raise ValueError(f"text of {'query' if owner == QUERY else f'demo {owner}'} contains the image "
-                                 f"placeholder {chat.image.strip()!r}; that would add a placeholder with no image")
-        add(chat.user, owner, "template")
-        for _ in images:
-            add(chat.image, owner, "image")
-        add(question, owner, "question")
-        add(chat.user_end, owner, "template")
-        add(chat.assistant, owner, "template")
-        if answer is not None:
-            add(chat.answer_sep + str(answer), owner, "answer")
-            add(chat.assistant_end, owner, "template")
-    answer = chat.answer_sep + q.answer if with_answer else None
-    return Prompt(tuple(pieces), episode.images, answer)
+                                 f"placeholder {mark!r}; that would add a placeholder with no image")
+    messages = _messages(episode, with_answer)
+    if getattr(processor, "chat_template", None):
+        pieces = _from_template(messages, processor, adapter, add_generation_prompt=not with_answer)
+    else:
+        pieces = _from_format(messages, adapter.chat)
+    answer = next((p.text for p in reversed(pieces) if p.kind == "answer"), None) if with_answer else None
+    return Prompt(tuple(p for p in pieces if p.text), episode.images, answer)
+
+
+def _from_format(messages: list[_Message], chat) -> list[Piece]:
+    """Pieces in a declared ChatFormat: {user}{items}{user_end}{assistant} per user message,
+    {answer_sep}{answer}{assistant_end} per assistant message."""
+    pieces = [Piece(chat.system, NONE, "template")]
+    for m in messages:
+        if m.role == "user":
+            pieces.append(Piece(chat.user, m.owner, "template"))
+        for kind, owner, text in m.items:
+            text = chat.image if kind == "image" else chat.answer_sep + text if m.role == "assistant" else text
+            pieces.append(Piece(text, owner, kind))
+        closing = (chat.user_end, chat.assistant) if m.role == "user" else (chat.assistant_end,)
+        pieces += [Piece(t, m.end_owner, "template") for t in closing]
+    return pieces
+
+
+def _from_template(messages: list[_Message], processor, adapter: Adapter, add_generation_prompt: bool) -> list[Piece]:
+    """Pieces of the text `processor.apply_chat_template` renders: each message's span is found by rendering the
+    conversation up to it (templates render prefixes of a conversation as prefixes of its text), and inside a span
+    each image marker and text item by search, in order; what lies between is template text."""
+    def content(m):  # consecutive text items join into one text entry (templates may pad each entry)
+        out = []
+        for kind, _, text in m.items:
+            if kind == "image":
+                out.append({"type": "image"})
+            elif out and out[-1]["type"] == "text":
+                out[-1]["text"] += text
+            else:
+                out.append({"type": "text", "text": text})
+        return {"role": m.role, "content": out}
+
+    conversation = [content(m) for m in messages]
+    apply = processor.apply_chat_template
+    text = apply(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
+    ends = []
+    for k in range(1, len(conversation) + 1):
+        prefix = apply(conversation[:k], tokenize=False, add_generation_prompt=False)
+        ends.append(len(prefix) if text.startswith(prefix) else None)
+    if None in ends:
+        raise ValueError(f"{type(processor).__name__}'s chat template does not render a conversation's first "
+                         "messages as a prefix of the whole; pass use_template=False to use the adapter's ChatFormat")
+    markers = [m for m in (adapter.chat.image, adapter.chat.image.strip(), processor.image_token) if m]
+    pieces, start = [], 0
+    for m, end in zip(messages, ends):
+        found, cursor = [], {"image": start, "text": start}
+        for kind, owner, item in m.items:
+            lane = "image" if kind == "image" else "text"
+            if kind == "image":
+                at = [(text.find(mk, cursor[lane], end), mk) for mk in markers]
+                at = [(i, mk) for i, mk in at if i >= 0]
+                if not at:
+                    raise ValueError(f"the chat template rendered none of the image markers {markers} where an "
+                                     "image was expected")
+                i, item = min(at, key=lambda x: (x[0], -len(x[1])))  # the nearest, the longest there
+            else:
+                stripped = item.strip()
+                i = text.find(stripped, cursor[lane], end)
+                if i < 0:
+                    raise ValueError(f"the chat template did not render the text {stripped[:40]!r} verbatim")
+                item = stripped
+            found.append((i, i + len(item), kind, owner))
+            cursor[lane] = i + len(item)
+        found.sort()
+        lead_owner = NONE if not pieces else m.owner
+        for a, b, kind, owner in found:
+            if a < start:
+                raise ValueError("the chat template's rendering of a message overlaps its items")
+            pieces.append(Piece(text[start:a], lead_owner, "template"))
+            pieces.append(Piece(text[a:b], owner, kind))
+            start, lead_owner = b, owner
+        pieces.append(Piece(text[start:end], m.end_owner, "template"))
+        start = end
+    pieces.append(Piece(text[start:], messages[-1].end_owner if messages[-1].role == "user" else QUERY, "template"))
+    return [p for p in pieces if p.text]
 
 
 def encode(prompts: list[Prompt], processor, adapter: Adapter, max_positions: int | None = None,
-           image_token_id: int | None = None) -> tuple[dict, list[TokenLayout]]:
-    """Run the processor once on rendered prompts (padded by the processor) and map every token to its piece."""
+           image_token_id: int | None = None, padding_side: str | None = None) -> tuple[dict, list[TokenLayout]]:
+    """Run the processor once on rendered prompts (padded by the processor, on `padding_side` when given, else its
+    tokenizer's) and map every token to its piece."""
     placeholder = processor.image_token
     for prompt in prompts:
         n_placeholders = prompt.text.count(placeholder)
@@ -129,8 +232,9 @@ def encode(prompts: list[Prompt], processor, adapter: Adapter, max_positions: in
         if any(im is None for im in prompt.images):
             raise ValueError("an image is missing (None) for one of the placeholders")
     images = adapter.images_arg([list(p.images) for p in prompts])
+    side = {"padding_side": padding_side} if padding_side else {}
     enc = processor(text=[p.text for p in prompts], images=images, return_tensors="pt", padding=len(prompts) > 1,
-                    return_offsets_mapping=True, return_text_replacement_offsets=True)
+                    return_offsets_mapping=True, return_text_replacement_offsets=True, **side)
     offsets = enc.pop("offset_mapping").tolist()  # [batch, seq] (start, end) in each expanded text
     replacements = enc.pop("text_replacement_offsets", None) or [[] for _ in prompts]
     seq = enc["input_ids"].shape[1]
@@ -196,31 +300,43 @@ def _layout(prompt: Prompt, input_ids, attention_mask, offsets, replacements, pl
     return layout
 
 
-def prepare(episode: Episode, processor, adapter: Adapter, model=None, with_answer: bool = False) -> Prepared:
+def prepare(episode: Episode, processor, adapter: Adapter, model=None, with_answer: bool = False,
+            use_template: bool = True) -> Prepared:
     """Episode -> processor tensors + TokenLayout (+ the query's answer token ids).
 
     `model` (optional) supplies the context length and image token id to check against.
     `with_answer=True` renders the query's gold answer and end of turn into the prompt (teacher forcing); then
     `layout.answer_position` is the position just before the answer.
+    `use_template=False` writes the adapter's declared ChatFormat even where the processor carries a chat template.
     """
-    return prepare_batch([episode], processor, adapter, model, with_answer)[0]
+    return prepare_batch([episode], processor, adapter, model, with_answer, use_template)[0]
 
 
 def prepare_batch(episodes: list[Episode], processor, adapter: Adapter, model=None,
-                  with_answer: bool = False) -> PreparedBatch:
-    """Several episodes in one processor call, padded by the processor (its tokenizer's padding side)."""
-    prompts = [render(e, adapter, with_answer=with_answer) for e in episodes]
+                  with_answer: bool = False, use_template: bool = True, padding_side: str | None = None
+                  ) -> PreparedBatch:
+    """Several episodes in one processor call, padded by the processor (on `padding_side`, default its tokenizer's;
+    generation needs "left")."""
+    if not episodes:
+        raise ValueError("no episodes given: pass a non-empty list of Episode")
+    prompts = [render(e, adapter, with_answer=with_answer, processor=processor if use_template else None)
+               for e in episodes]
     max_pos = adapter.max_positions(model) if model is not None else None
     image_id = adapter.image_token_id(model) if model is not None else None
-    inputs, layouts = encode(prompts, processor, adapter, max_positions=max_pos, image_token_id=image_id)
-    gold = [e.query.answer for e in episodes]
-    ids = answer_token_ids([a for a in gold if a is not None], processor, adapter)
-    answers = [ids.pop(0) if a is not None else None for a in gold]
+    inputs, layouts = encode(prompts, processor, adapter, max_positions=max_pos, image_token_id=image_id,
+                             padding_side=padding_side)
+    if with_answer:  # the answer's tokens exactly as they stand in the prompt
+        answers = [inputs["input_ids"][b, lay.query_answer_positions()] for b, lay in enumerate(layouts)]
+    else:
+        gold = [e.query.answer for e in episodes]
+        ids = answer_token_ids([a for a in gold if a is not None], processor, adapter)
+        answers = [ids.pop(0) if a is not None else None for a in gold]
     return PreparedBatch(inputs, layouts, answers, [p.text for p in prompts], list(episodes))
 
 
 def answer_token_ids(answers: list[str], processor, adapter: Adapter) -> list[torch.Tensor]:
-    """Token ids of each answer as the model would emit it after the assistant prefix."""
+    """Token ids of each answer as the model would emit it after the assistant prefix (the declared ChatFormat's
+    separator; a with-answer batch takes them from the prompt instead)."""
     if not answers:
         return []
     ids = processor.tokenizer([adapter.chat.answer_sep + a for a in answers], add_special_tokens=False)["input_ids"]

@@ -1,0 +1,85 @@
+"""The chat templates published with real checkpoints (their `chat_template.json` / tokenizer_config.json), as data.
+
+The tiny test processors carry no template; attach one of these to test prompts exactly as the checkpoint's
+processor writes them:
+
+    processor = with_template(tiny_loaded("llava").processor, "llava-1.5")
+    processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+name -> (family of the tiny model that plays the checkpoint, template). Sources: llava-hf/llava-1.5-7b-hf and
+llava-hf/llava-v1.6-vicuna-7b-hf (same template), llava-hf/llava-v1.6-mistral-7b-hf (its assistant turn ends with the
+literal text `<\\s> `, not the `</s>` token), llava-hf/llava-onevision-qwen2-*-ov-hf (note the space after the role),
+Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct (default system prompt), HuggingFaceM4/Idefics3-8B-Llama3.
+"""
+
+from __future__ import annotations
+
+import copy
+
+_LLAVA = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+_LLAVA_NEXT_MISTRAL = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\n' + message['content'][0]['text'] + '\n<</SYS>>\n\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' }}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{# Render all text next #}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{{' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'][0]['text'] + '<\\\\s> '}}{% else %}"
+    "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+_ONEVISION = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{# Render all images first #}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{# Render all video then #}{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}"
+    "{{ '<video>' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_QWEN2_VL = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_IDEFICS3 = (
+    "<|begin_of_text|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
+    "llava-1.5": ("llava", _LLAVA),
+    "llava-next-vicuna": ("llava_next", _LLAVA),
+    "llava-next-mistral": ("llava_next", _LLAVA_NEXT_MISTRAL),
+    "llava-onevision": ("llava_onevision", _ONEVISION),
+    "qwen2-vl": ("qwen2_vl", _QWEN2_VL),
+    "qwen2.5-vl": ("qwen2_5_vl", _QWEN2_VL),
+    "idefics3": ("idefics3", _IDEFICS3),
+}
+
+
+def with_template(processor, name: str):
+    """A shallow copy of `processor` carrying the published chat template `name` (see CHAT_TEMPLATES)."""
+    p = copy.copy(processor)
+    p.chat_template = CHAT_TEMPLATES[name][1]
+    return p
