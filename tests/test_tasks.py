@@ -1,12 +1,11 @@
 """Task generators follow their rules, hide them from the demo text, and load from released folder formats."""
 
-import json
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from micl_probe.tasks import BINDING_SCALE, TASKS, load_folder, make_episode, sample_episodes, task_names
+from micl_probe.tasks import BINDING_SCALE, TASKS, make_episode, sample_episodes, task_names
 from micl_probe.tasks.synthetic import COLOURS, DIGITS, SHAPES
 
 CELL = 8
@@ -116,44 +115,7 @@ def test_shortcut_rule_is_fixed():
         assert len(rules) == 1
 
 
-def _fixture(tmp_path, fmt):
-    root = tmp_path / fmt
-    task = root / "operator_induction"
-    (task / "imgs").mkdir(parents=True)
-    eps = sample_episodes("operator_induction_shortcut", 0, 6, seed=1)
-    for i, e in enumerate(eps):
-        e.query.images[0].save(task / "imgs" / f"{i}.png")
-    rel = (lambda i: f"operator_induction/imgs/{i}.png") if fmt == "vlicl" else (lambda i: f"imgs/{i}.png")
-    if fmt == "vlicl":
-        support = [{"image": [rel(i)], "question": "What?", "answer": [1, 2, 3]} for i in range(4)]
-        query = [{"image": [rel(i)], "question": "What?", "answer": 7, "operator": op} for i, op in
-                 zip((4, 5), "+x")]
-    else:
-        support = [{"image": rel(i), "question": "What?", "answer": str(i)} for i in range(4)]
-        query = [{"image": rel(i), "question": "What?", "answer": str(i)} for i in (4, 5)]
-    (task / "support.json").write_text(json.dumps(support))
-    (task / "query.json").write_text(json.dumps(query))
-    return root
-
-
-def test_truemicl_folder_loader(tmp_path):
-    eps = load_folder(_fixture(tmp_path, "truemicl"), "operator_induction", shots=3, seed=0)
-    assert len(eps) == 2 and all(e.shots == 3 for e in eps)
-    assert {d.answer for e in eps for d in e.demos} <= {"0", "1", "2", "3"}
-    assert [e.query.answer for e in eps] == ["4", "5"] and eps[0].query.images[0].size == (32, 32)
-
-
-def test_vlicl_folder_loader_picks_operator_answers(tmp_path):
-    eps = load_folder(_fixture(tmp_path, "vlicl"), "operator_induction", shots=2, fmt="vlicl")
-    assert [{d.answer for d in e.demos} for e in eps] == [{"1"}, {"3"}]  # "+" -> index 0, "x" -> index 2
-    assert eps[1].meta["rule"] == "x"
-
-
-def test_loader_errors(tmp_path):
-    root = _fixture(tmp_path, "truemicl")
-    (root / "operator_induction" / "imgs" / "0.png").unlink()
-    with pytest.raises(FileNotFoundError, match="imgs/0.png"):
-        load_folder(root, "operator_induction", shots=4)
+def test_unknown_task():
     with pytest.raises(ValueError, match="unknown task"):
         sample_episodes("sudoku", 1, 1)
 

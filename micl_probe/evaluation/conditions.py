@@ -6,11 +6,15 @@
     "retrieved-<k>-shot"   the k demos whose images are most like the query's (base episodes carry >= 2k demos)
     "shuffled-answers"     k demos, answers permuted among them
     "<condition>+<name>"   any of these under the intervention called <name> (see harness)
+
+A shot is `episode.meta["demos_per_shot"]` demos (1, or 2 for VL-ICL's open_mi and matching_mi: one per class, a
+same + a diff pair), so "4-shot" of open_mi is 8 demos, as VL-ICL counts.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 _BASE = re.compile(r"zero-shot|no-image|shuffled-answers|\d+-shot|retrieved-[1-9]\d*-shot")
 KNOWN = "zero-shot, no-image, shuffled-answers, <k>-shot or retrieved-<k>-shot, each optionally +<intervention>"
@@ -27,15 +31,18 @@ def parse_condition(condition: str) -> tuple[str, str]:
 def condition_episode(episode, condition: str, k_default: int = 4):
     """`episode` as condition `condition` (its base part; an intervention is the harness's business) prescribes."""
     condition, _ = parse_condition(condition)
+    per = episode.meta.get("demos_per_shot", 1)
     if condition.startswith("retrieved-") and condition.endswith("-shot"):
-        return episode.with_retrieved_shots(int(condition.split("-")[1]))
+        return episode.with_retrieved_shots(int(condition.split("-")[1]) * per)
     if condition == "zero-shot":
         return episode.zero_shot()
     if condition == "no-image":
-        return episode.with_shots(k_default).without_demo_images()
+        return episode.with_shots(k_default * per).without_demo_images()
     if condition == "shuffled-answers":
-        return episode.with_shots(k_default).with_shuffled_answers()
-    return episode.with_shots(int(condition.split("-")[0]))
+        return episode.with_shots(k_default * per).with_shuffled_answers()
+    k = int(condition.split("-")[0])
+    out = episode.with_shots(k * per)
+    return out if per == 1 else replace(out, meta={**out.meta, "condition": f"{k}-shot"})
 
 
 def pool_size(conditions: list[str]) -> tuple[int, int]:

@@ -12,6 +12,13 @@ demo). Records are appended to a JSON-lines file as each chunk finishes; a rerun
 already there, so a crash or Ctrl-C loses no finished episode. Records carry a fingerprint of the weights
 ("weights"): a model retrained under the same name gets new records, never the old model's.
 
+Tasks are procedural names or benchmark folders (`truemicl:PATH/TASK`, `vlicl:PATH/TASK`: `tasks.query_episodes`).
+Each task is scored by a metric (`evaluation.metrics`; `RunConfig.metric`, default per task: teacher-forced for the
+procedural tasks, VL-ICL's rules for vlicl:, normalised exact match for truemicl:): teacher-forced scores the gold
+answer in one forward pass; every other metric scores a greedy generation (`scoring.generate_answers`) and the
+attention is read at the last prompt token, the row that produces the first answer token. The metric, prompt style
+and instruction are recorded in every record and are part of what a rerun matches.
+
 Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retrieved-<k>-shot",
 "shuffled-answers". Any condition can take an intervention: "<condition>+<name>" runs it inside
 `interventions[name]`, a `layouts -> context manager` factory, e.g.
@@ -21,9 +28,9 @@ Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retr
     run(loaded, ["outlier"], ["4-shot", "4-shot+dara", "zero-shot+mtv", "4-shot+alpha=2"], interventions=…)
 
 (attention under an intervention is measured on HF's eager weights, so a DARA must use kernel="eager" there).
-Scoring is greedy exact match (`scoring.greedy_exact_match`), identical to generate + exact match. Each batch is
-prepared once and run once: the forward pass that scores it also measures its attention (`score_and_capture`).
-Query episodes are drawn as the model was trained (`tasks.options_for`).
+Teacher-forced scoring (`scoring.greedy_exact_match`) is identical to generate + exact match of the trained answer
+format: each batch is prepared once and run once, the forward pass that scores it also measures its attention
+(`score_and_capture`). Procedural query episodes are drawn as the model was trained (`tasks.options_for`).
 """
 
 from __future__ import annotations
@@ -40,10 +47,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, within
+from ..core.episode import STYLES
 from ..measure import score_and_capture
-from ..tasks import matching_demos, options_for, sample_episodes
+from ..tasks import check_task, matching_demos, options_for, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
-from .scoring import greedy_exact_match, verdicts_from_logits
+from .metrics import METRICS, correct, default_metric, first_line
+from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
 
 
 @dataclass(frozen=True)
@@ -55,9 +64,29 @@ class RunConfig:
     batch_size: int = 25  # episodes per forward pass
     attention: bool = True  # record the attention summary at the answer row
     progress: bool = True  # tqdm progress bar
+    metric: str | None = None  # evaluation.metrics name; None: each task's default (metrics.default_metric)
+    max_new_tokens: int = 16  # generation length for the generated-answer metrics
+    style: str = "turns"  # prompt style: "turns" (a chat turn per demo) | "single" (VL-ICL's one user turn)
+    instruction: str = "nothing"  # nothing | concise | detailed (VL-ICL's, for vlicl: tasks) | any text
+
+    def __post_init__(self):
+        if self.metric is not None and self.metric not in METRICS:
+            raise ValueError(f"unknown metric {self.metric!r}; metrics: {', '.join(METRICS)}")
+        if self.style not in STYLES:
+            raise ValueError(f"unknown prompt style {self.style!r}; styles: {', '.join(STYLES)}")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
 
 
-RECORD_KEY = ("model", "task", "condition", "index")  # with "weights": what makes a record unique
+RECORD_KEY = ("model", "task", "condition", "index")  # with the weights and the setup: what makes a record unique
+SETUP = {"metric": "teacher-forced", "style": "turns", "instruction": "nothing"}  # (absent in old records: these)
+
+
+def record_key(r: dict) -> tuple:
+    """What makes a record unique: model, weights, task, condition, index and the setup (metric, style,
+    instruction)."""
+    return (r["model"], r.get("weights"), r["task"], r["condition"], r["index"]) + \
+        tuple(r.get(k, v) for k, v in SETUP.items())
 
 
 def load_records(results: str | Path) -> list[dict]:
@@ -77,7 +106,7 @@ def load_records(results: str | Path) -> list[dict]:
             if not isinstance(r, dict) or any(k not in r for k in RECORD_KEY):
                 broken += 1
                 continue
-            key = (r["model"], r.get("weights"), r["task"], r["condition"], r["index"])
+            key = record_key(r)
             if key not in seen:
                 seen.add(key)
                 records.append(r)
@@ -90,7 +119,7 @@ def load_records(results: str | Path) -> list[dict]:
 def _done(results: Path | None) -> set[tuple]:
     if results is None or not results.is_file():
         return set()
-    return {(r["model"], r.get("weights"), r["task"], r["condition"], r["index"]) for r in load_records(results)}
+    return {record_key(r) for r in load_records(results)}
 
 
 @torch.no_grad()
@@ -111,6 +140,8 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
     records are appended to `results` (JSON lines) as each batch finishes, and a rerun skips what is there."""
     cfg = config or RunConfig()
     interventions = interventions or {}
+    for task in tasks:
+        check_task(task)
     for c in conditions:
         name = parse_condition(c)[1]
         if name and name not in interventions:
@@ -126,41 +157,69 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
                 f.write(b"\n")
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
-    n, records = cfg.n, []
-    jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, n, cfg.batch_size)]
-    base_of: dict[str, list] = {}  # each task's query episodes, drawn once
+    setup_of = {t: {"metric": cfg.metric or default_metric(t), "style": cfg.style, "instruction": cfg.instruction}
+                for t in tasks}
+    draw = {"instruction": cfg.instruction, "style": cfg.style}
+    base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw, **options_for(loaded)) for t in tasks}
+    retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
+    records = []
+    jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, len(base_of[t]), cfg.batch_size)]
     for task, cond, start in tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not cfg.progress, mininterval=1):
-        idx = [i for i in range(start, min(n, start + cfg.batch_size))
-               if (loaded.name, weights, task, cond, i) not in done]
+        setup = setup_of[task]
+        base = base_of[task]
+        idx = [i for i in range(start, min(len(base), start + cfg.batch_size))
+               if record_key({"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
+                              **setup}) not in done]
         if not idx:
             continue
-        if task not in base_of:
-            base_of[task] = sample_episodes(task, k_max, n, seed=cfg.seed, split="query", **options_for(loaded))
-        base = base_of[task]
         base_cond, _, name = cond.partition("+")
         intervention = interventions.get(name) if name else None
-        eps = [condition_episode(base[i], base_cond, k_default) for i in idx]
-        batch = loaded.prepare_batch(eps, with_answer=True)
-        if cfg.attention:  # one forward pass scores the batch and measures its attention
-            am, logits = score_and_capture(loaded, batch, intervention=intervention)
-            correct, first = verdicts_from_logits(logits, batch)
-        else:
-            with within(intervention, batch.layouts) as kwargs:
-                correct, first = greedy_exact_match(loaded.model, batch, **kwargs)
-        chunk = [{"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
-                  "correct": bool(correct[j]),
-                  "prediction": loaded.processor.tokenizer.decode([int(first[j])]).strip(),
-                  "answer": ep.query.answer, "shots": ep.shots} for j, (i, ep) in enumerate(zip(idx, eps))]
-        if cfg.attention:
-            _add_attention(chunk, am, eps)
+        if base_cond.startswith("retrieved-"):
+            k = int(base_cond.split("-")[1])
+            if (task, k) not in retrieved:
+                retrieved[task, k] = retrieval_episodes(task, k, cfg.n, **draw)
+        pool = retrieved.get((task, int(base_cond.split("-")[1]))) if base_cond.startswith("retrieved-") else None
+        eps = [pool[i] if pool is not None else condition_episode(base[i], base_cond, k_default) for i in idx]
+        chunk = _score_chunk(loaded, eps, intervention, setup["metric"], cfg, task)
+        for r, i, ep in zip(chunk, idx, eps):
+            r.update({"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
+                      "answer": ep.query.answer, "shots": ep.shots, **setup})
         if results:
             with results.open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in chunk)
         records.extend(chunk)
     if results:
         return [r for r in load_records(results) if r["model"] == loaded.name and r.get("weights") == weights
-                and r["task"] in tasks and r["condition"] in conditions and r["index"] < n]
+                and r["task"] in tasks and r["condition"] in conditions and r["index"] < cfg.n
+                and all(r.get(k, v) == setup_of[r["task"]][k] for k, v in SETUP.items())]
     return records
+
+
+def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:
+    """Score a chunk of episodes under `metric` (one forward for teacher-forced; a forward for the attention and a
+    generation otherwise): a partial record per episode (correct, prediction, attention summary)."""
+    am = None
+    if metric == "teacher-forced":
+        batch = loaded.prepare_batch(eps, with_answer=True)
+        if cfg.attention:  # one forward pass scores the batch and measures its attention
+            am, logits = score_and_capture(loaded, batch, intervention=intervention)
+            verdicts, first = verdicts_from_logits(logits, batch)
+        else:
+            with within(intervention, batch.layouts) as kwargs:
+                verdicts, first = greedy_exact_match(loaded.model, batch, **kwargs)
+        decode = loaded.processor.tokenizer.decode
+        chunk = [{"correct": bool(v), "prediction": decode([int(t)]).strip()} for v, t in zip(verdicts, first)]
+    else:
+        batch = loaded.prepare_batch(eps, padding_side="left")
+        if cfg.attention:  # the answer row: the last prompt token, which produces the first answer token
+            am, _ = score_and_capture(loaded, batch, intervention=intervention)
+        with within(intervention, batch.layouts) as kwargs:
+            texts = generate_answers(loaded, batch, cfg.max_new_tokens, **kwargs)
+        chunk = [{"correct": correct(metric, t, ep.query.answer, task), "prediction": first_line(t)}
+                 for t, ep in zip(texts, eps)]
+    if am is not None:
+        _add_attention(chunk, am, eps)
+    return chunk
 
 
 def _add_attention(chunk: list[dict], am, episodes) -> None:

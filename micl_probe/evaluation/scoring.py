@@ -43,6 +43,46 @@ def verdicts_from_logits(logits: torch.Tensor, batch: PreparedBatch) -> tuple[to
     return torch.tensor(correct), torch.tensor(first)
 
 
+def stop_token_ids(loaded: Loaded) -> list[int]:
+    """Token ids that end an answer: the model's EOS ids, the tokenizer's, and the family's end of turn where it is
+    one token."""
+    tok = loaded.processor.tokenizer
+    ids = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    for end in {loaded.adapter.chat.assistant_end, loaded.adapter.chat.assistant_end.strip()} - {""}:
+        one = tok(end, add_special_tokens=False)["input_ids"]
+        if len(one) == 1:
+            ids.add(one[0])
+    return sorted(ids)
+
+
+@torch.no_grad()
+def generate_answers(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 16, **forward_kwargs) -> list[str]:
+    """Greedy answers (text, special tokens dropped) to a batch prepared without answers and left-padded
+    (`loaded.prepare_batch(episodes, padding_side="left")`); `forward_kwargs` go to every forward pass (what an
+    intervention's context yields). Generation stops at `stop_token_ids` or after `max_new_tokens`."""
+    mask = batch.inputs["attention_mask"]
+    if len(batch) > 1 and not bool(mask[:, -1].all()):
+        raise ValueError("generation needs left padding: prepare the batch with padding_side='left'")
+    tok = loaded.processor.tokenizer
+    stops = stop_token_ids(loaded)
+    # `generate` refuses forward kwargs it does not know, so they reach the attention modules (and from there the
+    # attention function, as in a plain forward) through a pre-hook on each, for the duration of this call
+    model, adapter = loaded.model, loaded.adapter
+    handles = [adapter.attention(model, i).register_forward_pre_hook(
+        lambda module, args, kwargs: (args, {**kwargs, **forward_kwargs}), with_kwargs=True)
+        for i in range(adapter.n_layers(model))] if forward_kwargs else []
+    try:
+        out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             eos_token_id=stops, pad_token_id=tok.pad_token_id or stops[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return tok.batch_decode(out[:, batch.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 @torch.no_grad()
 def which_correct(loaded: Loaded, episodes, intervention=None, batch_size: int = 25) -> torch.Tensor:
     """correct[episode] (bool): greedy exact match of each of `episodes`, `batch_size` at a time;

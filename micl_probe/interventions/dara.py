@@ -207,7 +207,10 @@ def _dara_attention(module, query, key, value, attention_mask, scaling=None, dro
         q_len, kv_len = query.shape[2], key.shape[2]
         attention_mask = torch.full((q_len, kv_len), float("-inf"), device=query.device,
                                     dtype=query.dtype).triu(kv_len - q_len + 1)[None, None]
-    bias = dara.column_bias(dara.layers.index(layer), key_image[:, : key.shape[-2]]).to(query.dtype)
+    kv = key.shape[-2]  # under generation the keys grow past the prompt: new tokens are no image's
+    key_image = key_image[:, :kv] if key_image.shape[1] >= kv else \
+        torch.nn.functional.pad(key_image, (0, kv - key_image.shape[1]), value=-1)
+    bias = dara.column_bias(dara.layers.index(layer), key_image).to(query.dtype)
     if dara.mode == "post":
         return _eager(module, query, key, value, attention_mask, scaling, dropout, post_scale=bias.exp())
     mask = attention_mask[:, :, :, : key.shape[-2]] + bias  # [B, H, q, kv]

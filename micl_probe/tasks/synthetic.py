@@ -289,10 +289,11 @@ def chance(name: str) -> float | None:
 
 
 def matching_demos(episode: Episode) -> list[int] | None:
-    """The demos that show the query's class (tasks whose `demos_match_query`, novel binding and its twin: the demos
-    answered with the query's answer), or None for a task without such a match."""
+    """The demos that show the query's class (tasks whose `demos_match_query`, novel binding and its twin, or an
+    episode that says so in its meta, VL-ICL's open_mi: the demos answered with the query's answer), or None for a
+    task without such a match."""
     task = TASKS.get(episode.task.removesuffix(SHORTCUT_SUFFIX))
-    if task is None or not task.demos_match_query:
+    if not episode.meta.get("demos_match_query") and (task is None or not task.demos_match_query):
         return None
     return [i for i, d in enumerate(episode.demos) if d.answer == episode.query.answer]
 

@@ -1,0 +1,56 @@
+"""Every task by one name: a procedural task ("clock_math", "outlier_shortcut") or a benchmark folder
+("vlicl:/data/VL-ICL/clevr", "truemicl:/data/truemicl/operator_induction").
+
+    episodes = query_episodes("vlicl:/data/VL-ICL/clevr", shots=8, n=100, style="single", instruction="concise")
+    episodes = query_episodes("clock_math", shots=4, n=100, **options_for(loaded))
+
+`instruction`: "nothing" | "concise" | "detailed" (VL-ICL's own instructions for vlicl: tasks; no text otherwise)
+or any other string, written as it is before the first demo. `style`: "turns" | "single" (see `Episode`).
+"""
+
+from __future__ import annotations
+
+from ..core.episode import Episode
+from .folders import LEVELS, FolderError, folder_episodes, parse_task, retrieved_episodes
+from .synthetic import sample_episodes, task_names
+
+
+def check_task(task: str) -> None:
+    """ValueError (one line, naming the fix) unless `task` is a procedural task or a readable folder task."""
+    if ":" in task:
+        if parse_task(task) is None:
+            raise FolderError(f"task {task!r}: a folder task is truemicl:PATH/TASK or vlicl:PATH/TASK")
+        return
+    if task not in task_names() + task_names(shortcut=True):
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(task_names())} (each also as <task>_shortcut), "
+                         "or a benchmark folder as truemicl:PATH/TASK or vlicl:PATH/TASK")
+
+
+def demos_per_shot(task: str) -> int:
+    folder = parse_task(task) if ":" in task else None
+    return folder.demos_per_shot if folder else 1
+
+
+def _styled(episodes: list[Episode], style: str, instruction: str | None) -> list[Episode]:
+    return [e.with_style(style, instruction) for e in episodes]
+
+
+def query_episodes(task: str, shots: int, n: int, seed: int = 0, instruction: str = "nothing",
+                   style: str = "turns", **options) -> list[Episode]:
+    """`n` query episodes of `task` with `shots` shots each (a folder task may hold fewer queries: all of them);
+    `options` are the procedural tasks' drawing options (`options_for(loaded)`)."""
+    folder = parse_task(task) if ":" in task else None
+    if folder is not None:
+        return _styled(folder_episodes(folder, shots, n, seed, instruction), style, None)
+    text = "" if instruction in LEVELS else instruction
+    return _styled(sample_episodes(task, shots, n, seed=seed, split="query", **options), style, text)
+
+
+def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", style: str = "turns"
+                       ) -> list[Episode] | None:
+    """For a folder task, each query with the k most similar items of the whole support set; None for a procedural
+    task (its retrieved-k condition picks among each episode's own demos: `Episode.with_retrieved_shots`)."""
+    folder = parse_task(task) if ":" in task else None
+    if folder is None:
+        return None
+    return _styled(retrieved_episodes(folder, k, n, instruction), style, None)
