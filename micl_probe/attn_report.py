@@ -12,9 +12,18 @@ With no arguments: every shipped organism, a default task set, conditions zero-s
 
 Examples:
     python -m micl_probe.attn_report --model organism:text-shortcut --tasks outlier shape_count --n 100
+    python -m micl_probe.attn_report --model Qwen/Qwen2.5-VL-7B-Instruct --device cuda --dtype bfloat16 \
+        --tasks vlicl:/data/VL-ICL/operator_induction truemicl:/data/truemicl/clock --conditions zero-shot 4-shot
     python -m micl_probe.attn_report --model /models/qwen2-vl-2b --device cuda --conditions zero-shot 4-shot 8-shot
     python -m micl_probe.attn_report --model organism:true-micl --tasks outlier --conditions 4-shot retrieved-4-shot \
         4-shot+dara 4-shot+alpha=2 zero-shot+mtv --dara runs/dara_outlier --mtv runs/mtv runs/mtv_heads --alphas 2
+
+Tasks: procedural names (micl_probe.tasks) or benchmark folders, truemicl:PATH/TASK and vlicl:PATH/TASK (a task
+folder holding support.json and query.json; see micl_probe.tasks.folders for each format). Each task is scored by a
+metric (--metric; default: teacher-forced for procedural tasks, VL-ICL's own rules for vlicl:, normalised exact
+match for truemicl:); every metric but teacher-forced scores a greedy generation of --max-new-tokens tokens.
+Prompts are written by the model's own chat template when its processor has one (--no-template: the adapter's
+declared format), one chat turn per demo or, with --prompt-style single, VL-ICL's one user turn.
 
 Interventions: a condition "<condition>+<name>" runs under the named intervention: "dara" (factors saved by
 `DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "alpha=<a>" (fixed factor a on
@@ -35,10 +44,12 @@ from pathlib import Path
 import torch
 
 from .core import load
+from .core.episode import STYLES
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
+from .evaluation.metrics import METRICS
 from .organisms import shipped
-from .tasks import options_for, sample_episodes, task_names
+from .tasks import check_task, options_for, query_episodes, task_labels, task_names
 from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
@@ -50,8 +61,9 @@ def parse(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", help="hub ids, local folders or organism:NAME "
                     "(default: every shipped organism)")
-    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=task_names() + task_names(shortcut=True),
-                    metavar="TASK", help=f"tasks (default: {' '.join(DEFAULT_TASKS)}); any of micl_probe.tasks")
+    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, metavar="TASK",
+                    help=f"tasks (default: {' '.join(DEFAULT_TASKS)}): {', '.join(task_names())} (each also "
+                         "<task>_shortcut), or a benchmark folder truemicl:PATH/TASK or vlicl:PATH/TASK")
     ap.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS,
                     help="zero-shot, no-image, shuffled-answers, <k>-shot, retrieved-<k>-shot, each optionally "
                          "+dara / +mtv / +alpha=<a> (default: %(default)s)")
@@ -62,6 +74,15 @@ def parse(argv=None):
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
     ap.add_argument("--batch-size", type=int, default=20, help="episodes per forward pass (default: %(default)s)")
     ap.add_argument("--no-attention", action="store_true", help="accuracy only")
+    ap.add_argument("--metric", choices=METRICS, help="answer metric for every task (default: per task, see above)")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="generation length (default: %(default)s)")
+    ap.add_argument("--prompt-style", choices=STYLES, default="turns",
+                    help="turns: a chat turn per demo; single: every demo in one user turn, as VL-ICL Bench "
+                         "(default: %(default)s)")
+    ap.add_argument("--instruction", default="nothing", help="task instruction: nothing, concise or detailed "
+                    "(VL-ICL's own, for vlicl: tasks) or any text (default: %(default)s)")
+    ap.add_argument("--no-template", action="store_true", help="write prompts in the adapter's declared chat "
+                    "format even where the processor carries a chat template")
     ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")
     ap.add_argument("--mtv", nargs=2, metavar=("MEANS", "HEADS"), help="MTV means and head mask (TaskVector.save) "
                     "for +mtv conditions")
@@ -80,6 +101,16 @@ def check(args) -> None:
         raise UsageError(f"--n {args.n}: give at least 1 query episode per task and condition")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size {args.batch_size}: give at least 1 episode per forward pass")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: generate at least 1 token")
+    for task in args.tasks:
+        try:
+            check_task(task)
+        except ValueError as e:
+            raise UsageError(f"--tasks: {e}") from None
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: this machine has no CUDA device torch can use (torch "
+                         f"{torch.__version__}); run on --device cpu or install a CUDA build of torch")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file: name a folder (it is created if missing)")
     bad = [a for a in args.alphas if not (math.isfinite(a) and a > 0)]
@@ -143,8 +174,8 @@ def example_patch_maps(loaded, args) -> tuple:
 
     k, k_max = pool_size(args.conditions)
     task = args.tasks[0]
-    episode = condition_episode(sample_episodes(task, k_max, 1, seed=args.seed, split="query",
-                                                **options_for(loaded))[0], f"{k}-shot")
+    episode = condition_episode(query_episodes(task, k_max, 1, args.seed, args.instruction, args.prompt_style,
+                                               **options_for(loaded))[0], f"{k}-shot")
     maps = patch_maps(loaded, episode)
     return maps, top_heads(maps), f"{task}, {k}-shot, query episode 0"
 
@@ -158,18 +189,26 @@ def report(args) -> Path:
     out = Path(args.out)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     settings = {"models": models, "tasks": args.tasks, "conditions": args.conditions, "n": args.n,
-                "seed": args.seed, "device": args.device or "cpu"}
-    config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention)
+                "seed": args.seed, "device": args.device or "cpu", "metric": args.metric or "per task",
+                "prompt_style": args.prompt_style, "instruction": args.instruction,
+                "chat_template": not args.no_template}
+    config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention,
+                       metric=args.metric, max_new_tokens=args.max_new_tokens, style=args.prompt_style,
+                       instruction=args.instruction)
     t0 = time.time()
     records, patches = [], {}
     for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
         loaded = load(name, device=args.device, dtype=dtype)
+        loaded.use_template = not args.no_template
         interventions = interventions_for(loaded, args)  # checked against the model before anything is written
         out.mkdir(parents=True, exist_ok=True)
         records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
                        interventions=interventions)
         if not args.no_attention:
             patches[name] = example_patch_maps(loaded, args)
+    label = task_labels(args.tasks)  # folder tasks by a short name in tables and figures (settings keep the paths)
+    records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]
+    settings["metrics"] = {r["task"]: r.get("metric", "teacher-forced") for r in records}
     page = write_report(out, records, settings, time.time() - t0, summarise(records), patches)
     print(f"report: {page}")
     return page

@@ -181,3 +181,27 @@ def test_harness_on_folder_tasks_generates_and_scores_with_vlicl_rules(vlicl, tm
     exact = run(loaded, tasks[:1], ["1-shot"], RunConfig(n=3, progress=False, metric="exact", max_new_tokens=4),
                 results=tmp_path / "r.jsonl")
     assert {r["metric"] for r in exact} == {"exact"} and len(exact) == 3
+
+
+def test_report_cli_on_a_folder_task_and_a_dotted_model_folder(vlicl, tmp_path):
+    """A user's model folder (a dot in its name, its processor carrying a chat template) on a VL-ICL task, from the
+    command line, in VL-ICL's single-turn layout."""
+    from micl_probe.attn_report import main
+    from micl_probe.testing import cached_tiny
+    from micl_probe.testing.templates import with_template
+
+    model, processor = cached_tiny("qwen2_vl")
+    folder = tmp_path / "Qwen2.5-VL-tiny"
+    model.save_pretrained(folder)
+    with_template(processor, "qwen2-vl").save_pretrained(folder)
+    out = tmp_path / "report"
+    main(["--model", str(folder), "--tasks", f"vlicl:{vlicl}/clevr", "clock_math", "--conditions", "no-image",
+          "1-shot", "--n", "3", "--max-new-tokens", "3", "--prompt-style", "single", "--instruction", "concise",
+          "--out", str(out)])
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["accuracy"][str(folder)]) == {"vlicl:clevr", "clock_math"}
+    assert results["settings"]["metrics"] == {"vlicl:clevr": "vlicl", "clock_math": "teacher-forced"}
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["style"] for r in records} == {"single"} and {r["instruction"] for r in records} == {"concise"}
+    assert "VL-ICL Bench's own rule" in (out / "report.md").read_text()
+    assert (out / "fig_patch__Qwen2.5-VL-tiny.png").is_file() or any(out.glob("fig_patch_*Qwen2.5-VL-tiny.png"))

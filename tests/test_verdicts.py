@@ -115,6 +115,10 @@ def test_chance_is_one_over_the_answers_the_generator_gives(name):
     (["--dara", "nowhere/dara"], "--dara nowhere/dara: no nowhere/dara.json"),
     (["--model", "organism:nope"], "--model organism:nope: no such organism; shipped: organism:"),
     (["--model", "/no/such/folder"], "cannot load '/no/such/folder'"),
+    (["--tasks", "sudoku"], "--tasks: unknown task 'sudoku'; tasks: operator_induction, clock_math"),
+    (["--tasks", "vlicl:/no/where/clevr"], "--tasks: task 'vlicl:/no/where/clevr': no folder '/no/where/clevr'"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: generate at least 1 token"),
+    (["--device", "cuda"], "--device cuda: this machine has no CUDA device"),
 ])
 def test_cli_mistakes_end_in_one_line_naming_the_flag(flags, says, tmp_path, capsys):
     from micl_probe.attn_report import main

@@ -41,7 +41,7 @@ def verdicts(records: list[dict]) -> list[dict]:
             continue
         k = ks[-1]
         sighted = by_condition[f"{k}-shot"]
-        pairs = [i for i in sorted(sighted) if i in blind and blind[i].get("shots", k) == k]
+        pairs = [i for i in sorted(sighted) if i in blind and blind[i].get("shots") == sighted[i].get("shots")]
         if not pairs:
             continue
         a = [sighted[i]["correct"] for i in pairs]

@@ -26,6 +26,14 @@ def check_task(task: str) -> None:
                          "or a benchmark folder as truemicl:PATH/TASK or vlicl:PATH/TASK")
 
 
+def task_labels(tasks: list[str]) -> dict[str, str]:
+    """{task: a short name for tables and figures}: a folder task as source:TASK (the full spec where two would
+    share a name), a procedural task as itself."""
+    short = {t: f"{t.partition(':')[0]}:{t.rstrip('/').rsplit('/', 1)[-1]}" if ":" in t else t for t in tasks}
+    clash = {v for v in short.values() if list(short.values()).count(v) > 1}
+    return {t: t if v in clash else v for t, v in short.items()}
+
+
 def demos_per_shot(task: str) -> int:
     folder = parse_task(task) if ":" in task else None
     return folder.demos_per_shot if folder else 1

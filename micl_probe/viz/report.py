@@ -100,7 +100,8 @@ def looks_markdown(where: dict, right: list[dict]) -> list[str]:
     md.append("")
     if right:
         md += ["### Does it look at the right demo?", "",
-               "Novel binding: the image share (% of the answer row) of one demo of the query's class against one "
+               "Tasks whose demos show the query's class (novel binding, VL-ICL's open_mi): the image share (% of the "
+               "answer row) of one demo of the query's class against one "
                "demo of the other class; p: Wilcoxon signed-rank test on the paired episodes.", "",
                "| model | task | condition | query's class | other class | p | n |", "|---|---|---|---|---|---|---|"]
         md += [f"| {r['model']} | {r['task']} | {r['condition']} | {100 * r['matching']:.2f} | "
@@ -134,6 +135,21 @@ def heads_markdown(rows: list[dict]) -> list[str]:
     return md + [""]
 
 
+METRIC_NAMES = {"teacher-forced": "greedy exact match (teacher-forced)", "exact": "normalised exact match of a "
+                "greedy generation", "number": "first number of a greedy generation", "contains": "gold contained in a "
+                "greedy generation", "option": "option letter of a greedy generation",
+                "vlicl": "VL-ICL Bench's own rule on a greedy generation"}
+
+
+def _metrics_text(metrics: dict) -> str:
+    """How accuracy was scored: one metric for every task, or each task's."""
+    if not metrics:
+        return METRIC_NAMES["teacher-forced"]
+    if len(set(metrics.values())) == 1:
+        return METRIC_NAMES.get(next(iter(metrics.values())), "?")
+    return "; ".join(f"{task}: {METRIC_NAMES.get(m, m)}" for task, m in metrics.items())
+
+
 def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[str]) -> str:
     conditions = settings["conditions"]
     table = summary["accuracy"]
@@ -142,7 +158,8 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
           "## Accuracy and attention by condition", "",
           f"Models: {', '.join(settings['models'])}. Tasks: {', '.join(settings['tasks'])}. "
           f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
-          f"Accuracy: greedy exact match, % with 95% Wilson CI. Visual share: attention of the answer position on "
+          f"Accuracy: {_metrics_text(settings.get('metrics', {}))}, % with 95% Wilson CI. Visual share: attention of "
+          f"the answer position on "
           f"image tokens, mean over layers and heads. Run time {seconds:.0f} s.", ""]
     for model, tasks in table.items():
         md += [f"### {model}", "", "| task | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
