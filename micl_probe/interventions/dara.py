@@ -210,7 +210,8 @@ def _dara_attention(module, query, key, value, attention_mask, scaling=None, dro
     kv = key.shape[-2]  # under generation the keys grow past the prompt: new tokens are no image's
     key_image = key_image[:, :kv] if key_image.shape[1] >= kv else \
         torch.nn.functional.pad(key_image, (0, kv - key_image.shape[1]), value=-1)
-    bias = dara.column_bias(dara.layers.index(layer), key_image).to(query.dtype)
+    bias = dara.column_bias(dara.layers.index(layer), key_image.to(dara.log_alpha.device))
+    bias = bias.to(device=query.device, dtype=query.dtype)  # the layer's own device under a device_map
     if dara.mode == "post":
         return _eager(module, query, key, value, attention_mask, scaling, dropout, post_scale=bias.exp())
     mask = attention_mask[:, :, :, : key.shape[-2]] + bias  # [B, H, q, kv]

@@ -235,8 +235,9 @@ def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Te
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
             x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
             probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
-            row = (weights @ probs)  # [B, H, 1, seq]: each episode's mean over its rows
-            saved.append((row if onehot is None else row @ onehot)[:, :, 0].save())  # [B, H, seq | n_seg]
+            here = probs.device  # this layer's device (under a device_map, layers live on several)
+            row = weights.to(here) @ probs  # [B, H, 1, seq]: each episode's mean over its rows
+            saved.append((row if onehot is None else row @ onehot.to(here))[:, :, 0].save())  # [B, H, seq | n_seg]
         if outputs is not None:
             logits = loaded.envoy.output.logits.save()
     if outputs is not None:
