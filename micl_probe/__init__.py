@@ -17,16 +17,17 @@ Subpackages, from the bottom layer up (each imports only from the ones before it
 and two entry points on top: attn_report (the command line) and explore (one episode in Jupyter).
 """
 
-from .core import Demo, Episode, Loaded, Query, TokenLayout, load, supported_families
+from .core import Demo, Episode, Loaded, PreparedBatch, Query, TokenLayout, load, supported_families
 from .evaluation.harness import RunConfig, run
 from .explore import explore
 from .interventions.dara import DARA
 from .interventions.mtv import TaskVector
 from .measure.attention import AttentionMass, capture_attention
-from .tasks import sample_episodes
+from .tasks import query_episodes, sample_episodes
 
 __all__ = [
-    "DARA", "AttentionMass", "Demo", "Episode", "Loaded", "Query", "RunConfig", "TaskVector", "TokenLayout",
-    "capture_attention", "explore", "load", "run", "sample_episodes", "supported_families",
+    "DARA", "AttentionMass", "Demo", "Episode", "Loaded", "PreparedBatch", "Query", "RunConfig", "TaskVector",
+    "TokenLayout", "capture_attention", "explore", "load", "query_episodes", "run", "sample_episodes",
+    "supported_families",
 ]
 __version__ = "0.1.0"

@@ -113,6 +113,65 @@ class TokenLayout:
                 "n_demos": self.n_demos, "n_images": self.n_images, "answer_position": self.answer_position}
 
     @classmethod
+    def from_spans(cls, input_ids, spans: dict[str, list[tuple[int, int]]], image_token_id: int | None = None,
+                   answer_position: int | None = None) -> TokenLayout:
+        """A layout for a prompt you built yourself (your own tokenizer, template or model), from token spans.
+
+            layout = TokenLayout.from_spans(input_ids, {"demo0.image": [(1, 17)], "demo0.question": [(17, 21)],
+                                                        "demo0.answer": [(21, 23)], "query.image": [(23, 39)],
+                                                        "query.question": [(39, 44)]}, image_token_id=32000)
+
+        `input_ids`: one prompt's token ids ([seq] or [1, seq]). `spans`: "<owner>.<role>" -> half-open token
+        ranges [start, end), owner demo<i> | query | none, role one of image, image_markup, question, answer,
+        template, special (or the key "special" alone). Each image span is one image (prompt order gives the image
+        index). Positions no span names are template text owned by nobody. With `image_token_id`, the image spans
+        must be exactly the positions of that id (checked). `answer_position`: the row whose logits give the
+        first answer token (default: just before a "query.answer" span, else the last position)."""
+        ids = torch.as_tensor(input_ids).reshape(-1)
+        seq = ids.numel()
+        owner = torch.full((seq,), NONE, dtype=torch.long)
+        role = torch.full((seq,), ROLE["template"], dtype=torch.long)
+        image_index = torch.full((seq,), -1, dtype=torch.long)
+        taken = torch.zeros(seq, dtype=torch.bool)
+        images = []
+        for key, ranges in spans.items():
+            who, _, what = key.partition(".") if key != "special" else ("none", ".", "special")
+            if what not in ROLE or what == "pad":
+                raise ValueError(f"span {key!r}: role {what!r} is not one of {', '.join(ROLES[:-1])}")
+            if who == "query":
+                o = QUERY
+            elif who == "none":
+                o = NONE
+            elif who.startswith("demo") and who[4:].isdigit():
+                o = int(who[4:])
+            else:
+                raise ValueError(f"span {key!r}: owner {who!r} must be demo<i>, query or none")
+            for start, end in ranges:
+                if not 0 <= start < end <= seq:
+                    raise ValueError(f"span {key!r} ({start}, {end}) is outside the prompt of {seq} tokens")
+                if taken[start:end].any():
+                    raise ValueError(f"span {key!r} ({start}, {end}) overlaps another span")
+                taken[start:end] = True
+                owner[start:end], role[start:end] = o, ROLE[what]
+                if what == "image":
+                    images.append((start, end))
+        for i, (start, end) in enumerate(sorted(images)):
+            image_index[start:end] = i
+        if image_token_id is not None:
+            is_image = ids == image_token_id
+            if not torch.equal(is_image, role == ROLE["image"]):
+                wrong = (is_image != (role == ROLE["image"])).nonzero().flatten()[:5].tolist()
+                raise ValueError(f"the image spans differ from the positions of image token {image_token_id} "
+                                 f"(first differing positions: {wrong})")
+        demos = sorted({int(o) for o in owner.tolist() if o >= 0})
+        if demos != list(range(len(demos))):
+            raise ValueError(f"demos must be numbered 0..k-1 in the spans; got {demos}")
+        if answer_position is None:
+            answer = ((owner == QUERY) & (role == ROLE["answer"])).nonzero().flatten()
+            answer_position = int(answer[0]) - 1 if answer.numel() else seq - 1
+        return cls(owner, role, image_index, len(demos), len(images), answer_position)
+
+    @classmethod
     def from_dict(cls, d: dict) -> TokenLayout:
         t = lambda k: torch.tensor(d[k], dtype=torch.long)  # noqa: E731
         return cls(t("owner"), t("role"), t("image_index"), d["n_demos"], d["n_images"], d["answer_position"])

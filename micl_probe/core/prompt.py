@@ -77,6 +77,19 @@ class PreparedBatch:
     def __len__(self) -> int:
         return len(self.layouts)
 
+    @classmethod
+    def of(cls, inputs: dict, layouts: list[TokenLayout] | TokenLayout) -> PreparedBatch:
+        """A batch from model inputs you built yourself and their layouts (`TokenLayout.from_spans`): what
+        `capture_attention`, `mtv.extract` and the interventions take in place of episodes."""
+        layouts = [layouts] if isinstance(layouts, TokenLayout) else list(layouts)
+        ids = inputs["input_ids"]
+        if ids.dim() != 2 or ids.shape[0] != len(layouts) or any(len(lay) != ids.shape[1] for lay in layouts):
+            raise ValueError(f"input_ids {tuple(ids.shape)} need one layout per row of the same length; got "
+                             f"{len(layouts)} layout(s) of {[len(lay) for lay in layouts]} tokens")
+        answers = [ids[b, lay.query_answer_positions()] if lay.query_answer_positions().numel() else None
+                   for b, lay in enumerate(layouts)]
+        return cls(dict(inputs), layouts, answers, [""] * len(layouts), [None] * len(layouts))
+
     def __getitem__(self, b: int) -> Prepared:
         """Row b as a batch-of-one Prepared (only valid unpadded; use for single-episode batches)."""
         if len(self) != 1:
@@ -84,7 +97,8 @@ class PreparedBatch:
         return Prepared(self.inputs, self.layouts[0], self.answer_ids[0], self.texts[0], self.episodes[0])
 
     def to(self, device) -> PreparedBatch:
-        self.inputs = self.inputs.to(device)
+        self.inputs = self.inputs.to(device) if hasattr(self.inputs, "to") else \
+            {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.inputs.items()}
         return self
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import Loaded
+from ..core import Loaded, PreparedBatch
 
 
 # --- the artifact ----------------------------------------------------------------------------------------
@@ -103,19 +103,26 @@ def head_outputs(loaded: Loaded, batch, positions: list[int]) -> torch.Tensor:
 def extract(loaded: Loaded, episode_stream, n_prompts: int = 100, batch_size: int = 10, meta: dict | None = None
             ) -> TaskVector:
     """MTV means[layer, head, d_head]: head outputs at the last prompt token, averaged over `n_prompts` k-shot
-    prompts drawn from `episode_stream` (an iterator of Episodes). The mean is streamed: one batch at a time."""
+    prompts drawn from `episode_stream` (an iterator of Episodes, or of `PreparedBatch`es you built yourself:
+    `PreparedBatch.of(inputs, layouts)`, each counting its rows). The mean is streamed: one batch at a time."""
     total, count = None, 0
     bar = tqdm(total=n_prompts, desc="extract MTV", mininterval=1)
     while count < n_prompts:
-        eps = [next(episode_stream) for _ in range(min(batch_size, n_prompts - count))]
-        b = loaded.prepare_batch(eps)
+        first = next(episode_stream)
+        if isinstance(first, PreparedBatch):
+            b = first.to(loaded.device)
+        else:
+            b = loaded.prepare_batch([first] + [next(episode_stream) for _ in range(min(batch_size, n_prompts - count)
+                                                                                   - 1)])
         out = head_outputs(loaded, b, [lay.answer_position for lay in b.layouts])  # [B, L, H, D]
         total = out.sum(0) if total is None else total + out.sum(0)
-        count += len(eps)
-        bar.update(len(eps))
+        count += len(b)
+        bar.update(len(b))
     bar.close()
-    info = {"model": loaded.name, "family": loaded.adapter.family, "n_prompts": n_prompts,
-            "n_shots": eps[0].shots, "task": eps[0].task, **(meta or {})}
+    ep = b.episodes[0]
+    info = {"model": loaded.name, "family": loaded.adapter.family, "n_prompts": count,
+            "n_shots": getattr(ep, "shots", b.layouts[0].n_demos), "task": getattr(ep, "task", "custom"),
+            **(meta or {})}
     return TaskVector(total / count, "mtv", info)
 
 

@@ -367,7 +367,8 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
     `loaded`: from `micl_probe.load`, or `Loaded(model, processor, adapter_for(model))` for a model you hold.
-    `episodes`: episodes (prepared and run one at a time) or a `PreparedBatch` (run as it is, in one pass).
+    `episodes`: episodes (prepared and run one at a time) or a `PreparedBatch` (run as it is, in one pass), also one
+    you built from your own inputs: `PreparedBatch.of(inputs, TokenLayout.from_spans(...))`.
     `intervention`: a `layouts -> context manager` factory (e.g. `dara.on(model, kernel="eager")`) under which
     the attention is measured; it uses the eager path (the attention weights the intervened model computes).
     """
@@ -412,8 +413,9 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
         out[e, ..., [segments.index(n) for n in ns]] = mass
     info = {"model": loaded.name or type(loaded.model).__name__, "family": loaded.adapter.family,
             "backend": backend if intervention is None else "eager+intervention",
-            "tasks": [e.task for e in all_episodes], "shots": [e.shots for e in all_episodes],
-            "conditions": [e.condition for e in all_episodes], **(meta or {})}
+            "tasks": [getattr(e, "task", None) for e in all_episodes],
+            "shots": [getattr(e, "shots", None) for e in all_episodes],
+            "conditions": [getattr(e, "condition", None) for e in all_episodes], **(meta or {})}
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 
