@@ -12,10 +12,10 @@ With no arguments: every shipped organism, a default task set, conditions zero-s
 
 Examples:
     python -m micl_probe.attn_report --model organism:text-shortcut --tasks outlier shape_count --n 100
-    python -m micl_probe.attn_report --model Qwen/Qwen2.5-VL-7B-Instruct --device cuda --dtype bfloat16 \
+    python -m micl_probe.attn_report --model Qwen/Qwen2.5-VL-7B-Instruct --device cuda --dtype bfloat16 \\
         --tasks vlicl:/data/VL-ICL/operator_induction truemicl:/data/truemicl/clock --conditions zero-shot 4-shot
     python -m micl_probe.attn_report --model /models/qwen2-vl-2b --device cuda --conditions zero-shot 4-shot 8-shot
-    python -m micl_probe.attn_report --model organism:true-micl --tasks outlier --conditions 4-shot retrieved-4-shot \
+    python -m micl_probe.attn_report --model organism:true-micl --tasks outlier --conditions 4-shot retrieved-4-shot \\
         4-shot+dara 4-shot+alpha=2 zero-shot+mtv --dara runs/dara_outlier --mtv runs/mtv runs/mtv_heads --alphas 2
 
 Tasks: procedural names (micl_probe.tasks) or benchmark folders, truemicl:PATH/TASK and vlicl:PATH/TASK (a task
@@ -26,8 +26,10 @@ Prompts are written by the model's own chat template when its processor has one 
 declared format), one chat turn per demo or, with --prompt-style single, VL-ICL's one user turn.
 
 Interventions: a condition "<condition>+<name>" runs under the named intervention: "dara" (factors saved by
-`DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "alpha=<a>" (fixed factor a on
-every demo image in the first decoder layer, --alphas). Artifacts are checked against the model they are used with.
+`DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "lora" (a peft adapter
+folder, --lora: active only in +lora conditions), "alpha=<a>" (fixed factor a on every demo image in the first
+decoder layer, --alphas). Train any of them on your model with python -m micl_probe.train. Artifacts are checked
+against the model they are used with.
 
 A mistake in the flags ends in one line naming the flag and its fix (exit code 2, no traceback; --debug shows it),
 before anything is written.
@@ -86,6 +88,8 @@ def parse(argv=None):
     ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")
     ap.add_argument("--mtv", nargs=2, metavar=("MEANS", "HEADS"), help="MTV means and head mask (TaskVector.save) "
                     "for +mtv conditions")
+    ap.add_argument("--lora", metavar="FOLDER", help="a LoRA adapter folder (peft; python -m micl_probe.train lora "
+                    "or icl-tune) for +lora conditions")
     ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap.parse_args(argv)
@@ -116,19 +120,23 @@ def check(args) -> None:
     bad = [a for a in args.alphas if not (math.isfinite(a) and a > 0)]
     if bad:
         raise UsageError(f"--alphas {' '.join(map(str, bad))}: factors must be finite numbers > 0")
-    given = {"dara": "--dara PATH", "mtv": "--mtv MEANS HEADS"}
+    given = {"dara": "--dara PATH", "mtv": "--mtv MEANS HEADS", "lora": "--lora FOLDER"}
     for c in args.conditions:
         try:
             _, name = parse_condition(c)
         except ValueError as e:
             raise UsageError(f"--conditions: {e}") from None
-        if name == "dara" and not args.dara or name == "mtv" and not args.mtv:
+        if name == "dara" and not args.dara or name == "mtv" and not args.mtv or name == "lora" and not args.lora:
             raise UsageError(f"--conditions {c} needs {given[name]} (the saved artifact to run it with)")
         if name.startswith("alpha="):
             if f"alpha={name[6:]}" not in {f"alpha={a:g}" for a in args.alphas}:
                 raise UsageError(f"--conditions {c} needs --alphas {name[6:]}")
         elif name and name not in given:
-            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv or +alpha=<a>")
+            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv, +lora or "
+                             "+alpha=<a>")
+    if args.lora and not (Path(args.lora) / "adapter_config.json").is_file():
+        raise UsageError(f"--lora {args.lora}: no adapter_config.json there (the folder a peft adapter was saved to: "
+                         "python -m micl_probe.train lora|icl-tune --out FOLDER)")
     for path in ([args.dara] if args.dara else []) + (args.mtv or []):
         missing = [s for s in (".json", ".safetensors") if not Path(path).with_suffix(s).is_file()]
         if missing:
@@ -143,7 +151,7 @@ def check(args) -> None:
 
 def interventions_for(loaded, args) -> dict:
     """The named interventions the flags ask for, checked against `loaded`."""
-    from .interventions import DARA, TaskVector, alpha_sweep, injection
+    from .interventions import DARA, TaskVector, alpha_sweep, injection, lora_intervention
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
     if args.dara:
@@ -151,6 +159,8 @@ def interventions_for(loaded, args) -> dict:
     if args.mtv:
         means, heads = (TaskVector.load(p, loaded) for p in args.mtv)
         found["mtv"] = injection(loaded, means.mean, heads.values)
+    if args.lora:
+        found["lora"] = lora_intervention(loaded, args.lora)
     return found
 
 

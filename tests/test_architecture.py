@@ -8,7 +8,7 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "micl_probe"
 # rank of each part of the package: a module may import its own subpackage and parts of strictly lower rank
-RANK = {"core": 0, "tasks": 1, "testing": 2, "measure": 2, "interventions": 3, "evaluation": 3, "organisms": 4,
+RANK = {"train": 5, "core": 0, "tasks": 1, "testing": 2, "measure": 2, "interventions": 3, "evaluation": 3, "organisms": 4,
         "viz": 4, "attn_report": 5, "explore": 5, "__init__": 6}
 
 

@@ -57,8 +57,8 @@ def test_greedy_exact_match_equals_generate():
 
 
 def test_training_targets_are_later_answers_and_their_ends():
+    from micl_probe.interventions.fitting import icl_labels as targets
     from micl_probe.organisms import build
-    from micl_probe.organisms.train import targets
     from micl_probe.tasks import make_episode as task_episode
     model, processor = build()
     adapter = get_adapter("organism")

@@ -239,14 +239,17 @@ def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=(0,), kernel: str
 
 def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=(0,), mode: str = "logit",
                fit_config: FitConfig | None = None) -> tuple[DARA, list[dict]]:
-    """Learn one factor per (layer, head, image) on k-shot prompts of `task`; the model stays frozen.
-    Settings: `FitConfig` (default learning rate 0.05)."""
+    """Learn one factor per (layer, head, image) on k-shot prompts of `task` (procedural, or a folder task's support
+    set); the model stays frozen. Settings: `FitConfig` (default learning rate 0.05)."""
     cfg = (fit_config or FitConfig()).with_lr(0.05)
     torch.manual_seed(cfg.seed)
-    dara = DARA.for_model(loaded, n_images=shots + 1, layers=layers, mode=mode)
+    train = episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "support", cfg)
+    first = next(train)
+    n_images = first.layouts[0].n_images  # a demo may hold several images (VL-ICL's interleaved, matching tasks)
+    dara = DARA.for_model(loaded, n_images=n_images, layers=layers, mode=mode)
     print(f"DARA: {dara.n_params} parameters ({len(layers)} layer(s) x {dara.alpha.shape[1]} heads x "
-          f"{shots + 1} images)")
-    val = list(itertools.islice(episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "val"),
+          f"{n_images} images)")
+    val = list(itertools.islice(episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "val", cfg),
                                 max(1, cfg.n_val // cfg.batch)))
 
     def loss_of(b):
@@ -254,7 +257,6 @@ def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=(0,), mode: str
             return loaded.model(**b.inputs, **kwargs, labels=query_labels(b)).loss
 
     with frozen(loaded.model):
-        history = fit([dara.log_alpha], loss_of, episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "support"),
-                      val, cfg, desc=f"DARA {task}")
+        history = fit([dara.log_alpha], loss_of, itertools.chain([first], train), val, cfg, desc=f"DARA {task}")
     dara.meta.update({"task": task, "shots": shots, "steps_run": history[-1]["step"] if history else 0})
     return dara, history

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import Loaded, PreparedBatch
-from ..tasks import SPLIT_SEEDS, make_episode
+from ..core import QUERY, ROLE, Loaded, PreparedBatch
+from ..tasks import options_for, task_stream
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class FitConfig:
     n_val: int = 64  # validation episodes (batched like training)
     eval_every: int = 25
     patience: int = 4  # evaluations without improvement before stopping
+    style: str = "turns"  # prompt style of the training episodes (see Episode)
+    instruction: str = "nothing"  # their task instruction (see tasks.query_episodes)
 
     def with_lr(self, default: float) -> FitConfig:
         return self if self.lr is not None else replace(self, lr=default)
@@ -51,14 +53,43 @@ def query_labels(batch: PreparedBatch) -> torch.Tensor:
     return labels
 
 
-def episode_batches(loaded: Loaded, task: str, shots: int, batch: int, seed: int, split: str):
-    """Endless seeded stream of prepared k-shot batches (with answers) from one split of a task."""
-    from ..tasks import options_for
-
-    rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
+def episode_batches(loaded: Loaded, task: str, shots: int, batch: int, seed: int, split: str,
+                    config: FitConfig | None = None):
+    """Endless seeded stream of prepared k-shot batches (with answers) from one split of a task (procedural or a
+    folder's support set: `tasks.task_stream`), written in `config`'s prompt style and instruction."""
+    cfg = config or FitConfig()
+    stream = task_stream(task, shots, split, seed, cfg.instruction, cfg.style, **options_for(loaded))
     while True:
-        eps = [make_episode(task, shots, rng, **options_for(loaded)) for _ in range(batch)]
-        yield loaded.prepare_batch(eps, with_answer=True)
+        yield loaded.prepare_batch([next(stream) for _ in range(batch)], with_answer=True)
+
+
+def any_shot_batches(loaded: Loaded, tasks: list[str], max_shots: int, batch: int, seed: int, split: str,
+                     config: FitConfig | None = None):
+    """Endless seeded stream for any-shot ICL tuning: each batch from one of `tasks` (in turn) with 1..max_shots
+    shots (drawn per batch), prepared with answers."""
+    cfg = config or FitConfig()
+    rng = np.random.default_rng([seed, len(tasks), max_shots])
+    streams = {(t, k): task_stream(t, k, split, seed + k, cfg.instruction, cfg.style, **options_for(loaded))
+               for t in tasks for k in range(1, max_shots + 1)}
+    for step in range(10**12):
+        stream = streams[tasks[step % len(tasks)], int(rng.integers(1, max_shots + 1))]
+        yield loaded.prepare_batch([next(stream) for _ in range(batch)], with_answer=True)
+
+
+def icl_labels(batch: PreparedBatch) -> torch.Tensor:
+    """labels[B, seq]: every answer (and its end-of-turn token) after the first demo's, -100 elsewhere: any-shot
+    multimodal ICL supervision (Doveh et al.): each demo answer is predicted from the demos before it, the query's
+    from all of them. HF shifts labels inside the loss, so labels sit on the tokens to be predicted."""
+    ids = batch.inputs["input_ids"]
+    labels = torch.full_like(ids, -100)
+    for b, lay in enumerate(batch.layouts):
+        is_answer = lay.role == ROLE["answer"]
+        later = (lay.owner >= 1) | (lay.owner == QUERY)
+        pos = (is_answer & later).nonzero().flatten()
+        ends = pos[~torch.isin(pos + 1, pos)] + 1  # the end-of-turn token after each answer
+        keep = torch.cat([pos, ends[ends < ids.shape[1]]])
+        labels[b, keep] = ids[b, keep]
+    return labels
 
 
 @contextlib.contextmanager

@@ -1,41 +1,82 @@
-"""LoRA (peft) on the attention projections: DARA's parameter-heavier baseline, trained on the same data and steps.
+"""LoRA (peft) on the attention projections: DARA's parameter-heavier baseline, and any-shot ICL tuning.
 
     peft_model, history = train_lora(loaded, "outlier", shots=4, layers=(0,), fit_config=FitConfig(steps=150))
+    peft_model, history = train_lora(loaded, ["clock_math", "vlicl:/data/VL-ICL/clevr"], shots=4,
+                                     layers=None, objective="any-shot")      # icl-tune: every later demo answer
+    peft_model.save_pretrained("runs/lora")                                  # an adapter folder
     loaded.model = peft_model.unload()          # the base model back (LoRA weights dropped)
+    interventions = {"lora": lora_intervention(loaded, "runs/lora")}        # "<condition>+lora" in the harness
+
+Objectives: "query" (the query's answer, as DARA: the same data and steps) and "any-shot" (Doveh et al.: every demo
+answer after the first and the query's, shots drawn from 1..k per batch; `fitting.icl_labels`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
 
 from ..core import Loaded
-from .fitting import FitConfig, episode_batches, fit, query_labels
+from .fitting import FitConfig, any_shot_batches, episode_batches, fit, icl_labels, query_labels
+
+OBJECTIVES = ("query", "any-shot")
 
 
-def train_lora(loaded: Loaded, task: str, shots: int = 4, layers=(0,), rank: int = 4,
-               fit_config: FitConfig | None = None):
-    """LoRA of `rank` on the q/k/v/o projections of the given decoder layers, on k-shot prompts of `task`.
-    Settings: `FitConfig` (default learning rate 1e-3). Returns (peft model, history);
-    `peft_model.disable_adapter()` gives the base model back."""
+def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers=(0,), rank: int = 4,
+               fit_config: FitConfig | None = None, objective: str = "query"):
+    """LoRA of `rank` on the q/k/v/o projections of the given decoder layers (None: every layer), on k-shot prompts
+    of `task` (or of several tasks, any-shot). Settings: `FitConfig` (default learning rate 1e-3). Returns (peft
+    model, history); `peft_model.disable_adapter()` gives the base model back."""
     from peft import LoraConfig, get_peft_model
 
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
+    tasks = [task] if isinstance(task, str) else list(task)
+    if objective == "query" and len(tasks) != 1:
+        raise ValueError("objective 'query' trains on one task; use objective='any-shot' for several")
     cfg = (fit_config or FitConfig()).with_lr(1e-3)
     torch.manual_seed(cfg.seed)
     prefix = loaded.adapter.decoder_path
+    layers = range(loaded.adapter.n_layers(loaded.model)) if layers is None else layers
     targets = [f"{prefix}.layers.{layer}.self_attn.{proj}" for layer in layers
                for proj in ("q_proj", "k_proj", "v_proj", "o_proj")]
     peft_model = get_peft_model(loaded.model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,
                                                          lora_dropout=0.0))
     params = [p for n, p in peft_model.named_parameters() if "lora_" in n]
-    print(f"LoRA: {sum(p.numel() for p in params)} parameters (rank {rank} on q/k/v/o of layers {list(layers)})")
-    val = list(itertools.islice(episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "val"),
-                                max(1, cfg.n_val // cfg.batch)))
+    print(f"LoRA: {sum(p.numel() for p in params)} parameters (rank {rank} on q/k/v/o of {len(list(layers))} "
+          f"layer(s)), objective {objective}")
+
+    def batches(split):
+        if objective == "any-shot":
+            return any_shot_batches(loaded, tasks, shots, cfg.batch, cfg.seed, split, cfg)
+        return episode_batches(loaded, tasks[0], shots, cfg.batch, cfg.seed, split, cfg)
+
+    labels = icl_labels if objective == "any-shot" else query_labels
+    val = list(itertools.islice(batches("val"), max(1, cfg.n_val // cfg.batch)))
 
     def loss_of(b):
-        return peft_model(**b.inputs, labels=query_labels(b)).loss
+        return peft_model(**b.inputs, labels=labels(b)).loss
 
-    history = fit(params, loss_of, episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "support"), val, cfg,
-                  desc=f"LoRA {task}")
+    history = fit(params, loss_of, batches("support"), val, cfg, desc=f"LoRA {'+'.join(tasks)}")
     return peft_model, history
+
+
+def lora_intervention(loaded: Loaded, path: str):
+    """`layouts -> context manager`: the LoRA adapter saved at `path` (peft `save_pretrained`), active only inside.
+    The adapter's layers are added to `loaded.model` once, switched off; the context switches them on."""
+    from peft import PeftModel
+
+    peft_model = loaded.cached(f"lora:{path}", lambda: PeftModel.from_pretrained(loaded.model, path))
+    peft_model.base_model.disable_adapter_layers()
+
+    @contextlib.contextmanager
+    def active(layouts):
+        peft_model.base_model.enable_adapter_layers()
+        try:
+            yield {}
+        finally:
+            peft_model.base_model.disable_adapter_layers()
+
+    return active

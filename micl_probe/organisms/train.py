@@ -25,26 +25,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import QUERY, ROLE, Loaded, PreparedBatch, get_adapter, load_processor
+from ..core import Loaded, get_adapter, load_processor
 from ..evaluation import count_correct
+from ..interventions.fitting import icl_labels
 from ..tasks import make_episode
 from . import SHIPPED, build, save
 from .recipes import EPISODES, RECIPES, Recipe
-
-
-def targets(batch: PreparedBatch) -> torch.Tensor:
-    """labels[B, seq]: the token ids at every answer (and its end-of-turn) position after the first demo, -100
-    elsewhere. HF shifts labels inside the loss, so labels sit on the tokens to be predicted."""
-    ids = batch.inputs["input_ids"]
-    labels = torch.full_like(ids, -100)
-    for b, lay in enumerate(batch.layouts):
-        is_answer = lay.role == ROLE["answer"]
-        later = (lay.owner >= 1) | (lay.owner == QUERY)
-        pos = (is_answer & later).nonzero().flatten()
-        ends = pos[~torch.isin(pos + 1, pos)] + 1  # the end-of-turn token after each answer
-        keep = torch.cat([pos, ends[ends < ids.shape[1]]])
-        labels[b, keep] = ids[b, keep]
-    return labels
 
 
 def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None, warm: bool = False,
@@ -159,7 +145,7 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     for step in bar:
         batch = upcoming.result()
         upcoming = pool.submit(make, step + 1) if step + 1 < steps else None
-        loss = model(**batch.inputs, labels=targets(batch)).loss
+        loss = model(**batch.inputs, labels=icl_labels(batch)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

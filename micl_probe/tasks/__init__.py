@@ -6,7 +6,7 @@ vlicl:PATH/TASK), and one way to draw query episodes of either (`sources.query_e
 """
 
 from .folders import FolderError, FolderTask, folder_episodes, load_folder, parse_task, retrieved_episodes
-from .sources import check_task, demos_per_shot, query_episodes, retrieval_episodes, task_labels
+from .sources import check_task, demos_per_shot, query_episodes, retrieval_episodes, task_labels, task_stream
 from .synthetic import (
     BINDING_SCALE,
     COLOUR_NAMES,
@@ -32,5 +32,5 @@ __all__ = [
     "TRUE_MICL_TASKS", "FolderError", "FolderTask", "Task", "chance", "check_task", "demos_per_shot",
     "folder_episodes", "load_folder", "make_episode", "matching_demos", "options_for", "parse_task",
     "query_episodes", "retrieval_episodes", "retrieved_episodes", "rule_episodes", "rule_stream",
-    "sample_episodes", "task_labels", "task_names",
+    "sample_episodes", "task_labels", "task_names", "task_stream",
 ]

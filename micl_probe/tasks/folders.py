@@ -270,6 +270,49 @@ def folder_episodes(spec: str | FolderTask, shots: int, n: int | None = None, se
     return episodes
 
 
+def folder_stream(spec: str | FolderTask, shots: int, split: str = "support", seed: int = 0,
+                  instruction: str = "nothing"):
+    """Endless seeded episodes for training an intervention on a folder task, from its support set only (query.json
+    stays for evaluation): a fixed fifth of the support items (at least one) are the "val" queries, the rest the
+    "support" (training) queries; demos always come from the training items, never the query itself. VL-ICL's
+    operator tasks draw the operator per episode; matching_mi's query is an item's same or diff pair; open_mi has
+    no training split (its demos come from each query's own support)."""
+    task = spec if isinstance(spec, FolderTask) else parse_task(spec)
+    if split not in ("support", "val"):
+        raise ValueError(f"a folder task trains on split 'support' or 'val', got {split!r}")
+    if task.source == "vlicl" and task.name == "open_mi":
+        raise FolderError(f"{task.spec}: open_mi has no training split (VL-ICL builds each query's demos from its "
+                          "own support); train on another task")
+    support = _read(task, "support.json")
+    order = [int(i) for i in np.random.default_rng(12345).permutation(len(support))]
+    n_val = max(1, len(support) // 5)
+    train, val = order[n_val:], order[:n_val]
+    if len(support) < 2 or len(train) < shots + (split == "support"):
+        raise FolderError(f"{task.folder / 'support.json'}: {len(support)} items are too few to train with "
+                          f"{shots} shots and keep {n_val} for validation")
+    text = instruction_for(task, instruction)
+    rng = np.random.default_rng([seed, 0 if split == "support" else 1])
+    lists = any(isinstance(support[i].get("answer"), list) for i in train if isinstance(support[i], dict))
+    pair = task.source == "vlicl" and task.name == "matching_mi"
+    for count in range(10**12):
+        q_index = int(rng.choice(train if split == "support" else val))
+        item = support[q_index]
+        where = _at(task, "support.json", q_index)
+        if pair:
+            item, where = _field(item, ("same", "diff")[int(rng.integers(2))], where, (dict,)), where + ".pair"
+        operator = "+-x"[int(rng.integers(3))] if lists else None
+        query = {**item, "answer": _answer(item, where, operator)} if not pair else item
+        pool = [i for i in train if i != q_index]
+        picks = [int(i) for i in rng.choice(pool, size=shots, replace=False)] if shots else []
+        if pair:
+            demos = [_item_demo(task, _field(support[i], part, _at(task, "support.json", i), (dict,)),
+                                _at(task, "support.json", i) + f".{part}") for i in picks for part in ("same", "diff")]
+        else:
+            demos = [_item_demo(task, support[i], _at(task, "support.json", i), operator) for i in picks]
+        yield _episode(task, {**query, "id": f"{split}-{count}"} | ({"operator": operator} if operator else {}),
+                       demos, count, text)
+
+
 def retrieved_episodes(spec: str | FolderTask, k: int, n: int | None = None, instruction: str = "nothing"
                        ) -> list[Episode]:
     """Each query with the `k` support items whose images look most like its own (RICES-style: the cosine of

@@ -10,9 +10,11 @@ or any other string, written as it is before the first demo. `style`: "turns" | 
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..core.episode import Episode
-from .folders import LEVELS, FolderError, folder_episodes, parse_task, retrieved_episodes
-from .synthetic import sample_episodes, task_names
+from .folders import LEVELS, FolderError, folder_episodes, folder_stream, parse_task, retrieved_episodes
+from .synthetic import SPLIT_SEEDS, make_episode, sample_episodes, task_names
 
 
 def check_task(task: str) -> None:
@@ -62,3 +64,20 @@ def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", 
     if folder is None:
         return None
     return _styled(retrieved_episodes(folder, k, n, instruction), style, None)
+
+
+def task_stream(task: str, shots: int, split: str = "support", seed: int = 0, instruction: str = "nothing",
+                style: str = "turns", **options):
+    """Endless seeded k-shot episodes to train an intervention on: a procedural task's `split` stream ("support" to
+    learn, "val" to stop early), or a folder task's support set split in two (`folders.folder_stream`)."""
+    folder = parse_task(task) if ":" in task else None
+    if folder is not None:
+        for episode in folder_stream(folder, shots, split, seed, instruction):
+            yield episode.with_style(style)
+        return
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
+    rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
+    text = "" if instruction in LEVELS else instruction
+    while True:
+        yield make_episode(task, shots, rng, **options).with_style(style, text)
