@@ -8,8 +8,8 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "micl_probe"
 # rank of each part of the package: a module may import its own subpackage and parts of strictly lower rank
-RANK = {"train": 5, "core": 0, "tasks": 1, "testing": 2, "measure": 2, "interventions": 3, "evaluation": 3, "organisms": 4,
-        "viz": 4, "attn_report": 5, "explore": 5, "__init__": 6}
+RANK = {"core": 0, "tasks": 1, "testing": 2, "measure": 2, "interventions": 3, "evaluation": 3, "organisms": 4,
+        "viz": 4, "attn_report": 5, "train": 5, "explore": 5, "__init__": 6}
 
 
 def module_name(path: Path) -> str:
