@@ -28,3 +28,29 @@ def test_missing_organism_and_path_errors(tmp_path, monkeypatch):
         load("organism:nope")
     with pytest.raises(OSError, match="cannot load"):
         load(str(tmp_path / "missing"))
+
+
+def test_bad_models_and_inputs_are_one_line_naming_the_fix(tmp_path, monkeypatch):
+    from micl_probe import capture_attention
+    from micl_probe.core import prepare_batch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="cannot load 'Qwen/Qwen2-VL-2B-Instruct' .HF_HUB_OFFLINE=1: pass a local folder"):
+        load("Qwen/Qwen2-VL-2B-Instruct")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="is a 'bert' model, not a supported VLM family; supported families: idefics3"
+                       ) as e:
+        load(str(tmp_path / "bert"))
+    assert "_ConfigOnly" not in str(e.value) and "organism" not in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="folder without config.json, not a saved model"):
+        load(str(tmp_path / "empty"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch here has no CUDA device"):
+            load("organism:text-shortcut", device="cuda")
+    loaded = tiny_loaded("llava")
+    with pytest.raises(ValueError, match="no episodes given"):
+        capture_attention(loaded, [])
+    with pytest.raises(ValueError, match="no episodes given"):
+        prepare_batch([], loaded.processor, loaded.adapter)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import Adapter, adapter_for, get_adapter
+from .adapters import ADAPTERS, Adapter, adapter_for, get_adapter, supported_families
 from .episode import Episode
 from .processors import load_processor
 from .prompt import Prepared, PreparedBatch, prepare_batch
@@ -108,11 +108,23 @@ def load(name_or_path: str, device: str | torch.device | None = None, dtype: tor
     path, settings = resolve(name_or_path)
     family = family or settings.get("family")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    wants_cuda = any(str(d).startswith("cuda") for d in ([device] if not isinstance(device_map, dict)
+                                                         else list(device_map.values())) + [device_map] if d)
+    if wants_cuda and not torch.cuda.is_available():
+        raise ValueError(f"device {device or device_map!r}: torch here has no CUDA device (torch {torch.__version__}); "
+                         "use device='cpu' or install a CUDA build of torch")
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise OSError(f"{name_or_path!r} is a folder without config.json, not a saved model (save one with "
+                      "model.save_pretrained(folder) and processor.save_pretrained(folder))")
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as e:
         hint = " (HF_HUB_OFFLINE=1: pass a local folder or a hub id already in the cache)" if offline else ""
         raise OSError(f"cannot load {name_or_path!r}{hint}: {e}") from e
+    if family is None and not any(config.model_type in a.model_types for a in ADAPTERS.values()):
+        raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, not a supported VLM family; supported "
+                         f"families: {', '.join(f for f in supported_families() if f != 'organism')} "
+                         "(family=... forces an adapter)")
     adapter = get_adapter(family) if family else adapter_for(_ConfigOnly(config))
     if dtype is None and device_map is None and (device is None or str(device) == "cpu"):
         dtype = torch.float32

@@ -379,6 +379,8 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
                         f"adapter_for(model)) for a model you hold), got {type(loaded).__name__}")
     if isinstance(episodes, Episode):
         episodes = [episodes]
+    if not isinstance(episodes, PreparedBatch) and not list(episodes):
+        raise ValueError("no episodes given: pass an Episode, a non-empty list of them, or a PreparedBatch")
     if isinstance(episodes, PreparedBatch):
         return _capture(loaded, [episodes], list(episodes.episodes), rows, backend, False, meta, intervention)
     batches = (loaded.prepare_batch([e]) for e in episodes)
