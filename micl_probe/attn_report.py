@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from .core import load
+from .core import load, placement
 from .core.episode import STYLES
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
@@ -72,7 +72,8 @@ def parse(argv=None):
     ap.add_argument("--n", type=int, default=40, help="query episodes per task and condition (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the query episodes (default: %(default)s)")
     ap.add_argument("--out", default="reports/attn_report", help="output folder (default: %(default)s)")
-    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cpu)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 …, or auto: the model spread over every GPU "
+                    "(and the CPU) by accelerate's device_map='auto' (default: cpu)")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
     ap.add_argument("--batch-size", type=int, default=20, help="episodes per forward pass (default: %(default)s)")
     ap.add_argument("--no-attention", action="store_true", help="accuracy only")
@@ -208,7 +209,7 @@ def report(args) -> Path:
     t0 = time.time()
     records, patches = [], {}
     for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
-        loaded = load(name, device=args.device, dtype=dtype)
+        loaded = load(name, **placement(args.device), dtype=dtype)
         loaded.use_template = not args.no_template
         interventions = interventions_for(loaded, args)  # checked against the model before anything is written
         out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from .core import load
+from .core import load, placement
 from .core.episode import STYLES
 from .interventions import FitConfig, extract, locate, train_dara, train_lora
 from .organisms import shipped
@@ -64,7 +64,8 @@ def parse(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt-style", choices=STYLES, default="turns", help="prompt style (default: turns)")
     ap.add_argument("--instruction", default="nothing", help="nothing, concise, detailed (VL-ICL's) or any text")
-    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cpu)")
+    ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 …, or auto: the model spread over every GPU "
+                    "(and the CPU) by accelerate's device_map='auto' (default: cpu)")
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="model dtype")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap.parse_args(argv)
@@ -98,7 +99,7 @@ def check(args) -> None:
 
 def train(args) -> list[Path]:
     """Load the model, train, write the artifact(s); returns their paths."""
-    loaded = load(args.model, device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    loaded = load(args.model, **placement(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None)
     cfg = FitConfig(steps=args.steps or 200, lr=args.lr, batch=args.batch, seed=args.seed, style=args.prompt_style,
                     instruction=args.instruction)
     out, task = Path(args.out), args.task[0]

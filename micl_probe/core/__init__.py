@@ -7,13 +7,13 @@ from .adapters import ADAPTERS, ORGANISM_CHAT, Adapter, ChatFormat, adapter_for,
 from .episode import Demo, Episode, Query
 from .hooks import within
 from .layout import NONE, QUERY, ROLE, ROLES, TokenLayout
-from .loading import Loaded, load
+from .loading import Loaded, load, placement
 from .processors import bpe_tokenizer, image_only, load_processor
 from .prompt import Prepared, PreparedBatch, prepare, prepare_batch, render
 
 __all__ = [
     "ADAPTERS", "ORGANISM_CHAT", "Adapter", "ChatFormat", "Demo", "Episode", "Loaded", "NONE", "Prepared",
     "PreparedBatch", "QUERY", "Query", "ROLE", "ROLES", "TokenLayout", "adapter_for", "bpe_tokenizer",
-    "get_adapter", "image_only", "load", "load_processor", "prepare", "prepare_batch", "render",
+    "get_adapter", "image_only", "load", "load_processor", "placement", "prepare", "prepare_batch", "render",
     "supported_families", "within",
 ]

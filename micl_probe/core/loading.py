@@ -134,6 +134,12 @@ def load(name_or_path: str, device: str | torch.device | None = None, dtype: tor
     return Loaded(model.eval(), load_processor(path), adapter, name=name_or_path, settings=settings)
 
 
+def placement(device: str | None) -> dict:
+    """A command line's --device as `load` arguments: "auto" -> device_map="auto" (accelerate spreads the model over
+    the GPUs and the CPU), anything else -> device."""
+    return {"device_map": "auto"} if device == "auto" else {"device": device}
+
+
 @dataclass
 class _ConfigOnly:
     config: object
