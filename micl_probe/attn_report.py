@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import torch
 
 from .core import load, placement
 from .core.episode import STYLES
+from .core.errors import UsageError, one_line_errors
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
 from .evaluation.metrics import METRICS
@@ -94,10 +94,6 @@ def parse(argv=None):
     ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap.parse_args(argv)
-
-
-class UsageError(ValueError):
-    """A mistake in the flags: the message names the flag and the fix."""
 
 
 def check(args) -> None:
@@ -167,15 +163,9 @@ def interventions_for(loaded, args) -> dict:
 
 def main(argv=None):
     args = parse(argv)
-    try:
+    with one_line_errors(args.debug):
         check(args)
         report(args)
-    except (ValueError, OSError) as e:  # a user's mistake (flags, artifacts, a model that cannot be loaded)
-        if args.debug:
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__} (--debug shows the traceback)",
-              file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def example_patch_maps(loaded, args) -> tuple:

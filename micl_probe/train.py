@@ -26,22 +26,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 from .core import load, placement
 from .core.episode import STYLES
+from .core.errors import UsageError, one_line_errors
 from .interventions import FitConfig, extract, locate, train_dara, train_lora
 from .organisms import shipped
 from .tasks import check_task, options_for, task_stream
 
 COMMANDS = ("dara", "lora", "mtv", "icl-tune")
-
-
-class UsageError(ValueError):
-    """A mistake in the flags: the message names the flag and the fix."""
 
 
 def parse(argv=None):
@@ -133,15 +129,9 @@ def train(args) -> list[Path]:
 
 def main(argv=None):
     args = parse(argv)
-    try:
+    with one_line_errors(args.debug):
         check(args)
         paths = train(args)
-    except (ValueError, OSError) as e:  # a user's mistake (flags, data, a model that cannot be loaded)
-        if args.debug:
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__} (--debug shows the traceback)",
-              file=sys.stderr)
-        raise SystemExit(2) from None
     flag = {"dara": "--dara", "lora": "--lora", "icl-tune": "--lora", "mtv": "--mtv"}[args.command]
     cond = {"dara": "dara", "lora": "lora", "icl-tune": "lora", "mtv": "mtv"}[args.command]
     shown = " ".join(str(p.with_suffix("")) if p.suffix else str(p) for p in paths[: 2 if cond == "mtv" else 1])
