@@ -277,11 +277,10 @@ def _boot_bridge(loaded: Loaded):
     model = loaded.model
     twin = _twin(model)
     twin.config.architectures = [type(model).__name__]
-    folder = tempfile.mkdtemp(prefix="micl_probe_tl_")
-    twin.config.save_pretrained(folder)
-    loaded.processor.tokenizer.save_pretrained(folder)
     try:
-        with _no_package_installs():
+        with tempfile.TemporaryDirectory(prefix="micl_probe_tl_") as folder, _no_package_installs():
+            twin.config.save_pretrained(folder)
+            loaded.processor.tokenizer.save_pretrained(folder)
             return TransformerBridge.boot_transformers(folder, hf_model=twin, device=model.device)
     except ImportError as e:
         raise ValueError(f"TransformerLens cannot bridge the {loaded.adapter.family!r} family here ({e}); install "
