@@ -205,7 +205,7 @@ def report(args) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
                        interventions=interventions)
-        if not args.no_attention:
+        if not args.no_attention and loaded.adapter.patch_layout != "none":  # latents have no patch map
             patches[name] = example_patch_maps(loaded, args)
     label = task_labels(args.tasks)  # folder tasks by a short name in tables and figures (settings keep the paths)
     records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]

@@ -46,8 +46,8 @@ def test_transformer_lens_equals_eager(family):
             capture_attention(loaded, EPISODES[:1], backend="transformer_lens", progress=False)
         return
     attn_type = type(adapter.attention(model, 0))
-    if adapter.family == "qwen2_5_vl" and not _torchvision():
-        with pytest.raises(ValueError, match="cannot bridge the 'qwen2_5_vl' family.*backend='nnsight'"):
+    if adapter.tl_torchvision and not _torchvision():
+        with pytest.raises(ValueError, match=f"cannot bridge the '{adapter.family}' family.*backend='nnsight'"):
             capture_attention(loaded, EPISODES[:1], backend="transformer_lens", progress=False)
         return
     tl = capture_attention(loaded, EPISODES, backend="transformer_lens", progress=False)

@@ -5,9 +5,7 @@ import torch
 
 from micl_probe.core import prepare
 from micl_probe.interventions import DARA, FitConfig
-from micl_probe.testing import noise_episode, tiny_loaded
-
-FAMILIES = ["llava", "qwen2_vl", "idefics3", "llava_onevision"]
+from micl_probe.testing import FAMILIES, noise_episode, tiny_loaded
 
 
 def _setup(family, shots=2):
@@ -48,8 +46,9 @@ def _layer_weights(model, p, layer, dara=None):
     return out.attentions[layer][0]  # [H, q, k]
 
 
-def test_reallocation_only_on_intended_columns_heads_layers():
-    loaded, model, p = _setup("llava")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reallocation_only_on_intended_columns_heads_layers(family):
+    loaded, model, p = _setup(family)
     lay = p.layout
     dara = DARA.for_model(loaded, n_images=lay.n_images, layers=(0,))
     with torch.no_grad():

@@ -30,7 +30,9 @@ def test_half_precision_capture_agrees_with_fp32_eager(family, dtype):
     assert next(half_model.parameters()).dtype == dtype
     got = capture_attention(Loaded(half_model, half_processor, adapter_for(half_model)), episodes, progress=False)
     assert got.mass.dtype == torch.float32
-    torch.testing.assert_close(got.mass, reference, atol=1e-3, rtol=0)
+    # fp16: 1e-3. bf16 keeps 8 mantissa bits, so the half model's own hidden states drift by ~0.4% a layer; on the
+    # families with q/k norms (Gemma 3, Qwen3-VL) that reaches 2e-3 in the attention mass
+    torch.testing.assert_close(got.mass, reference, atol=1e-3 if dtype == torch.float16 else 3e-3, rtol=0)
 
 
 def test_half_precision_dara(half):

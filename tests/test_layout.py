@@ -75,8 +75,11 @@ def test_family_markup_is_image_markup(family):
     p = prepare(noise_episode(2), processor, adapter_for(model), model=model)
     toks = processor.tokenizer.convert_ids_to_tokens(p.input_ids[0][p.layout.positions(role="image_markup")])
     qwen = {"<|vision_start|>", "<|vision_end|>"}
-    expected = {"qwen2_vl": qwen, "qwen2_5_vl": qwen,
-                "idefics3": {"<fake_token_around_image>", "<global-img>", "<row_1_col_1>"}}
+    tiles = {"<fake_token_around_image>", "<global-img>", "<row_1_col_1>"}
+    expected = {"qwen2_vl": qwen, "qwen2_5_vl": qwen, "qwen3_vl": qwen, "qwen3_vl_moe": qwen, "idefics3": tiles,
+                "smolvlm": tiles, "idefics2": {"<fake_token_around_image>"}, "internvl": {"<img>", "</img>"},
+                "gemma3": {"<start_of_image>", "<end_of_image>"}, "glm4v": {"<|begin_of_image|>", "<|end_of_image|>"},
+                "mistral3": {"[IMG_BREAK]", "[IMG_END]"}}
     assert expected.get(family, set()) <= set(toks)
     assert p.layout.positions(role="image_markup").numel() > 0
 
@@ -157,9 +160,27 @@ def test_unsupported_family_lists_supported():
     with pytest.raises(ValueError, match="supported families: .*llava.*qwen2_vl"):
         adapter_for(model)
     with pytest.raises(ValueError, match="supported families"):
-        get_adapter("gemma3")
-    assert {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "organism"} <= set(
-        supported_families())
+        get_adapter("fuyu")
+    assert {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "organism", "qwen3_vl",
+            "qwen3_vl_moe", "gemma3", "internvl", "idefics2", "smolvlm", "glm4v"} <= set(supported_families())
+
+
+@pytest.mark.parametrize("model_type, says", [
+    ("mllama", "reads its images through cross-attention layers"),
+    ("qwen3_5", "hybrid decoder: its linear-attention"),
+])
+def test_misfit_architectures_say_why(model_type, says, tmp_path):
+    """Architectures that do not fit: one line that says why and what is possible, from the API and from load."""
+    import json
+
+    from micl_probe import load
+
+    with pytest.raises(ValueError, match=says):
+        get_adapter(model_type)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(ValueError, match=says) as e:
+        load(str(tmp_path))
+    assert "\n" not in str(e.value)
 
 
 def test_module_tree_and_head_counts(family):

@@ -39,7 +39,7 @@ def test_bad_models_and_inputs_are_one_line_naming_the_fix(tmp_path, monkeypatch
         load("Qwen/Qwen2-VL-2B-Instruct")
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
-    with pytest.raises(ValueError, match="is a 'bert' model, not a supported VLM family; supported families: idefics3"
+    with pytest.raises(ValueError, match="is a .bert. model, not a supported VLM family; supported families: gemma3"
                        ) as e:
         load(str(tmp_path / "bert"))
     assert "_ConfigOnly" not in str(e.value) and "organism" not in str(e.value)

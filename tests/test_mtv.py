@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from micl_probe.interventions.mtv import TaskVector, extract, head_outputs, inject, reinforce
-from micl_probe.testing import noise_episode, tiny_loaded
+from micl_probe.testing import FAMILIES, noise_episode, tiny_loaded
 
 
 def _loaded(family="llava"):
@@ -41,8 +41,9 @@ def test_extraction_equals_direct_computation():
     assert mtv.meta["n_prompts"] == 3 and mtv.meta["n_shots"] == 2
 
 
-def test_injection_changes_only_selected_heads():
-    loaded = _loaded()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_injection_changes_only_selected_heads(family):
+    loaded = _loaded(family)
     eps = [noise_episode(0, seed=s) for s in (5, 6)]
     b = loaded.prepare_batch(eps)
     pos = [lay.answer_position for lay in b.layouts]

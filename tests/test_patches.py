@@ -11,7 +11,10 @@ from micl_probe.core import QUERY
 from micl_probe.core.patches import patch_grids
 from micl_probe.testing import noise_image, tiny_loaded
 
-MAPPED = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3"]
+# every family whose image tokens are patches; not idefics2 (latents) or internvl (tiles without a per-token order),
+# which patch_grids refuses in one line
+MAPPED = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "qwen3_vl",
+          "qwen3_vl_moe", "glm4v", "gemma3", "mistral3"]
 
 
 def _decoder_inputs(loaded, prepared) -> torch.Tensor:

@@ -54,7 +54,8 @@ class Adapter:
     # (transformers: `attention_interface(self, query, key, value, attention_mask, dropout=…, scaling=…, **kwargs)`)
     attention_params: tuple[str, ...] = ("module", "query", "key", "value", "attention_mask")
     tl_bridge: bool = True  # TransformerLens 4.3 has a TransformerBridge for this family
-    patch_layout: str = "square"  # how image tokens tile the image: square | merged | tiles | anyres (core.patches)
+    tl_torchvision: bool = False  # ... which needs torchvision (Qwen2.5-VL, Qwen3-VL, GLM-4.1V)
+    patch_layout: str = "square"  # how image tokens tile the image (core.patches): square, merged, tiles, ...
     pack_config: tuple[str, ...] = ()  # anyres: the config fields the model's pack_image_features takes by name
     notes: str = ""
 
@@ -143,6 +144,26 @@ _ONEVISION = ChatFormat(user="<|im_start|>user ", image="<image>\n", user_end="<
                         assistant="<|im_start|>assistant\n", answer_sep="", assistant_end="<|im_end|>")
 _IDEFICS3 = ChatFormat(user="User:", image="<image>", user_end="<end_of_utterance>\n", assistant="Assistant:",
                        answer_sep=" ", assistant_end="<end_of_utterance>\n")
+_QWEN3 = ChatFormat(user="<|im_start|>user\n", image="<|vision_start|><|image_pad|><|vision_end|>",
+                    user_end="<|im_end|>\n", assistant="<|im_start|>assistant\n", answer_sep="",
+                    assistant_end="<|im_end|>\n")  # no default system prompt (Qwen2/2.5-VL have one)
+_INTERNVL = ChatFormat(user="<|im_start|>user\n", image="<IMG_CONTEXT>\n", user_end="<|im_end|>\n",
+                       assistant="<|im_start|>assistant\n", answer_sep="", assistant_end="<|im_end|>\n")
+_GEMMA3 = ChatFormat(user="<start_of_turn>user\n", image="<start_of_image>", user_end="<end_of_turn>\n",
+                     assistant="<start_of_turn>model\n", answer_sep="", assistant_end="<end_of_turn>\n")
+_GLM4V = ChatFormat(system="[gMASK]<sop>", user="<|user|>\n", image="<|begin_of_image|><|image|><|end_of_image|>",
+                    user_end="", assistant="<|assistant|>\n", answer_sep="", assistant_end="")
+_QWEN3_NOTES = ("as Qwen2.5-VL (2x2 merged patches, vision start/end markup, interleaved M-RoPE), plus DeepStack: "
+                "features of early vision layers are added to the hidden states of the first decoder layers at the "
+                "image positions, so attention to 'image tokens' is attention to positions whose residual stream "
+                "carries both the projected image and the DeepStack additions. Its chat template has no default "
+                "system prompt.")
+_MISTRAL3 = ChatFormat(system="", user="[INST]", image="[IMG]", user_end="", assistant="[/INST]", answer_sep="",
+                       assistant_end="</s>")
+_SMOLVLM = ChatFormat(system="<|im_start|>", user="User:", image="<image>", user_end="<end_of_utterance>\n",
+                      assistant="Assistant:", answer_sep=" ", assistant_end="<end_of_utterance>\n")
+_IDEFICS2 = ChatFormat(user="User:", image="<image>", user_end="<end_of_utterance>\n", assistant="Assistant:",
+                       answer_sep=" ", assistant_end="<end_of_utterance>\n")
 # The shipped organisms' own compact format (see micl_probe.organisms).
 ORGANISM_CHAT = ChatFormat(user="", image="<image>", user_end="", assistant=" A:", answer_sep=" ",
                            assistant_end="\n")
@@ -158,22 +179,72 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
             notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
     Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False, patch_layout="merged",
             notes="Qwen2-VL: 2x2 patch merging, <|vision_start|>/<|vision_end|> markup, M-RoPE positions."),
-    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, patch_layout="merged",
+    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, patch_layout="merged", tl_torchvision=True,
             notes="Qwen2.5-VL: as Qwen2-VL, windowed vision attention; its TransformerLens bridge needs torchvision."),
     Adapter("idefics3", ("idefics3",), _IDEFICS3, decoder_path="model.text_model", nest_images=True,
             patch_layout="tiles",
             notes="Idefics3 / SmolVLM(v1): image splitting into row/col tiles plus a global image, each tile "
                   "framed by <fake_token_around_image> and <row_i_col_j>/<global-img> markup."),
+    Adapter("qwen3_vl", ("qwen3_vl",), _QWEN3, patch_layout="merged", tl_torchvision=True,
+            notes="Qwen3-VL: " + _QWEN3_NOTES),
+    Adapter("qwen3_vl_moe", ("qwen3_vl_moe",), _QWEN3, patch_layout="merged", tl_torchvision=True,
+            notes="Qwen3-VL MoE (a mixture-of-experts decoder; attention as the dense model's): " + _QWEN3_NOTES),
+    Adapter("internvl", ("internvl",), _INTERNVL, tl_bridge=False, nest_images=True, patch_layout="none",
+            notes="InternVL (hf checkpoints, e.g. InternVL3-*-hf): each image is cut into up to max_patches tiles "
+                  "plus a thumbnail, each tile's features pixel-shuffled to image_seq_length <IMG_CONTEXT> tokens, "
+                  "all framed by <img>...</img> (markup). Tile order is not reported per token, so no patch maps."),
+    Adapter("gemma3", ("gemma3",), _GEMMA3, patch_layout="pooled", nest_images=True,
+            notes="Gemma 3: the prompt's placeholder is <start_of_image>, which the processor expands to "
+                  "<start_of_image>, mm_tokens_per_image <image_soft_token>s (average-pooled patches, a square grid) "
+                  "and <end_of_image>; the model's image token is the soft token. Image tokens attend to each other "
+                  "both ways (a bidirectional block inside the causal mask) and sliding-window layers alternate with "
+                  "global ones: the capture recomputes each layer with the mask that layer is given. The assistant "
+                  "role is written 'model'."),
+    Adapter("glm4v", ("glm4v",), _GLM4V, patch_layout="merged", tl_torchvision=True,
+            notes="GLM-4.1V: Qwen2-VL-style merged patches framed by <|begin_of_image|>/<|end_of_image|>, 3-D "
+                  "rotary positions (M-RoPE on half of each head's dimensions); turns are <|user|>\\n… and "
+                  "<|assistant|>\\n… with no end-of-turn token between them, so the teacher-forced scorer checks the "
+                  "answer tokens only: use a generated-answer metric (the Thinking checkpoints answer inside "
+                  "<answer>…</answer>)."),
+    Adapter("mistral3", ("mistral3",), _MISTRAL3, patch_layout="breaks",
+            notes="Mistral Small 3.x (Pixtral vision): each image becomes rows of [IMG] tokens (2x2 merged "
+                  "patches, the image's aspect kept), each row closed by [IMG_BREAK] and the last by [IMG_END] "
+                  "(image markup); needs image_sizes. Its processor (PixtralProcessor) needs torchvision."),
+    Adapter("smolvlm", ("smolvlm",), _SMOLVLM, decoder_path="model.text_model", nest_images=True, tl_bridge=False,
+            patch_layout="tiles",
+            notes="SmolVLM / SmolVLM2: Idefics3's image splitting (row/col tiles + a global image, pixel shuffle), "
+                  "the <|im_start|>User:… format of its chat template."),
+    Adapter("idefics2", ("idefics2",), _IDEFICS2, decoder_path="model.text_model", nest_images=True, tl_bridge=False,
+            patch_layout="none",
+            notes="Idefics2 (the MTV paper's model): a perceiver resampler turns each image into a fixed number of "
+                  "latent tokens (64 at full size) framed by <fake_token_around_image>; image tokens are latents, "
+                  "not patches, so patch maps do not apply."),
     Adapter("organism", (), ORGANISM_CHAT,
             notes="micl_probe's own model organisms: a tiny LLaVA (CLIP tower + Llama decoder)."),
 ]}
 
 
+# Architectures that do not fit the image-tokens-in-self-attention picture: why, and what is possible
+_HYBRID = ("{name} has a hybrid decoder: its linear-attention (Gated DeltaNet) layers keep no attention weights, so "
+           "only its full-attention layers could be measured; micl_probe does not capture a subset of layers yet "
+           "(use a decoder with attention in every layer, e.g. qwen3_vl)")
+MISFITS = {
+    "mllama": ("Llama 3.2 Vision (mllama) reads its images through cross-attention layers, not through image tokens "
+               "in the prompt's self-attention: there is no attention on image tokens to measure, and micl_probe does "
+               "not report cross-attention in its place; use a family that puts image tokens in the prompt"),
+    "qwen3_5": _HYBRID.format(name="Qwen3.5 (qwen3_5)"),
+    "qwen3_5_moe": _HYBRID.format(name="Qwen3.5 MoE (qwen3_5_moe)"),
+}
+
+
 def supported_families() -> list[str]:
+    """Every family micl_probe has an adapter for (the organisms' included)."""
     return sorted(ADAPTERS)
 
 
 def get_adapter(family: str) -> Adapter:
+    if family in MISFITS:
+        raise ValueError(f"unsupported model family: {MISFITS[family]}")
     if family not in ADAPTERS:
         raise ValueError(f"unsupported model family {family!r}; supported families: {', '.join(supported_families())}")
     return ADAPTERS[family]
@@ -184,6 +255,8 @@ def adapter_for(model: nn.Module, family: str | None = None) -> Adapter:
     if family is not None:
         return get_adapter(family)
     model_type = getattr(model.config, "model_type", None)
+    if model_type in MISFITS:
+        raise ValueError(f"unsupported model family: {MISFITS[model_type]}")
     for a in ADAPTERS.values():
         if model_type in a.model_types:
             return a

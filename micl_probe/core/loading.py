@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import ADAPTERS, Adapter, adapter_for, get_adapter, supported_families
+from .adapters import ADAPTERS, MISFITS, Adapter, adapter_for, get_adapter, supported_families
 from .episode import Episode
 from .processors import load_processor
 from .prompt import Prepared, PreparedBatch, prepare_batch
@@ -121,6 +121,8 @@ def load(name_or_path: str, device: str | torch.device | None = None, dtype: tor
     except OSError as e:
         hint = " (HF_HUB_OFFLINE=1: pass a local folder or a hub id already in the cache)" if offline else ""
         raise OSError(f"cannot load {name_or_path!r}{hint}: {e}") from e
+    if family is None and config.model_type in MISFITS:
+        raise ValueError(f"{name_or_path!r}: {MISFITS[config.model_type]}")
     if family is None and not any(config.model_type in a.model_types for a in ADAPTERS.values()):
         raise ValueError(f"{name_or_path!r} is a {config.model_type!r} model, not a supported VLM family; supported "
                          f"families: {', '.join(f for f in supported_families() if f != 'organism')} "

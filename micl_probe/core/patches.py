@@ -14,6 +14,10 @@ How the image tokens map onto the image is a family fact (`Adapter.patch_layout`
              grid over the whole image after the tiles are unpadded (and, for OneVision, downscaled), with a newline
              token closing each row. The order is read from the model's own `pack_image_features`, run on marker
              features (base 0, tile 1, newline 2), so unpadding and downscaling are the model's.
+  "breaks"   rows of merged patches over the whole resized image, each row closed by a break token (Mistral 3 /
+             Pixtral: [IMG_BREAK], the last [IMG_END], both image markup): as many rows as breaks
+  "pooled"   one square grid of average-pooled patches over the whole resized image (Gemma 3)
+  "none"     the image tokens are not patches (Idefics2's perceiver latents): there is no patch map
 Tokens that hold no patch (the row newlines) are listed in `ImageGrid.unmapped`.
 """
 
@@ -50,6 +54,9 @@ def patch_grids(loaded, prepared) -> list[ImageGrid]:
     """The patch grid of every image in `prepared` (a batch of one: `loaded.prepare(episode)`)."""
     adapter, model = loaded.adapter, loaded.model
     kind = adapter.patch_layout
+    if kind == "none":
+        raise ValueError(f"the {adapter.family!r} family's image tokens hold no patch position (e.g. resampler "
+                         "latents), so there are no patch maps; segment attention (capture_attention) still applies")
     layout, ids = prepared.layout, prepared.inputs["input_ids"][0].cpu()
     images = prepared.episode.images
     grids = []
@@ -59,6 +66,11 @@ def patch_grids(loaded, prepared) -> list[ImageGrid]:
         size = images[i].size
         if kind == "square":
             tiles = (Tile(_square(positions), _centre_square(*size), "image"),)
+        elif kind == "breaks":
+            rows = layout.positions(role="image_markup", image=i).numel()
+            tiles = (Tile(positions.reshape(rows, -1), FULL, "image"),)
+        elif kind == "pooled":
+            tiles = (Tile(_square(positions), FULL, "image"),)
         elif kind == "merged":
             merge = _merge_size(model)
             _, h, w = (int(x) for x in prepared.inputs["image_grid_thw"][i])

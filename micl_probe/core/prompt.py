@@ -250,20 +250,48 @@ def encode(prompts: list[Prompt], processor, adapter: Adapter, max_positions: in
     enc = processor(text=[p.text for p in prompts], images=images, return_tensors="pt", padding=len(prompts) > 1,
                     return_offsets_mapping=True, return_text_replacement_offsets=True, **side)
     offsets = enc.pop("offset_mapping").tolist()  # [batch, seq] (start, end) in each expanded text
-    replacements = enc.pop("text_replacement_offsets", None) or [[] for _ in prompts]
     seq = enc["input_ids"].shape[1]
     if max_positions is not None and seq > max_positions:
         raise ValueError(f"prompt is {seq} tokens, over the model's context length of {max_positions}; "
                          "use fewer shots or smaller images")
-    image_id = image_token_id if image_token_id is not None else processor.tokenizer.convert_tokens_to_ids(placeholder)
-    special_ids = set(processor.tokenizer.all_special_ids)
+    # the token that fills an expansion; not always the text placeholder (Gemma 3: <start_of_image> in the text,
+    # <image_soft_token> in the expansion)
+    tok = processor.tokenizer
+    if image_token_id is None:
+        image_token_id = tok.convert_tokens_to_ids(getattr(tok, "image_token", None) or placeholder)
+    image_token = tok.convert_ids_to_tokens(image_token_id)
+    replacements = enc.pop("text_replacement_offsets", None)
+    if replacements is None:  # a processor that expands placeholders without reporting where (Idefics2)
+        replacements = [_probe_replacements(prompt, processor, adapter, image_token_id) for prompt in prompts]
+    special_ids = set(tok.all_special_ids)
     layouts = [_layout(prompt, enc["input_ids"][b], enc["attention_mask"][b], offsets[b], replacements[b],
-                       placeholder, image_id, special_ids)
+                       image_token, image_token_id, special_ids)
                for b, prompt in enumerate(prompts)]
     return enc, layouts
 
 
-def _layout(prompt: Prompt, input_ids, attention_mask, offsets, replacements, placeholder, image_id,
+def _probe_replacements(prompt: Prompt, processor, adapter: Adapter, image_id: int) -> list[dict]:
+    """What `return_text_replacement_offsets` reports, for a processor that does not (Idefics2): each placeholder's
+    span in the prompt and in the expanded text, and its image-token count. The processor is run on growing prefixes
+    of the prompt, each ending one character after a placeholder (the expansion may depend on its neighbours:
+    Idefics2 adds a space before text that follows an image and merges the markup of adjacent images), with the
+    images up to there; the growth of the expanded text is each placeholder's."""
+    placeholder = processor.image_token
+    out, grown, counted, start = [], 0, 0, 0
+    for i in range(len(prompt.images)):
+        at = prompt.text.index(placeholder, start)
+        end = at + len(placeholder)
+        cut = end + 1 if end < len(prompt.text) and not prompt.text.startswith(placeholder, end) else end
+        probe = processor(text=[prompt.text[:cut]], images=adapter.images_arg([list(prompt.images[: i + 1])]),
+                          return_tensors="pt", return_offsets_mapping=True)
+        growth = int(probe["offset_mapping"][0, :, 1].max()) - cut  # the expanded prefix's length - the prefix's
+        n_image = int((probe["input_ids"][0] == image_id).sum())
+        out.append({"span": (at, end), "new_span": (at + grown, end + growth), "n_image_tokens": n_image - counted})
+        grown, counted, start = growth, n_image, end
+    return out
+
+
+def _layout(prompt: Prompt, input_ids, attention_mask, offsets, replacements, image_token, image_id,
             special_ids) -> TokenLayout:
     seq = input_ids.numel()
     # piece spans in the expanded text: shift by the growth of every placeholder expanded before them
@@ -302,7 +330,7 @@ def _layout(prompt: Prompt, input_ids, attention_mask, offsets, replacements, pl
     if not torch.equal(is_image, input_ids == image_id):
         raise AssertionError("layout image positions differ from the positions of the image token id")
     for i, r in enumerate(replacements):
-        expected = r["replacement"].count(placeholder)
+        expected = r["n_image_tokens"] if "n_image_tokens" in r else r["replacement"].count(image_token)
         got = int(((image_index == i) & is_image).sum())
         if got != expected:
             raise AssertionError(f"image {i}: layout has {got} image positions, the processor expanded {expected}")

@@ -34,9 +34,12 @@ def verdicts_from_logits(logits: torch.Tensor, batch: PreparedBatch) -> tuple[to
         answer = lay.query_answer_positions()
         if answer.numel() == 0:
             raise ValueError("greedy_exact_match needs episodes prepared with with_answer=True")
-        stop = answer[-1] + 1  # the end-of-turn token rendered after the answer
-        predictors = torch.cat([answer - 1, answer[-1:]])  # each predicts the next token
-        targets = torch.cat([ids[b, answer], ids[b, stop:stop + 1]])
+        stop = int(answer[-1]) + 1  # the end-of-turn token rendered after the answer
+        if stop < ids.shape[1] and bool(batch.inputs["attention_mask"][b, stop]):
+            predictors = torch.cat([answer - 1, answer[-1:]])  # each predicts the next token
+            targets = torch.cat([ids[b, answer], ids[b, stop:stop + 1]])
+        else:  # a format with no end-of-turn token (GLM-4.1V): the answer tokens only
+            predictors, targets = answer - 1, ids[b, answer]
         argmax = logits[b, predictors].argmax(-1)
         correct.append(bool((argmax == targets).all()))
         first.append(int(argmax[0]))

@@ -45,7 +45,7 @@ def _llama_text(vocab: int, **kw) -> dict:
 
 def _vision(model_type: str | None, image_size: int, patch: int, **kw) -> dict:
     cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-               image_size=image_size, patch_size=patch, **kw)
+               image_size=image_size, patch_size=patch) | kw
     return {**cfg, "model_type": model_type} if model_type else cfg
 
 
@@ -155,6 +155,196 @@ def _idefics3(image_size=32, patch=8):
     return Idefics3ForConditionalGeneration(cfg), proc
 
 
+def _smolvlm(image_size=32, patch=8):
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMProcessor
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+    tok = tiny_tokenizer(_IDEFICS3_SPECIALS + ["<|im_start|>"], bos="<|im_start|>", eos="<end_of_utterance>",
+                         pad="<|end_of_text|>")
+    image_id, = _ids(tok, "<image>")
+    scale = 2
+    cfg = SmolVLMConfig(
+        vision_config=_vision(None, image_size, patch),
+        text_config=_llama_text(len(tok), model_type="llama", bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        image_token_id=image_id, scale_factor=scale, pad_token_id=tok.pad_token_id)
+    ip = SmolVLMImageProcessorPil(size={"longest_edge": image_size * 2}, max_image_size={"longest_edge": image_size},
+                                  do_image_splitting=True)
+    proc = _image_only(SmolVLMProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
+                                         image_seq_len=(image_size // patch) ** 2 // scale**2)
+    return SmolVLMForConditionalGeneration(cfg), proc
+
+
+def _idefics2(image_size=32, patch=8):
+    from transformers import Idefics2Config, Idefics2ForConditionalGeneration, Idefics2Processor
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+    tok = tiny_tokenizer(["<s>", "</s>", "<unk>", "<image>", "<fake_token_around_image>", "<end_of_utterance>"],
+                         bos="<s>", eos="</s>", pad="<unk>")
+    image_id, = _ids(tok, "<image>")
+    latents = 4
+    cfg = Idefics2Config(
+        vision_config=_vision(None, image_size, patch),
+        perceiver_config=dict(hidden_size=64, resampler_n_latents=latents, resampler_depth=1, resampler_n_heads=2,
+                              resampler_head_dim=16, num_key_value_heads=1),
+        text_config=_llama_text(len(tok), model_type="mistral", bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        image_token_id=image_id, pad_token_id=tok.pad_token_id)
+    ip = Idefics2ImageProcessorPil(size={"shortest_edge": image_size, "longest_edge": image_size * 2},
+                                   do_image_splitting=False)
+    proc = Idefics2Processor(image_processor=ip, tokenizer=tok, image_seq_len=latents)
+    return Idefics2ForConditionalGeneration(cfg), proc
+
+
+def _qwen3_vl(moe: bool = False):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    tok = tiny_tokenizer(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    image_id, video_id, vstart, vend = _ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    text = _llama_text(len(tok), head_dim=16, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                       rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0,
+                                            mrope_interleaved=True))
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=144, deepstack_visual_indexes=[0])
+    common = dict(image_token_id=image_id, video_token_id=video_id, vision_start_token_id=vstart,
+                  vision_end_token_id=vend, text_config=text, vision_config=vision)
+    if moe:
+        from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+        model = Qwen3VLMoeForConditionalGeneration(Qwen3VLMoeConfig(**common))
+    else:
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+        model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**common))
+    ip = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                  size={"shortest_edge": 8 * 8, "longest_edge": 48 * 48})
+    return model, _image_only(Qwen3VLProcessor)(image_processor=ip, tokenizer=tok)
+
+
+def _internvl(image_size=32, patch=8):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.internvl.processing_internvl import InternVLProcessor
+    tok = tiny_tokenizer(_QWEN_SPECIALS + ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"], bos=None, eos="<|im_end|>",
+                         pad="<|endoftext|>")
+    for name, token in (("start_image_token", "<img>"), ("end_image_token", "</img>"),
+                        ("context_image_token", "<IMG_CONTEXT>"), ("video_token", "<video>")):
+        setattr(tok, name, token)  # the InternVL tokenizer's named tokens, which its processor reads
+        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
+    seq = (image_size // patch) ** 2 // 4  # downsample_ratio 0.5: 2x2 pixel shuffle
+    cfg = InternVLConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=[image_size, image_size], patch_size=[patch, patch]),
+        text_config=_llama_text(len(tok), model_type="qwen2", eos_token_id=tok.eos_token_id),
+        image_token_id=tok.context_image_token_id, image_seq_length=seq, downsample_ratio=0.5)
+    ip = GotOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, crop_to_patches=True,
+                                  min_patches=1, max_patches=4)
+    proc = _image_only(InternVLProcessor)(image_processor=ip, tokenizer=tok, image_seq_length=seq)
+    return InternVLForConditionalGeneration(cfg), proc
+
+
+def _gemma3(image_size=32, patch=8):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+    from transformers.models.gemma3.processing_gemma3 import Gemma3Processor
+    tok = tiny_tokenizer(["<bos>", "<eos>", "<pad>", "<start_of_image>", "<end_of_image>", "<image_soft_token>",
+                          "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>", pad="<pad>")
+    for name, token in (("boi_token", "<start_of_image>"), ("eoi_token", "<end_of_image>"),
+                        ("image_token", "<image_soft_token>")):
+        setattr(tok, name, token)  # the Gemma 3 tokenizer's named tokens, which its processor reads
+        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
+    tokens_per_image = 4  # 4x4 patches average-pooled to 2x2
+    text = _llama_text(len(tok), head_dim=16, query_pre_attn_scalar=16, sliding_window=24,
+                       layer_types=["sliding_attention", "full_attention"], bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    # no encoder layers in the vision tower: random ones mix the patches so much that each 2x2-pooled token no longer
+    # answers most to its own quarter of the image (the patch-locality test); the decoder side is the real one
+    vision = _vision("siglip_vision_model", image_size, patch, num_hidden_layers=0)
+    cfg = Gemma3Config(vision_config=vision, text_config=text,
+                       mm_tokens_per_image=tokens_per_image, boi_token_index=tok.boi_token_id,
+                       eoi_token_index=tok.eoi_token_id, image_token_index=tok.image_token_id)
+    ip = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, do_pan_and_scan=False)
+    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, image_seq_length=tokens_per_image)
+    model = Gemma3ForConditionalGeneration(cfg)
+    with torch.no_grad():  # the projector's input matrix is initialised to zeros: images would carry nothing
+        w = model.model.multi_modal_projector.mm_input_projection_weight
+        w.normal_(0, w.shape[0] ** -0.5)
+    return model, proc
+
+
+def _glm4v():
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+    from transformers.models.glm4v.processing_glm4v import Glm4vProcessor
+    specials = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
+                "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"]
+    tok = tiny_tokenizer(specials, bos=None, eos="<|endoftext|>")
+    ids = dict(zip(["image_token_id", "video_token_id", "image_start_token_id", "image_end_token_id",
+                    "video_start_token_id", "video_end_token_id"],
+                   _ids(tok, "<|image|>", "<|video|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>",
+                        "<|end_of_video|>")))
+    text = _llama_text(len(tok), head_dim=16, eos_token_id=tok.eos_token_id, partial_rotary_factor=0.5,
+                       rope_parameters=dict(rope_type="default", mrope_section=[1, 1, 2], rope_theta=10000.0))
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=64, image_size=32)
+    model = Glm4vForConditionalGeneration(Glm4vConfig(text_config=text, vision_config=vision, **ids))
+    ip = Glm4vImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                size={"shortest_edge": 8 * 8, "longest_edge": 48 * 48})
+    return model, _image_only(Glm4vProcessor)(image_processor=ip, tokenizer=tok)
+
+
+def _pixtral_processor(ip, tok, patch, merge):
+    """transformers' PixtralProcessor, or, where it cannot be imported (its module needs torchvision, which is not
+    installable beside the CPU torch here), a stand-in with the same expansion: each [IMG] becomes rows of
+    [IMG]×columns + [IMG_BREAK], the last break an [IMG_END], one [IMG] per (patch × merge)² pixels."""
+    try:
+        from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+        return PixtralProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, spatial_merge_size=merge)
+    except ImportError:
+        pass
+    from transformers.processing_utils import ProcessorMixin
+
+    class PixtralProcessor(ProcessorMixin):  # the stand-in: PixtralProcessor's own replace_image_token
+        def __init__(self, image_processor, tokenizer, patch_size=16, spatial_merge_size=1, chat_template=None):
+            super().__init__(image_processor, tokenizer, chat_template=chat_template)
+            self.patch_size, self.spatial_merge_size = patch_size, spatial_merge_size
+            self.image_token, self.image_break_token, self.image_end_token = "[IMG]", "[IMG_BREAK]", "[IMG_END]"
+            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+        def _process_images(self, images, **images_kwargs):
+            images_kwargs["patch_size"] = self.patch_size * self.spatial_merge_size
+            return super()._process_images(images, **images_kwargs)
+
+        def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+            step = self.patch_size * self.spatial_merge_size
+            height, width = image_inputs["image_sizes"][image_idx]
+            rows = [[self.image_token] * (width // step) + [self.image_break_token]] * (height // step)
+            tokens = [t for row in rows for t in row]
+            tokens[-1] = self.image_end_token
+            return "".join(tokens)
+
+        @property
+        def model_input_names(self):
+            return self.tokenizer.model_input_names + self.image_processor.model_input_names + ["image_sizes"]
+
+    return PixtralProcessor(ip, tok, patch_size=patch, spatial_merge_size=merge)
+
+
+def _mistral3(image_size=48, patch=8):
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+    tok = tiny_tokenizer(["<s>", "</s>", "<unk>", "[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"],
+                         bos="<s>", eos="</s>", pad="<unk>")
+    image_id, = _ids(tok, "[IMG]")
+    cfg = Mistral3Config(
+        vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, head_dim=16, image_size=image_size, patch_size=patch),
+        text_config=_llama_text(len(tok), model_type="mistral", bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        image_token_index=image_id, spatial_merge_size=2, vision_feature_layer=-1)
+    ip = PixtralImageProcessorPil(size={"longest_edge": image_size}, patch_size={"height": patch, "width": patch})
+    return Mistral3ForConditionalGeneration(cfg), _pixtral_processor(ip, tok, patch, 2)
+
+
 BUILDERS = {
     "llava": _llava,
     "llava_next": _llava_next,
@@ -162,6 +352,14 @@ BUILDERS = {
     "qwen2_vl": lambda: _qwen2_vl("2"),
     "qwen2_5_vl": lambda: _qwen2_vl("2.5"),
     "idefics3": _idefics3,
+    "smolvlm": _smolvlm,
+    "idefics2": _idefics2,
+    "qwen3_vl": _qwen3_vl,
+    "qwen3_vl_moe": lambda: _qwen3_vl(moe=True),
+    "internvl": _internvl,
+    "gemma3": _gemma3,
+    "glm4v": _glm4v,
+    "mistral3": _mistral3,
 }
 
 
