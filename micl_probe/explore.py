@@ -35,7 +35,7 @@ class Exploration:
     def values(self) -> torch.Tensor:
         """[seq, 1 + layer * head]: the mean over layers and heads, then every layer and head."""
         flat = self.attention.flatten(0, 1)  # [layer * head, seq]
-        return torch.cat([flat.mean(0, keepdim=True), flat]).T
+        return torch.cat([flat.nanmean(0, keepdim=True), flat]).T
 
     def html(self):
         """circuitsvis's colored-tokens widget: choose the mean or one layer and head."""

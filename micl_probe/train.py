@@ -49,7 +49,8 @@ def parse(argv=None):
                     "vlicl:PATH/TASK (several only for icl-tune)")
     ap.add_argument("--out", required=True, help="artifact path (see the table above)")
     ap.add_argument("--shots", type=int, default=4, help="demos a prompt (icl-tune: up to this many) (default: 4)")
-    ap.add_argument("--layers", type=int, nargs="+", help="decoder layers (dara, lora; default: the first; "
+    ap.add_argument("--layers", type=int, nargs="+", help="decoder layers (dara, lora; default: the first "
+                    "with softmax attention; "
                     "icl-tune: all)")
     ap.add_argument("--mode", choices=["logit", "post"], default="logit", help="DARA mode (default: logit)")
     ap.add_argument("--rank", type=int, default=None, help="LoRA rank (default: lora 4, icl-tune 8)")
@@ -101,13 +102,13 @@ def train(args) -> list[Path]:
     out, task = Path(args.out), args.task[0]
     made = {"model": args.model, "task": task, "shots": args.shots}
     if args.command == "dara":
-        dara, history = train_dara(loaded, task, args.shots, tuple(args.layers or (0,)), args.mode, cfg)
+        dara, history = train_dara(loaded, task, args.shots, args.layers, args.mode, cfg)
         dara.save(out, **made, history=history)
         return [out.with_suffix(".json"), out.with_suffix(".safetensors")]
     if args.command in ("lora", "icl-tune"):
         any_shot = args.command == "icl-tune"
         peft_model, history = train_lora(loaded, args.task if any_shot else task, args.shots,
-                                         None if any_shot and not args.layers else tuple(args.layers or (0,)),
+                                         args.layers or (None if any_shot else "first"),
                                          args.rank or (8 if any_shot else 4), cfg,
                                          objective="any-shot" if any_shot else "query")
         peft_model.save_pretrained(out)

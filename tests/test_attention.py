@@ -11,8 +11,10 @@ EPISODES = [noise_episode(2, seed=1), noise_episode(1, seed=2), noise_episode(0,
 
 
 def independent_mass(model, processor, episode, rows):
-    """HF eager attentions, summed segment by segment with explicit index lists (no one-hot matmul)."""
-    p = prepare(episode, processor, adapter_for(model), model=model)
+    """HF eager attentions, summed segment by segment with explicit index lists (no one-hot matmul); [layer, head]
+    per segment, NaN in the layers without softmax attention (HF records only the others)."""
+    adapter = adapter_for(model)
+    p = prepare(episode, processor, adapter, model=model)
     prev = model.config._attn_implementation
     model.set_attn_implementation("eager")
     with torch.no_grad():
@@ -20,7 +22,14 @@ def independent_mass(model, processor, episode, rows):
     model.set_attn_implementation(prev)
     pos = row_positions(p.layout, rows)
     segs = p.layout.segments()
-    return {name: torch.stack([a[0][:, pos][:, :, idx].sum(-1).mean(-1) for a in att]) for name, idx in segs.items()}
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or ["full"] * adapter.n_layers(model)
+    softmax = [i for i, kind in enumerate(kinds) if kind != "linear_attention"]  # from the config, not the adapter
+    assert len(att) == len(softmax)
+    out = {}
+    for name, idx in segs.items():
+        out[name] = torch.full((adapter.n_layers(model), att[0].shape[1]), float("nan"))
+        out[name][softmax] = torch.stack([a[0][:, pos][:, :, idx].sum(-1).mean(-1) for a in att])
+    return out
 
 
 @pytest.mark.parametrize("rows", ["answer", "query_text"])
@@ -32,10 +41,15 @@ def test_nnsight_equals_hf_eager(family, rows):
     for e, ep in enumerate(EPISODES):
         ref = independent_mass(model, processor, ep, rows)
         for name, mass in ref.items():  # mass [layer, head]
-            torch.testing.assert_close(am.mass[e, :, :, am.segments.index(name)], mass, atol=1e-5, rtol=0)
+            torch.testing.assert_close(am.mass[e, :, :, am.segments.index(name)], mass, atol=1e-5, rtol=0,
+                                       equal_nan=True)
+        measured = am.meta["layers_measured"]
         absent = [s for s in am.segments if s not in ref]
-        assert all(am.mass[e, ..., am.segments.index(s)].abs().max() == 0 for s in absent)
-    torch.testing.assert_close(am.mass.sum(-1), torch.ones(am.mass.shape[:3]), atol=1e-5, rtol=0)
+        assert all(am.mass[e, measured][..., am.segments.index(s)].abs().max() == 0 for s in absent)
+    measured = am.meta["layers_measured"]
+    torch.testing.assert_close(am.mass[:, measured].sum(-1), torch.ones(am.mass[:, measured].shape[:3]), atol=1e-5,
+                               rtol=0)
+    assert am.mass[:, [x for x in range(am.mass.shape[1]) if x not in measured]].isnan().all()
 
 
 def test_transformer_lens_equals_eager(family):
@@ -142,4 +156,4 @@ def test_a_prepared_batch_equals_one_episode_at_a_time(family, backend):
     together = capture_attention(loaded, batch, backend=backend, progress=False)
     alone = capture_attention(loaded, EPISODES, backend=backend, progress=False)
     assert together.segments == alone.segments and together.meta["shots"] == [2, 1, 0]
-    torch.testing.assert_close(together.mass, alone.mass, atol=1e-5, rtol=0)
+    torch.testing.assert_close(together.mass, alone.mass, atol=1e-5, rtol=0, equal_nan=True)

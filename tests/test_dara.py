@@ -50,10 +50,11 @@ def _layer_weights(model, p, layer, dara=None):
 def test_reallocation_only_on_intended_columns_heads_layers(family):
     loaded, model, p = _setup(family)
     lay = p.layout
-    dara = DARA.for_model(loaded, n_images=lay.n_images, layers=(0,))
+    first = loaded.adapter.attention_layers(model)[0]  # layer 0, but 1 in the hybrid qwen3_5 (0 is linear)
+    dara = DARA.for_model(loaded, n_images=lay.n_images, layers=(first,))
     with torch.no_grad():
         dara.set_alpha(3.0, (0, 1, 0))  # head 1, image 0 (demo 0) only
-    base = _layer_weights(model, p, 0)
+    base = _layer_weights(model, p, 0)  # HF records the softmax-attention layers: entry 0 is `first`
     moved = _layer_weights(model, p, 0, dara)
     cols = lay.positions(role="image", image=0)
     # head 1: weights on image 0's columns x3, then every row renormalised

@@ -98,3 +98,49 @@ def test_mistral3_rows_end_in_break_tokens():
     rows, cols = grid.tiles[0].positions.shape
     markup = prepared.layout.positions(role="image_markup", image=grid.image)
     assert markup.numel() == rows and torch.equal(markup, grid.tiles[0].positions[:, -1] + 1)
+
+
+def test_qwen3_5_hybrid_measures_its_attention_layers_and_says_which():
+    """Qwen3.5's linear-attention layers keep no attention weights: capture measures the softmax layers (equal to HF
+    eager in the shared matrix), leaves the others NaN and names the measured ones; means skip them; DARA, LoRA and
+    MTV refuse a linear layer in one line and default to the attention layers."""
+    from transformers import Qwen3_5TextConfig
+
+    from micl_probe.evaluation import summarise
+    from micl_probe.evaluation.harness import _add_attention
+    from micl_probe.interventions import DARA, inject
+    from micl_probe.interventions.lora import train_lora
+
+    published = Qwen3_5TextConfig(num_hidden_layers=8).layer_types  # the checkpoints' pattern: 3 linear, 1 full
+    assert [i for i, t in enumerate(published) if t == "full_attention"] == [3, 7]
+    loaded = tiny_loaded("qwen3_5")
+    model, adapter = loaded.model, loaded.adapter
+    assert model.config.text_config.layer_types == ["linear_attention", "full_attention"]
+    assert adapter.attention_layers(model) == [1]
+    with pytest.raises(ValueError, match=r"layer 0 .* linear-attention layer\); its attention layers are \[1\]"):
+        adapter.attention(model, 0)
+    eps = [noise_episode(2, seed=s) for s in range(3)]
+    am = capture_attention(loaded, eps, progress=False)
+    assert am.meta["layers_measured"] == [1] and am.mass[:, 0].isnan().all() and not am.mass[:, 1].isnan().any()
+    assert torch.isfinite(am.visual_share()[:, 1]).all()
+    records = [{"model": "q", "task": "t", "condition": "2-shot", "correct": bool(s % 2), "shots": 2, "index": s}
+               for s in range(3)]
+    _add_attention(records, am, eps)
+    by_layer = torch.tensor([r["visual_share_by_layer"] for r in records])
+    assert by_layer[:, 0].isnan().all()
+    torch.testing.assert_close(torch.tensor([r["visual_share"] for r in records]), by_layer[:, 1])  # mean = layer 1
+    assert summarise(records)["partly_measured"] == {"q": [1]}
+    heat = row_attention(loaded, eps[0])
+    assert heat[0].isnan().all() and torch.isfinite(heat[1]).all()
+
+    assert DARA.for_model(loaded, n_images=3).layers == (1,)  # the first attention layer
+    with pytest.raises(ValueError, match=r"layers \[0\] .* linear-attention layers.*attention layers \[1\]"):
+        DARA.for_model(loaded, n_images=3, layers=(0,))
+    with pytest.raises(ValueError, match=r"LoRA layers \[0\] are not attention layers .* choose among \[1\]"):
+        train_lora(loaded, "outlier", layers=(0,))
+    batch = loaded.prepare_batch(eps[:1])
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 1] = True
+    with pytest.raises(ValueError, match=r"linear-attention layers \[0\] .* attention layers \[1\]"):
+        with inject(loaded, torch.zeros(2, 4, 16), mask, batch.layouts):
+            pass

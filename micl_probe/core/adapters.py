@@ -13,6 +13,7 @@ Every other module is family-agnostic and talks to the model only through an ada
 
     adapter = adapter_for(model)                 # by config.model_type
     adapter.layers(model)[0].self_attn.o_proj    # == adapter.o_proj(model, 0)
+    adapter.attention_layers(model)              # layers with softmax attention (all but a hybrid's linear ones)
     adapter.n_heads(model), adapter.n_kv_heads(model), adapter.head_dim(model)
 """
 
@@ -70,7 +71,15 @@ class Adapter:
         return self.decoder(model).layers
 
     def attention(self, model: nn.Module, layer: int) -> nn.Module:
+        if not hasattr(self.layers(model)[layer], "self_attn"):
+            raise ValueError(f"decoder layer {layer} of this {self.family} model has no softmax attention (a "
+                             f"linear-attention layer); its attention layers are {self.attention_layers(model)}")
         return self.layers(model)[layer].self_attn
+
+    def attention_layers(self, model: nn.Module) -> list[int]:
+        """The decoder layers with softmax self-attention: every layer, except in hybrid decoders (Qwen3.5), whose
+        linear-attention layers keep no attention weights to measure or reallocate."""
+        return [i for i, layer in enumerate(self.layers(model)) if hasattr(layer, "self_attn")]
 
     def o_proj(self, model: nn.Module, layer: int) -> nn.Linear:
         return self.attention(model, layer).o_proj
@@ -158,6 +167,12 @@ _QWEN3_NOTES = ("as Qwen2.5-VL (2x2 merged patches, vision start/end markup, int
                 "image positions, so attention to 'image tokens' is attention to positions whose residual stream "
                 "carries both the projected image and the DeepStack additions. Its chat template has no default "
                 "system prompt.")
+_HYBRID = ("a hybrid decoder: Gated DeltaNet linear-attention layers (3 of every 4) keep no attention weights, so "
+           "only the full-attention layers are measured (the others are NaN in every per-layer result, and the "
+           "results name the measured layers); DARA and MTV act on those layers only. Vision as Qwen3-VL (merged "
+           "patches, interleaved M-RoPE on a quarter of each head's dimensions, output-gated attention: a head's "
+           "output is taken after its gate). Its chat template opens the answer with a thinking block unless thinking "
+           "is switched off: score chat answers with a generated-answer metric.")
 _MISTRAL3 = ChatFormat(system="", user="[INST]", image="[IMG]", user_end="", assistant="[/INST]", answer_sep="",
                        assistant_end="</s>")
 _SMOLVLM = ChatFormat(system="<|im_start|>", user="User:", image="<image>", user_end="<end_of_utterance>\n",
@@ -189,6 +204,9 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
             notes="Qwen3-VL: " + _QWEN3_NOTES),
     Adapter("qwen3_vl_moe", ("qwen3_vl_moe",), _QWEN3, patch_layout="merged", tl_torchvision=True,
             notes="Qwen3-VL MoE (a mixture-of-experts decoder; attention as the dense model's): " + _QWEN3_NOTES),
+    Adapter("qwen3_5", ("qwen3_5",), _QWEN3, patch_layout="merged", tl_bridge=False, notes="Qwen3.5: " + _HYBRID),
+    Adapter("qwen3_5_moe", ("qwen3_5_moe",), _QWEN3, patch_layout="merged", tl_bridge=False,
+            notes="Qwen3.5 MoE (mixture-of-experts MLPs): " + _HYBRID),
     Adapter("internvl", ("internvl",), _INTERNVL, tl_bridge=False, nest_images=True, patch_layout="none",
             notes="InternVL (hf checkpoints, e.g. InternVL3-*-hf): each image is cut into up to max_patches tiles "
                   "plus a thumbnail, each tile's features pixel-shuffled to image_seq_length <IMG_CONTEXT> tokens, "
@@ -225,15 +243,10 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
 
 
 # Architectures that do not fit the image-tokens-in-self-attention picture: why, and what is possible
-_HYBRID = ("{name} has a hybrid decoder: its linear-attention (Gated DeltaNet) layers keep no attention weights, so "
-           "only its full-attention layers could be measured; micl_probe does not capture a subset of layers yet "
-           "(use a decoder with attention in every layer, e.g. qwen3_vl)")
 MISFITS = {
     "mllama": ("Llama 3.2 Vision (mllama) reads its images through cross-attention layers, not through image tokens "
                "in the prompt's self-attention: there is no attention on image tokens to measure, and micl_probe does "
                "not report cross-attention in its place; use a family that puts image tokens in the prompt"),
-    "qwen3_5": _HYBRID.format(name="Qwen3.5 (qwen3_5)"),
-    "qwen3_5_moe": _HYBRID.format(name="Qwen3.5 MoE (qwen3_5_moe)"),
 }
 
 

@@ -112,10 +112,15 @@ def right_demo(records: list[dict]) -> list[dict]:
 
 def summarise(records: list[dict]) -> dict:
     """Everything the report shows, computed from harness records: {"verdicts", "accuracy", "where_it_looks",
-    "right_demo", "heads"} (the attention parts empty when the records carry no attention)."""
+    "right_demo", "heads", "partly_measured"} (the attention parts empty when the records carry no attention;
+    "partly_measured": {model: [layer, ...]} for hybrid decoders, whose other layers have no softmax attention)."""
     out = {"verdicts": verdicts(records), "accuracy": accuracy_table(records), "where_it_looks": {},
-           "right_demo": [], "heads": []}
+           "right_demo": [], "heads": [], "partly_measured": {}}
     if records and "visual_share" in records[0]:
+        for r in records:
+            by_layer = r.get("visual_share_by_layer") or []
+            if any(v != v for v in by_layer) and r["model"] not in out["partly_measured"]:
+                out["partly_measured"][r["model"]] = [i for i, v in enumerate(by_layer) if v == v]
         out["where_it_looks"] = where_it_looks(records)
         out["right_demo"] = right_demo(records)
         out["heads"] = heads_that_predict(records)

@@ -223,21 +223,22 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
 
 
 def _add_attention(chunk: list[dict], am, episodes) -> None:
-    """The attention summary at the answer row, into each record of `chunk`."""
+    """The attention summary at the answer row, into each record of `chunk`. Means over layers skip the layers a
+    hybrid decoder does not measure (NaN in the per-layer and per-head lists)."""
     visual = am.visual_share()  # [episode, layer, head]
     per_demo, owners = am.demo_image_share()
     special = am.special_share()
     parts, names = am.where_it_looks()  # [episode, layer, head, part]
     for j, (r, ep) in enumerate(zip(chunk, episodes)):
-        r["visual_share"] = float(visual[j].mean())
-        r["visual_share_by_layer"] = visual[j].mean(-1).tolist()
+        r["visual_share"] = float(visual[j].nanmean())
+        r["visual_share_by_layer"] = visual[j].mean(-1).tolist()  # NaN: not measured
         r["visual_share_by_head"] = visual[j].tolist()  # [layer][head]
-        r["image_share"] = {o: float(per_demo[j, ..., k].mean()) for k, o in enumerate(owners)
+        r["image_share"] = {o: float(per_demo[j, ..., k].nanmean()) for k, o in enumerate(owners)
                             if o == "query" or int(o[4:]) < ep.shots}
         demos = [k for k, o in enumerate(owners) if o != "query" and int(o[4:]) < ep.shots]
         r["demo_image_by_head"] = per_demo[j][..., demos].sum(-1).tolist()  # [layer][head]
-        r["special_share"] = float(special[j].mean())
-        r["looks_at"] = {name: float(parts[j, ..., k].mean()) for k, name in enumerate(names)}
+        r["special_share"] = float(special[j].nanmean())
+        r["looks_at"] = {name: float(parts[j, ..., k].nanmean()) for k, name in enumerate(names)}
         match = matching_demos(ep) if any(d.images for d in ep.demos) else None
         if match is not None and 0 < len(match) < ep.shots:  # novel binding: the demos of the query's class
             r["matching_demo_image"] = sum(r["image_share"][f"demo{i}"] for i in match) / len(match)

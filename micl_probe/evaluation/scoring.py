@@ -76,7 +76,7 @@ def generate_answers(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int =
     model, adapter = loaded.model, loaded.adapter
     handles = [adapter.attention(model, i).register_forward_pre_hook(
         lambda module, args, kwargs: (args, {**kwargs, **forward_kwargs}), with_kwargs=True)
-        for i in range(adapter.n_layers(model))] if forward_kwargs else []
+        for i in adapter.attention_layers(model)] if forward_kwargs else []
     try:
         out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                              eos_token_id=stops, pad_token_id=tok.pad_token_id or stops[0])

@@ -79,12 +79,19 @@ class DARA(nn.Module):
         return self
 
     @classmethod
-    def for_model(cls, loaded: Loaded, n_images: int, layers=(0,), mode: str = "logit") -> DARA:
-        """Factors alpha = 1 for every head of `layers` of `loaded`'s decoder and `n_images` images."""
+    def for_model(cls, loaded: Loaded, n_images: int, layers=None, mode: str = "logit") -> DARA:
+        """Factors alpha = 1 for every head of `layers` of `loaded`'s decoder and `n_images` images. `layers`: None =
+        the first layer with softmax attention (layer 0, except in a hybrid decoder: the paper's setting)."""
         model, adapter = loaded.model, loaded.adapter
+        attention = adapter.attention_layers(model)
+        layers = (attention[0],) if layers is None else tuple(layers)
         bad = [x for x in layers if not 0 <= x < adapter.n_layers(model)]
         if bad:
             raise ValueError(f"layers {bad} outside the decoder's {adapter.n_layers(model)} layers")
+        linear = [x for x in layers if x not in attention]
+        if linear:
+            raise ValueError(f"layers {linear} of this {adapter.family} model are linear-attention layers, with no "
+                             f"attention to reallocate; choose among its attention layers {attention}")
         dara = cls(adapter.n_heads(model), n_images, layers, mode)
         dara.meta = {"family": adapter.family, "n_layers": adapter.n_layers(model),
                      "model": loaded.name or type(model).__name__}
@@ -237,7 +244,7 @@ def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=(0,), kernel: str
     return {f"alpha={a:g}": factory(a) for a in alphas}
 
 
-def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=(0,), mode: str = "logit",
+def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=None, mode: str = "logit",
                fit_config: FitConfig | None = None) -> tuple[DARA, list[dict]]:
     """Learn one factor per (layer, head, image) on k-shot prompts of `task` (procedural, or a folder task's support
     set); the model stays frozen. Settings: `FitConfig` (default learning rate 0.05)."""
@@ -247,7 +254,7 @@ def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=(0,), mode: str
     first = next(train)
     n_images = first.layouts[0].n_images  # a demo may hold several images (VL-ICL's interleaved, matching tasks)
     dara = DARA.for_model(loaded, n_images=n_images, layers=layers, mode=mode)
-    print(f"DARA: {dara.n_params} parameters ({len(layers)} layer(s) x {dara.alpha.shape[1]} heads x "
+    print(f"DARA: {dara.n_params} parameters ({len(dara.layers)} layer(s) x {dara.alpha.shape[1]} heads x "
           f"{n_images} images)")
     val = list(itertools.islice(episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "val", cfg),
                                 max(1, cfg.n_val // cfg.batch)))

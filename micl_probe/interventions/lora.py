@@ -24,9 +24,11 @@ from .fitting import FitConfig, any_shot_batches, episode_batches, fit, icl_labe
 OBJECTIVES = ("query", "any-shot")
 
 
-def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers=(0,), rank: int = 4,
+def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers="first", rank: int = 4,
                fit_config: FitConfig | None = None, objective: str = "query"):
-    """LoRA of `rank` on the q/k/v/o projections of the given decoder layers (None: every layer), on k-shot prompts
+    """LoRA of `rank` on the q/k/v/o projections of the given decoder layers ("first": the first with softmax
+    attention, as DARA's default; None: every attention layer; a hybrid decoder's linear layers have no q/k/v/o to
+    adapt), on k-shot prompts
     of `task` (or of several tasks, any-shot). Settings: `FitConfig` (default learning rate 1e-3). Returns (peft
     model, history); `peft_model.disable_adapter()` gives the base model back."""
     from peft import LoraConfig, get_peft_model
@@ -39,7 +41,11 @@ def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers=(0,
     cfg = (fit_config or FitConfig()).with_lr(1e-3)
     torch.manual_seed(cfg.seed)
     prefix = loaded.adapter.decoder_path
-    layers = range(loaded.adapter.n_layers(loaded.model)) if layers is None else layers
+    attention = loaded.adapter.attention_layers(loaded.model)
+    layers = attention[:1] if layers == "first" else attention if layers is None else list(layers)
+    if any(x not in attention for x in layers):
+        raise ValueError(f"LoRA layers {[x for x in layers if x not in attention]} are not attention layers of this "
+                         f"{loaded.adapter.family} model; choose among {attention}")
     targets = [f"{prefix}.layers.{layer}.self_attn.{proj}" for layer in layers
                for proj in ("q_proj", "k_proj", "v_proj", "o_proj")]
     peft_model = get_peft_model(loaded.model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets,

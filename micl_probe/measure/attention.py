@@ -9,6 +9,9 @@
     am.where_it_looks()      # [episode, layer, head, part]: demo images, query image, demo text, query text, …
     am.save("runs/x")  /  AttentionMass.load("runs/x")
 
+Hybrid decoders (Qwen3.5): only the layers with softmax attention are measured; the linear-attention layers are NaN
+in `mass` and every view of it (take means with `torch.nanmean`), and `am.meta["layers_measured"]` names the others.
+
 Rows: "answer" = the position whose logits predict the first answer token; "last" = the last prompt token;
 "query_text" = the query's question tokens; or a list of explicit positions. Mass over several rows is averaged.
 Episodes are prepared and run one at a time; a prepared batch runs in one forward pass, padding-aware (each row
@@ -47,7 +50,8 @@ PARTS = ("demo_image", "query_image", "demo_text", "query_text", "special", "oth
 # --- the result ------------------------------------------------------------------------------------------
 @dataclass
 class AttentionMass:
-    mass: torch.Tensor  # [episode, layer, head, segment] float32, rows averaged; a segment absent from an episode = 0
+    mass: torch.Tensor  # [episode, layer, head, segment] float32, rows averaged; a segment absent from an episode = 0;
+    #                     a layer without softmax attention (hybrid decoders) = NaN, see meta["layers_measured"]
     segments: list[str]  # segment names, canonical order
     rows: str  # "answer" | "last" | "query_text" | "explicit"
     row_positions: list[list[int]]  # per episode, the positions averaged over
@@ -56,6 +60,7 @@ class AttentionMass:
     def __post_init__(self):
         self.meta.setdefault("tasks", [])
         self.meta.setdefault("shots", [])
+        self.meta.setdefault("layers_measured", list(range(self.mass.shape[1])))
 
     @property
     def n_episodes(self) -> int:
@@ -224,14 +229,16 @@ def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Te
     given (the pass that scores a batch also measures it)."""
     adapter = loaded.adapter
     decoder = loaded.decoder_envoy()
-    call = [op.name for op in decoder.layers[0].self_attn.source if op.name.startswith("attention_interface")][-1]
+    layers = adapter.attention_layers(loaded.model)  # a hybrid decoder's linear-attention layers are left NaN
+    call = [op.name for op in decoder.layers[layers[0]].self_attn.source
+            if op.name.startswith("attention_interface")][-1]
     pos, weights = _padded_rows(rows)
     device = inputs["input_ids"].device
     weights = weights.to(device)[:, None, None, :]  # [B, 1, 1, R]
     onehot = None if onehot is None else onehot.to(device)[:, None]  # [B, 1, seq, n_seg]
     saved = []
     with torch.no_grad(), loaded.envoy.trace(**inputs):
-        for layer in range(adapter.n_layers(loaded.model)):
+        for layer in layers:
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
             x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
             probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
@@ -242,7 +249,19 @@ def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Te
             logits = loaded.envoy.output.logits.save()
     if outputs is not None:
         outputs.append(logits)
-    return torch.stack([t.float().cpu() for t in saved], 1)
+    return _all_layers(loaded, layers, [t.float().cpu() for t in saved], 1)
+
+
+def _all_layers(loaded: Loaded, measured: list[int], per_layer: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Stack the measured layers' tensors along `dim` at their decoder indices; layers without softmax attention (a
+    hybrid decoder's linear-attention layers) are NaN, so no mean silently counts them as attention on nothing."""
+    n = loaded.adapter.n_layers(loaded.model)
+    if len(measured) == n:
+        return torch.stack(per_layer, dim)
+    out = torch.full((*per_layer[0].shape[:dim], n, *per_layer[0].shape[dim:]), float("nan"))
+    for layer, t in zip(measured, per_layer):
+        out.select(dim, layer).copy_(t)
+    return out
 
 
 def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None
@@ -344,9 +363,10 @@ def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, interventio
             outputs.append(out.logits)
     finally:
         model.set_attn_implementation(previous)
-    if not attentions or any(a is None for a in attentions):
+    layers = loaded.adapter.attention_layers(model)  # transformers records the softmax-attention layers only
+    if not attentions or any(a is None for a in attentions) or len(attentions) != len(layers):
         raise ValueError("the attention layers returned no weights; run the intervention with an eager kernel")
-    return [torch.stack([_reduce(a[b][:, pos], onehot).cpu() for a in attentions])
+    return [_all_layers(loaded, layers, [_reduce(a[b][:, pos], onehot).cpu() for a in attentions], 0)
             for b, (pos, onehot) in enumerate(zip(rows, onehots))]
 
 
@@ -412,11 +432,14 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
     out = torch.zeros(len(results), n_layers, n_heads, len(segments))
     for e, (mass, ns) in enumerate(zip(results, names)):
         out[e, ..., [segments.index(n) for n in ns]] = mass
+    measured = loaded.adapter.attention_layers(loaded.model)
+    out[:, [x for x in range(n_layers) if x not in measured]] = float("nan")  # every segment of an unmeasured layer
     info = {"model": loaded.name or type(loaded.model).__name__, "family": loaded.adapter.family,
             "backend": backend if intervention is None else "eager+intervention",
             "tasks": [getattr(e, "task", None) for e in all_episodes],
             "shots": [getattr(e, "shots", None) for e in all_episodes],
-            "conditions": [getattr(e, "condition", None) for e in all_episodes], **(meta or {})}
+            "conditions": [getattr(e, "condition", None) for e in all_episodes],
+            "layers_measured": loaded.adapter.attention_layers(loaded.model), **(meta or {})}
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 

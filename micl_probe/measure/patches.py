@@ -53,6 +53,6 @@ def top_heads(maps: list[PatchMap], k: int = 3) -> list[tuple[int, int]]:
     demo = [h.sum((-2, -1)) for m in maps if m.grid.owner >= 0 for h in m.heat]  # [layer, head] each
     if not demo:
         return []
-    total = torch.stack(demo).sum(0)
+    total = torch.stack(demo).sum(0).nan_to_num(-1.0)  # a hybrid decoder's unmeasured layers never rank
     order = total.flatten().argsort(descending=True)[:k]
     return [(int(i) // total.shape[1], int(i) % total.shape[1]) for i in order]

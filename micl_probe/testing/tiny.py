@@ -220,6 +220,36 @@ def _qwen3_vl(moe: bool = False):
     return model, _image_only(Qwen3VLProcessor)(image_processor=ip, tokenizer=tok)
 
 
+def _qwen3_5(moe: bool = False):
+    """Qwen3.5's hybrid decoder: layer 0 linear attention (Gated DeltaNet), layer 1 full attention (as the checkpoints'
+    3-in-4 pattern, shortened), interleaved M-RoPE on a quarter of each head's dimensions, gated attention output."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    tok = tiny_tokenizer(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
+    image_id, video_id, vstart, vend = _ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
+                                            "<|vision_end|>")
+    text = _llama_text(len(tok), head_dim=16, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                       layer_types=["linear_attention", "full_attention"], linear_key_head_dim=8,
+                       linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                       rope_parameters=dict(rope_type="default", mrope_section=[1, 1, 0], rope_theta=10000.0,
+                                            mrope_interleaved=True, partial_rotary_factor=0.25))
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=144)
+    common = dict(image_token_id=image_id, video_token_id=video_id, vision_start_token_id=vstart,
+                  vision_end_token_id=vend, text_config=text, vision_config=vision)
+    if moe:
+        from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+        model = Qwen3_5MoeForConditionalGeneration(Qwen3_5MoeConfig(**common))
+    else:
+        from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+        model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(**common))
+    ip = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                  size={"shortest_edge": 8 * 8, "longest_edge": 48 * 48})
+    return model, _image_only(Qwen3VLProcessor)(image_processor=ip, tokenizer=tok)
+
+
 def _internvl(image_size=32, patch=8):
     from transformers import InternVLConfig, InternVLForConditionalGeneration
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -356,6 +386,8 @@ BUILDERS = {
     "idefics2": _idefics2,
     "qwen3_vl": _qwen3_vl,
     "qwen3_vl_moe": lambda: _qwen3_vl(moe=True),
+    "qwen3_5": _qwen3_5,
+    "qwen3_5_moe": lambda: _qwen3_5(moe=True),
     "internvl": _internvl,
     "gemma3": _gemma3,
     "glm4v": _glm4v,

@@ -42,7 +42,7 @@ def visual_share_heatmap(am: AttentionMass, title: str | None = None):
     style()
     share = am.visual_share().mean(0).numpy()  # [layer, head]
     fig, ax = plt.subplots(figsize=(1.2 + 0.45 * share.shape[1], 1.0 + 0.4 * share.shape[0]))
-    sns.heatmap(share, ax=ax, vmin=0, vmax=max(0.05, float(share.max())), cmap="viridis", annot=share.size <= 64,
+    sns.heatmap(share, ax=ax, vmin=0, vmax=max(0.05, float(np.nanmax(share))), cmap="viridis", annot=share.size <= 64,
                 fmt=".2f", cbar_kws={"label": "visual share"})
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
@@ -56,7 +56,7 @@ def demo_stacked_bars(am: AttentionMass, layer: int | None = None, title: str | 
     table, owners, roles = am.owner_role_table()  # [episode, layer, head, owner, role]
     t = table.mean((0, 2)) if layer is None else table[:, layer].mean((0, 1))  # [layer?, owner, role]
     if layer is None:
-        t = t.mean(0)
+        t = t.nanmean(0)  # over the measured layers (a hybrid decoder's others are NaN)
     t = t.numpy()
     order = [o for o in owners if o.startswith("demo")] + [o for o in owners if o == "query"] + \
             [o for o in owners if o in ("none", "all")]
@@ -383,7 +383,7 @@ def patch_maps(maps, heads: list[tuple[int, int]] | None = None, title: str | No
     fig, axes = plt.subplots(len(panels), len(maps), figsize=(0.8 + 1.9 * len(maps), 0.4 + 2.0 * len(panels)),
                              squeeze=False)
     for row, (label, head) in enumerate(panels):
-        pick = (lambda h: h.mean((0, 1))) if head is None else (lambda h, lh=head: h[lh[0], lh[1]])
+        pick = (lambda h: h.nanmean((0, 1))) if head is None else (lambda h, lh=head: h[lh[0], lh[1]])
         heat = [[pick(h).numpy() for h in m.heat] for m in maps]
         top = max(float(t.max()) for hs in heat for t in hs) or 1.0
         for col, (ax, m, hs) in enumerate(zip(axes[row], maps, heat)):

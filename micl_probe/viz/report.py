@@ -160,7 +160,10 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
           f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
           f"Accuracy: {_metrics_text(settings.get('metrics', {}))}, % with 95% Wilson CI. Visual share: attention of "
           f"the answer position on "
-          f"image tokens, mean over layers and heads. Run time {seconds:.0f} s.", ""]
+          f"image tokens, mean over layers and heads. Run time {seconds:.0f} s.", ""] + [
+          f"{model} has a hybrid decoder: attention measured in its softmax-attention layers "
+          f"{', '.join(map(str, layers))} only (its linear-attention layers keep no attention weights); every mean "
+          "over layers here is over those.\n" for model, layers in summary.get("partly_measured", {}).items()]
     for model, tasks in table.items():
         md += [f"### {model}", "", "| task | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
         for task, cells in tasks.items():
