@@ -122,3 +122,34 @@ def test_attention_measured_under_injection():
     torch.testing.assert_close(none, plain, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(moved[:, 0], plain[:, 0], atol=1e-5, rtol=1e-4)
     assert (moved[:, 1] - plain[:, 1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])  # 1-D RoPE; M-RoPE; image-bidirectional mask
+def test_prefix_shared_continuations_equal_the_whole_prompt(family):
+    """Each mask's last-token logits from one shared prefix (KV cache, masks as one-token continuations, in groups
+    with a padded last group) equal running the whole prompt once per mask; CIE likewise."""
+    from micl_probe.interventions import mtv as mtv_mod
+
+    loaded = _loaded(family)
+    model, a = loaded.model, loaded.adapter
+    ep = noise_episode(1, seed=3)
+    b = loaded.prepare_batch([ep])
+    gen = torch.Generator().manual_seed(0)
+    means = torch.randn(a.n_layers(model), a.n_heads(model), a.head_dim(model), generator=gen) * 3
+    masks = torch.rand(5, a.n_layers(model), a.n_heads(model), generator=gen) < 0.4
+    shared = mtv_mod.last_token_logits(loaded, b, means, masks, chunk=2)
+    whole = loaded.prepare_batch([ep] * 5)
+    with torch.no_grad(), inject(loaded, means, masks, whole.layouts):
+        ref = model(**whole.inputs).logits[:, -1].float()
+    torch.testing.assert_close(shared, ref, atol=1e-5, rtol=1e-5)
+    assert (ref[0] - ref[1]).abs().max() > 1e-3  # the masks do differ
+    tv = mtv_mod.TaskVector(means, "mtv", {})
+    eps = [noise_episode(0, seed=s) for s in (1, 2)]
+    fast = mtv_mod.indirect_effects(loaded, tv, eps)
+    original = mtv_mod.shares_prefix
+    mtv_mod.shares_prefix = lambda loaded: False
+    try:
+        slow = mtv_mod.indirect_effects(loaded, tv, eps)
+    finally:
+        mtv_mod.shares_prefix = original
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)

@@ -20,6 +20,7 @@ Baselines on the same machinery:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,18 +86,23 @@ class TaskVector:
 # --- hook points -----------------------------------------------------------------------------------------
 @torch.no_grad()
 def head_outputs(loaded: Loaded, batch, positions: list[int]) -> torch.Tensor:
-    """head_out[B, layer, head, d_head] at one position per row (the o_proj input, per head), via nnsight."""
+    """head_out[B, layer, head, d_head] at one position per row (the o_proj input, per head), via nnsight; zeros in a
+    hybrid decoder's linear-attention layers (no heads there to read or patch)."""
     model, adapter = loaded.model, loaded.adapter
     H, D = adapter.n_heads(model), adapter.head_dim(model)
     decoder = loaded.decoder_envoy()
     rows = torch.arange(len(positions))
     pos = torch.tensor(positions)
+    layers = adapter.attention_layers(model)
     saved = []
     with loaded.envoy.trace(**batch.inputs):
-        for layer in range(adapter.n_layers(model)):
+        for layer in layers:
             x = decoder.layers[layer].self_attn.o_proj.input  # [B, seq, H * D]
             saved.append(x[rows, pos].save())
-    return torch.stack([s.reshape(len(positions), H, D).float().cpu() for s in saved], 1)
+    out = torch.zeros(len(positions), adapter.n_layers(model), H, D)
+    for layer, s in zip(layers, saved):
+        out[:, layer] = s.reshape(len(positions), H, D).float().cpu()
+    return out
 
 
 @torch.no_grad()
@@ -136,14 +142,20 @@ def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, eve
     """Replace the selected heads' outputs with `means` at each row's last prompt token.
 
     means [layer, head, d_head]; mask bool [layer, head] or [B, layer, head] (one mask per row);
-    every_token: also at every token generated after the prompt (`generate`), not only the first.
+    every_token: also at every token generated after the prompt (`generate`), not only the first;
+    layouts None: at the last position of every pass (the one-token continuations of a shared prefix).
     """
     model, adapter = loaded.model, loaded.adapter
     H, D = adapter.n_heads(model), adapter.head_dim(model)
-    positions = torch.tensor([lay.answer_position for lay in layouts])
-    prompt_len = layouts[0].seq_len
+    positions = None if layouts is None else torch.tensor([lay.answer_position for lay in layouts])
+    prompt_len = None if layouts is None else layouts[0].seq_len
     handles = []
     mask = mask.to(torch.bool)
+    layers = adapter.attention_layers(model)
+    linear = [x for x in range(adapter.n_layers(model)) if x not in layers]
+    if linear and mask[..., linear, :].any():
+        raise ValueError(f"the mask selects heads in linear-attention layers {linear} of this {adapter.family} model, "
+                         f"which have no heads to patch; select heads of its attention layers {layers}")
 
     def hook_for(layer):
         def pre_hook(module, args):
@@ -155,18 +167,18 @@ def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, eve
             B, seq = x.shape[:2]
             heads = x.view(B, seq, H, D)
             value = means[layer].to(x.dtype).to(x.device)  # [H, D]
-            if seq == prompt_len:  # the prompt pass: patch the last prompt token of each row
+            if positions is not None and seq == prompt_len:  # the prompt pass: the last prompt token of each row
                 rows = torch.arange(B, device=x.device)
                 cur = heads[rows, positions.to(x.device)]  # [B, H, D]
                 sel = m.to(x.device).expand(B, H)[..., None]
                 heads[rows, positions.to(x.device)] = torch.where(sel, value.expand(B, H, D), cur)
-            elif every_token:  # a generated token (KV cache): patch it too
+            elif every_token or positions is None:  # a token after a cached prefix: patch it
                 sel = m.to(x.device).expand(B, H)[:, None, :, None]
                 heads[:, -1:] = torch.where(sel, value.expand(B, 1, H, D), heads[:, -1:])
             return (heads.view(B, seq, H * D),) + tuple(args[1:])
         return pre_hook
 
-    for layer in range(adapter.n_layers(model)):
+    for layer in layers:
         handles.append(adapter.o_proj(model, layer).register_forward_pre_hook(hook_for(layer)))
     try:
         yield
@@ -177,24 +189,82 @@ def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, eve
 
 # --- locating heads: REINFORCE ---------------------------------------------------------------------------
 def reinforce(n_layers: int, n_heads: int, loss_of_masks, steps: int = 600, n_masks: int = 32, lr: float = 0.1,
-              init: float = -1.0, seed: int = 0, progress: bool = True) -> torch.Tensor:
+              init: float = -1.0, seed: int = 0, progress: bool = True, layers: list[int] | None = None
+              ) -> torch.Tensor:
     """The paper's head search, model-free: logits theta[layer, head] (init -1), p = clamp(sigmoid(theta)),
     each step draws `n_masks` Bernoulli masks, scores them with `loss_of_masks(masks[n, L, H]) -> losses[n]`,
-    and minimises mean(log p(mask) * normalised advantage). Returns p[layer, head]."""
+    and minimises mean(log p(mask) * normalised advantage). Returns p[layer, head]. `layers`: the layers whose heads
+    may be drawn (a hybrid decoder's attention layers); the others keep p = 0."""
     gen = torch.Generator().manual_seed(seed)
     theta = torch.full((n_layers, n_heads), float(init), requires_grad=True)
+    allowed = torch.zeros(n_layers, 1)
+    allowed[list(range(n_layers)) if layers is None else layers] = 1.0
     opt = torch.optim.Adam([theta], lr=lr)
     for _ in tqdm(range(steps), desc="REINFORCE heads", disable=not progress, mininterval=1):
         p = torch.sigmoid(theta).clamp(1e-3, 1 - 1e-3)
-        masks = torch.bernoulli(p.detach().expand(n_masks, n_layers, n_heads), generator=gen)
+        masks = torch.bernoulli(p.detach().expand(n_masks, n_layers, n_heads), generator=gen) * allowed
         with torch.no_grad():
             losses = loss_of_masks(masks.bool()).float()
         adv = (losses - losses.mean()) / (losses.std() + 1e-3)
-        log_p = (masks * p.log() + (1 - masks) * (1 - p).log()).sum((1, 2))
+        log_p = ((masks * p.log() + (1 - masks) * (1 - p).log()) * allowed).sum((1, 2))
         (log_p * adv).mean().backward()
         opt.step()
         opt.zero_grad()
-    return torch.sigmoid(theta).clamp(1e-3, 1 - 1e-3).detach()
+    return torch.sigmoid(theta).clamp(1e-3, 1 - 1e-3).detach() * allowed
+
+
+@torch.no_grad()
+def last_token_logits(loaded: Loaded, batch: PreparedBatch, means: torch.Tensor, masks: torch.Tensor,
+                      chunk: int = 32) -> torch.Tensor:
+    """logits[n, vocab] at the last token of ONE prompt (`batch` of one unpadded episode) under each of `masks`
+    [n, layer, head] (those heads replaced by `means` at that token), the prompt run ONCE: its KV cache, cut back
+    before the last token, is repeated `chunk` times and each group of masks runs as `chunk` one-token
+    continuations. Injection at the last token cannot change the prefix, so this equals running the whole prompt
+    once per mask (tested), at a fraction of the cost on long prompts. The last token keeps the position the model
+    gave it in the whole prompt (M-RoPE included): the decoder's own position ids are read from that pass."""
+    model, lay = loaded.model, batch.layouts[0]
+    if len(batch) != 1 or lay.answer_position != lay.seq_len - 1:
+        raise ValueError("last_token_logits takes one unpadded prompt that ends at its answer position")
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    seen = {}
+
+    def read_positions(module, args, kwargs):
+        seen["position_ids"] = kwargs.get("position_ids")
+
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    if hasattr(cache, "activate_past_recording"):  # sliding-window layers keep what a crop must give back
+        cache.activate_past_recording()
+    hook = loaded.adapter.decoder(model).register_forward_pre_hook(read_positions, with_kwargs=True)
+    try:
+        model(**batch.inputs, **{cache_kw: cache}, use_cache=True)
+    finally:
+        hook.remove()
+    cache.crop(-1)  # the prefix: every token but the last
+    width = min(chunk, len(masks))
+    cache.batch_repeat_interleave(width)
+    ids = batch.inputs["input_ids"]
+    step = {k: v[:, -1:].expand(width, 1) for k, v in batch.inputs.items()
+            if torch.is_tensor(v) and v.shape == ids.shape}
+    step["attention_mask"] = batch.inputs["attention_mask"].expand(width, -1)
+    if seen.get("position_ids") is not None:  # [(3|4,) 1, seq]: the batch is the second-to-last axis
+        pos = seen["position_ids"][..., -1:]
+        step["position_ids"] = pos.expand(*pos.shape[:-2], width, 1)
+    logits = []
+    for start in range(0, len(masks), width):
+        group = masks[start:start + width]
+        padded = torch.cat([group, group.new_zeros(width - len(group), *group.shape[1:])])
+        with inject(loaded, means, padded, None):
+            logits.append(model(**step, **{cache_kw: cache}, use_cache=True).logits[: len(group), -1].float())
+        cache.crop(-1)  # drop the continuation token: the next group reuses the prefix
+    return torch.cat(logits)
+
+
+def shares_prefix(loaded: Loaded) -> bool:
+    """Whether the prefix-shared path applies: a KV cache that can be cropped back (not a hybrid decoder's
+    recurrent linear-attention state)."""
+    return len(loaded.adapter.attention_layers(loaded.model)) == loaded.adapter.n_layers(loaded.model)
 
 
 def first_token_ce(loaded, batch, means, masks) -> torch.Tensor:
@@ -214,20 +284,33 @@ def locate(loaded, mtv: TaskVector, train_stream, val_episodes, steps: int = 600
     adapter, model = loaded.adapter, loaded.model
     means = mtv.mean
 
-    def loss_of_masks(masks):
+    def loss_of_masks(masks):  # one zero-shot prompt under every mask: its prefix computed once
         ep = next(train_stream)
+        if shares_prefix(loaded):
+            b = loaded.prepare_batch([ep])
+            target = b.answer_ids[0][0].expand(len(masks)).to(loaded.device)
+            logits = last_token_logits(loaded, b, means, masks, chunk=len(masks))
+            return torch.nn.functional.cross_entropy(logits, target, reduction="none").cpu()
         b = loaded.prepare_batch([ep] * len(masks))
         return first_token_ce(loaded, b, means, masks).cpu()
 
     p = reinforce(adapter.n_layers(model), adapter.n_heads(model), loss_of_masks, steps=steps, n_masks=n_masks,
-                  lr=lr, seed=seed)
+                  lr=lr, seed=seed, layers=adapter.attention_layers(model))
     gen = torch.Generator().manual_seed(seed + 1)
     candidates = torch.bernoulli(p.expand(n_final, *p.shape), generator=gen).bool()
-    val = loaded.prepare_batch(val_episodes)
-    scores = []
-    with torch.no_grad():
-        for mask in candidates:
-            scores.append(float(first_token_ce(loaded, val, means, mask.expand(len(val), *mask.shape)).mean()))
+    if shares_prefix(loaded):  # each validation prompt's prefix once, the candidates as its continuations
+        ce = []
+        for ep in val_episodes:
+            b = loaded.prepare_batch([ep])
+            target = b.answer_ids[0][0].expand(n_final).to(loaded.device)
+            logits = last_token_logits(loaded, b, means, candidates, chunk=n_final)
+            ce.append(torch.nn.functional.cross_entropy(logits, target, reduction="none").cpu())
+        scores = torch.stack(ce).mean(0).tolist()
+    else:
+        val = loaded.prepare_batch(val_episodes)
+        with torch.no_grad():
+            scores = [float(first_token_ce(loaded, val, means, mask.expand(len(val), *mask.shape)).mean())
+                      for mask in candidates]
     best = candidates[int(np.argmin(scores))]
     return TaskVector(best, "mtv_mask", {**mtv.meta, "p": p.tolist(), "val_ce": scores, "steps": steps})
 
@@ -266,9 +349,24 @@ def residual_on(loaded: Loaded, layer: int, vector: torch.Tensor, mode: str):
 @torch.no_grad()
 def indirect_effects(loaded, mtv: TaskVector, episodes) -> torch.Tensor:
     """CIE[layer, head]: mean increase of p(first answer token) when one head's last-token output is replaced by
-    its mean, on zero-shot prompts (Todd et al.'s causal indirect effect, with zero-shot as the corrupted run)."""
+    its mean, on zero-shot prompts (Todd et al.'s causal indirect effect, with zero-shot as the corrupted run); NaN
+    in a hybrid decoder's linear-attention layers."""
     adapter, model = loaded.adapter, loaded.model
     L, H = adapter.n_layers(model), adapter.n_heads(model)
+    heads = [(layer, head) for layer in adapter.attention_layers(model) for head in range(H)]
+    masks = torch.zeros(1 + len(heads), L, H, dtype=torch.bool)  # no head, then each head alone
+    for i, (layer, head) in enumerate(heads):
+        masks[1 + i, layer, head] = True
+    cie = torch.full((L, H), float("nan"))
+    if shares_prefix(loaded):  # each prompt's prefix once; every head's patch as a one-token continuation
+        gain = torch.zeros(len(heads))
+        for ep in tqdm(episodes, desc="indirect effects", mininterval=1):
+            b = loaded.prepare_batch([ep])
+            p = last_token_logits(loaded, b, mtv.mean, masks).softmax(-1)[:, int(b.answer_ids[0][0])].cpu()
+            gain += (p[1:] - p[0]) / len(episodes)
+        for (layer, head), g in zip(heads, gain):
+            cie[layer, head] = float(g)
+        return cie
     b = loaded.prepare_batch(episodes)
     target = torch.stack([a[0] for a in b.answer_ids]).to(loaded.device)
     rows = torch.arange(len(b))
@@ -279,13 +377,9 @@ def indirect_effects(loaded, mtv: TaskVector, episodes) -> torch.Tensor:
             logits = model(**b.inputs).logits[rows, pos].float()
         return logits.softmax(-1)[rows, target]
 
-    base = prob(torch.zeros(L, H, dtype=torch.bool))
-    cie = torch.zeros(L, H)
-    for layer in tqdm(range(L), desc="indirect effects", mininterval=1):
-        for head in range(H):
-            m = torch.zeros(L, H, dtype=torch.bool)
-            m[layer, head] = True
-            cie[layer, head] = float((prob(m) - base).mean())
+    base = prob(masks[0])
+    for i, (layer, head) in enumerate(tqdm(heads, desc="indirect effects", mininterval=1)):
+        cie[layer, head] = float((prob(masks[1 + i]) - base).mean())
     return cie
 
 
@@ -293,7 +387,7 @@ def function_vector(loaded, mtv: TaskVector, cie: torch.Tensor, top_k: int = 4) 
     """Sum over the top-k heads by CIE of their mean outputs projected by their o_proj slices: [d_model]."""
     adapter, model = loaded.adapter, loaded.model
     D = adapter.head_dim(model)
-    flat = cie.flatten().topk(top_k).indices
+    flat = cie.nan_to_num(float("-inf")).flatten().topk(top_k).indices
     heads = [(int(i) // cie.shape[1], int(i) % cie.shape[1]) for i in flat]
     fv = 0
     for layer, head in heads:
