@@ -1,5 +1,7 @@
 """DARA: identity at alpha = 1, fast path == eager, reallocation only where intended, gradients only to alpha."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -181,3 +183,50 @@ def test_factors_travel_with_the_call_not_with_the_module():
             moved, same = model(**p.inputs, **kw).logits, other_model(**q.inputs, **other_kw).logits
     assert (moved - ref).abs().max() > 1e-4
     torch.testing.assert_close(same, other_ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])  # grouped-query attention; M-RoPE
+def test_folded_bias_equals_the_eager_reference_in_logits_and_gradients(family, monkeypatch):
+    """The sdpa path folds the bias into extra key dimensions: logits and gradients equal the eager reference (which
+    adds the bias to a materialised mask), on a padded batch; on an unpadded prompt no query x key mask reaches sdpa
+    in any layer (the kernel's own causal flag), DARA layer or not."""
+    loaded = tiny_loaded(family)
+    model = loaded.model
+    longer = noise_episode(2, seed=9)
+    longer = dataclasses.replace(longer, query=dataclasses.replace(longer.query, question="What is 5 and then 5?"))
+    batch = loaded.prepare_batch([noise_episode(2, seed=4), longer], with_answer=True)
+    assert (batch.inputs["attention_mask"] == 0).any()  # padded
+    dara = DARA.for_model(loaded, n_images=3, layers=loaded.adapter.attention_layers(model))
+    with torch.no_grad():
+        dara.set_alpha(torch.rand_like(dara.alpha) * 3 + 0.2)
+    labels = torch.full_like(batch.inputs["input_ids"], -100)
+    for b, lay in enumerate(batch.layouts):
+        pos = lay.query_answer_positions()
+        labels[b, pos] = batch.inputs["input_ids"][b, pos]
+    got = {}
+    for kernel in ("sdpa", "eager"):
+        dara.log_alpha.grad = None
+        with dara.applied(model, batch.layouts, kernel=kernel) as kw:
+            out = model(**batch.inputs, **kw, labels=labels)
+        out.loss.backward()
+        got[kernel] = (out.logits.detach(), dara.log_alpha.grad.clone())
+    torch.testing.assert_close(got["sdpa"][0], got["eager"][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["sdpa"][1], got["eager"][1], atol=1e-5, rtol=1e-4)
+    assert got["sdpa"][1].abs().sum() > 0
+
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append((attn_mask, kw.get("is_causal"), q.shape[-1]))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    one = loaded.prepare_batch([noise_episode(2, seed=4)])
+    with torch.no_grad(), dara.applied(model, one.layouts) as kw:
+        model.model.language_model(input_ids=one.inputs["input_ids"], **kw)  # the decoder alone: text tokens
+    assert len(seen) == loaded.adapter.n_layers(model)
+    assert all(mask is None and causal for mask, causal, _ in seen)  # no q x kv mask, fused causal kernel
+    a = loaded.adapter
+    group = a.n_heads(model) // a.n_kv_heads(model)
+    assert {width for *_, width in seen} == {a.head_dim(model) + group}  # d + G: the folded bias

@@ -13,8 +13,12 @@ towards 0 or grow without a clamp that would stop their gradient.
 
 Modes:
   * "logit" (default): add log(alpha) to the logits of the image's columns, i.e. multiply that image's
-    post-softmax weights by alpha and renormalise the row. Runs on the fast path: the bias is an additive
-    per-head mask handed to sdpa.
+    post-softmax weights by alpha and renormalise the row. Runs at the cost of a forward: no query x key mask is
+    built. The bias depends only on (head, key column), so it is folded into the keys: each key gets G extra
+    dimensions carrying the bias of the G query heads that share it (grouped-query attention stays intact), each
+    query a one-hot of its place in its group (divided by the scaling), and q'.k' = q.k + bias/scaling exactly; the
+    causal mask is left to the kernel (`is_causal`), as in the stock sdpa path. Layers without factors run sdpa
+    unchanged, with the mask sdpa would get (none at all when the prompt is unpadded and causal).
   * "post": multiply the post-softmax weights by alpha without renormalising (the raw reading of the paper);
     computed with eager attention in the DARA layers.
 `kernel="eager"` computes the DARA layers with plain matmul + softmax (the reference the fast path is tested
@@ -173,11 +177,11 @@ def _text_config(model):
 
 def _register():
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if NAME not in AttentionInterface._global_mapping:
         AttentionInterface.register(NAME, _dara_attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)  # additive float masks [B, 1, q, kv]
+        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # sdpa's masks: None when plainly causal
 
 
 def _eager(module, query, key, value, mask, scaling, dropout, post_scale=None):
@@ -205,37 +209,67 @@ def _dara_attention(module, query, key, value, attention_mask, scaling=None, dro
     dara, key_image, kernel = call.dara, call.key_image, call.kernel
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = getattr(module, "layer_idx", None)
-    if layer not in dara.layers:
-        if kernel == "eager":
-            return _eager(module, query, key, value, attention_mask, scaling, dropout)
+    if layer not in dara.layers and kernel == "sdpa":
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    if attention_mask is None:  # keep causality explicit: the bias must not replace the causal mask
-        q_len, kv_len = query.shape[2], key.shape[2]
-        attention_mask = torch.full((q_len, kv_len), float("-inf"), device=query.device,
-                                    dtype=query.dtype).triu(kv_len - q_len + 1)[None, None]
+    if layer not in dara.layers:
+        return _eager(module, query, key, value, _additive(attention_mask, query, key), scaling, dropout)
     kv = key.shape[-2]  # under generation the keys grow past the prompt: new tokens are no image's
     key_image = key_image[:, :kv] if key_image.shape[1] >= kv else \
         torch.nn.functional.pad(key_image, (0, kv - key_image.shape[1]), value=-1)
     bias = dara.column_bias(dara.layers.index(layer), key_image.to(dara.log_alpha.device))
-    bias = bias.to(device=query.device, dtype=query.dtype)  # the layer's own device under a device_map
+    bias = bias.to(device=query.device, dtype=query.dtype)  # [B, H, 1, kv], on the layer's own device
     if dara.mode == "post":
-        return _eager(module, query, key, value, attention_mask, scaling, dropout, post_scale=bias.exp())
-    mask = attention_mask[:, :, :, : key.shape[-2]] + bias  # [B, H, q, kv]
+        return _eager(module, query, key, value, _additive(attention_mask, query, key), scaling, dropout,
+                      post_scale=bias.exp())
     if kernel == "eager":
-        return _eager(module, query, key, value, mask, scaling, dropout)
-    return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
-                                  is_causal=False, **kwargs)
+        return _eager(module, query, key, value, _additive(attention_mask, query, key) + bias, scaling, dropout)
+    d = value.shape[-1]
+    out, weights = sdpa_attention_forward(module, *_fold_bias(query, key, value, bias[:, :, 0], scaling),
+                                          attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    return out[..., :d].contiguous(), weights  # [B, q, H, d]: the padded value dimensions dropped
+
+
+def _fold_bias(query, key, value, bias, scaling: float):
+    """(q', k', v') with q'.k'ᵀ·scaling = q.kᵀ·scaling + bias[b, h, column] and the same attention output (v'
+    padded with zeros to the same width, so every sdpa kernel applies). query [B, H, q, d], key/value
+    [B, H_kv, kv, d], bias [B, H, kv]; query head h shares key head h // G (transformers' repeat_kv order), so key
+    head j carries the biases of query heads jG .. jG+G-1 in G extra dimensions and query head h a 1/scaling in
+    extra dimension h % G."""
+    B, H, q_len, _ = query.shape
+    h_kv, kv = key.shape[1], key.shape[2]
+    G = H // h_kv
+    pick = torch.eye(G, dtype=query.dtype, device=query.device)[torch.arange(H, device=query.device) % G]  # [H, G]
+    q_extra = (pick / scaling)[None, :, None, :].expand(B, H, q_len, G)
+    k_extra = bias.reshape(B, h_kv, G, kv).transpose(2, 3)  # [B, H_kv, kv, G]
+    return (torch.cat([query, q_extra], -1), torch.cat([key, k_extra.to(key.dtype)], -1),
+            torch.nn.functional.pad(value, (0, G)))
+
+
+def _additive(mask, query, key) -> torch.Tensor:
+    """The layer's mask as an additive float [B|1, 1|H, q, kv]: sdpa's None (plainly causal) made explicit, a
+    boolean one (True = attend) turned to 0 / the dtype's minimum (as transformers' eager masks: a padding row that
+    attends to nothing stays finite)."""
+    q_len, kv = query.shape[2], key.shape[2]
+    lowest = torch.finfo(query.dtype).min
+    if mask is None:
+        return torch.full((q_len, kv), lowest, device=query.device, dtype=query.dtype).triu(kv - q_len + 1)[None, None]
+    mask = mask[:, :, :, :kv]
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, device=query.device, dtype=query.dtype).masked_fill(~mask, lowest)
+    return mask
+
+
 
 
 # --- fixed factors and training --------------------------------------------------------------------------
-def fixed_alpha(loaded: Loaded, shots: int, alpha: float, layers=(0,)) -> DARA:
+def fixed_alpha(loaded: Loaded, shots: int, alpha: float, layers=None) -> DARA:
     """An untrained DARA with factor `alpha` on every demo image (query image 1), all heads of `layers`."""
     dara = DARA.for_model(loaded, n_images=shots + 1, layers=layers)
     return dara.set_alpha(alpha, (..., slice(0, shots)))
 
 
-def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=(0,), kernel: str = "eager") -> dict:
+def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=None, kernel: str = "eager") -> dict:
     """{"alpha=<a>": intervention}: factor `a` on every demo image of whatever prompt it is given (a `fixed_alpha`
     built per batch), for harness conditions such as "4-shot+alpha=2"."""
     def factory(a):
