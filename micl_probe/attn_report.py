@@ -31,6 +31,16 @@ folder, --lora: active only in +lora conditions), "alpha=<a>" (fixed factor a on
 decoder layer, --alphas). Train any of them on your model with python -m micl_probe.train. Artifacts are checked
 against the model they are used with.
 
+Many processes (one model copy each): launch the same command under torchrun or accelerate,
+
+    torchrun --nproc-per-node 4 -m micl_probe.attn_report --model Qwen/Qwen2-VL-7B-Instruct --device cuda …
+    accelerate launch --num_processes 4 -m micl_probe.attn_report …
+
+and the batch jobs are split by rank (each process on cuda:LOCAL_RANK with --device cuda), each writing its own shard
+beside results.jsonl; rank 0 waits for the others, merges the shards and writes the report; a rerun resumes each
+shard. Without a launcher (a Slurm array, separate machines sharing a folder), give each process --shard I/N, then run
+the same command without --shard: it merges the shards and writes the report.
+
 A mistake in the flags ends in one line naming the flag and its fix (exit code 2, no traceback; --debug shows it),
 before anything is written.
 """
@@ -39,7 +49,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -69,7 +82,8 @@ def parse(argv=None):
     ap.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS,
                     help="zero-shot, no-image, shuffled-answers, <k>-shot, retrieved-<k>-shot, each optionally "
                          "+dara / +mtv / +alpha=<a> (default: %(default)s)")
-    ap.add_argument("--n", type=int, default=40, help="query episodes per task and condition (default: %(default)s)")
+    ap.add_argument("--n", "--queries", dest="n", type=int, default=40, help="query episodes per task and condition "
+                    "(default: %(default)s; under torchrun write --queries: its own parser takes --n for its --nnodes)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the query episodes (default: %(default)s)")
     ap.add_argument("--out", default="reports/attn_report", help="output folder (default: %(default)s)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1 …, or auto: the model spread over every GPU "
@@ -92,6 +106,9 @@ def parse(argv=None):
     ap.add_argument("--lora", metavar="FOLDER", help="a LoRA adapter folder (peft; python -m micl_probe.train lora "
                     "or icl-tune) for +lora conditions")
     ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
+    ap.add_argument("--shard", metavar="I/N", help="run only shard I of N of the batch jobs and write them beside "
+                    "results.jsonl, no report (then run without --shard to merge and report); under torchrun or "
+                    "accelerate launch the shards are set from the ranks")
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return ap.parse_args(argv)
 
@@ -114,6 +131,12 @@ def check(args) -> None:
                          f"{torch.__version__}); run on --device cpu or install a CUDA build of torch")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file: name a folder (it is created if missing)")
+    if args.shard is not None:
+        i, _, n = args.shard.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise UsageError(f"--shard {args.shard}: give I/N with 0 <= I < N, e.g. --shard 0/4")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--shard and a launcher (torchrun, accelerate launch) both split the work: use one")
     bad = [a for a in args.alphas if not (math.isfinite(a) and a > 0)]
     if bad:
         raise UsageError(f"--alphas {' '.join(map(str, bad))}: factors must be finite numbers > 0")
@@ -181,8 +204,34 @@ def example_patch_maps(loaded, args) -> tuple:
     return maps, top_heads(maps), f"{task}, {k}-shot, query episode 0"
 
 
-def report(args) -> Path:
-    """Run the harness on every model and write the report folder; returns the page's path."""
+def ranks(args) -> tuple[int, int, object]:
+    """(rank, world, torch.distributed or None): from a launcher (torchrun / accelerate set WORLD_SIZE, RANK), from
+    --shard, or (0, 1, None). Under a launcher a gloo process group serves the barriers (any device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=timedelta(days=7))  # ranks wait for the slowest shard
+        return dist.get_rank(), world, dist
+    if args.shard:
+        i, _, n = args.shard.partition("/")
+        return int(i), int(n), None
+    return 0, 1, None
+
+
+def report(args) -> Path | None:
+    """Run the harness on every model and write the report folder; returns the page's path (None in a process
+    that only writes a shard)."""
+    rank, world, dist = ranks(args)
+    try:
+        return _report(args, rank, world, dist)
+    finally:
+        if dist is not None:
+            dist.destroy_process_group()
+
+
+def _report(args, rank: int, world: int, dist) -> Path | None:
     models = args.model or [f"organism:{name}" for name in shipped()]
     if not models:
         raise UsageError("no shipped organism found; pass --model or train one with "
@@ -196,17 +245,33 @@ def report(args) -> Path:
     config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention,
                        metric=args.metric, max_new_tokens=args.max_new_tokens, style=args.prompt_style,
                        instruction=args.instruction)
+    device = args.device
+    if dist is not None and device == "cuda":  # one GPU a process
+        device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     t0 = time.time()
     records, patches = [], {}
     for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
-        loaded = load(name, **placement(args.device), dtype=dtype)
+        loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
         interventions = interventions_for(loaded, args)  # checked against the model before anything is written
         out.mkdir(parents=True, exist_ok=True)
-        records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
-                       interventions=interventions)
-        if not args.no_attention and loaded.adapter.patch_layout != "none":  # latents have no patch map
-            patches[name] = example_patch_maps(loaded, args)
+        if world > 1:  # this process's shard; then rank 0 merges them (the others wait, so none is being written)
+            run(loaded, args.tasks, args.conditions, replace(config, shard=(rank, world)),
+                results=out / "results.jsonl", interventions=interventions)
+            if dist is None:
+                print(f"shard {rank}/{world} of {name}: written beside {out / 'results.jsonl'}; run the command "
+                      "without --shard to merge the shards and write the report")
+                continue
+            dist.barrier()
+        if rank == 0:  # unsharded, this merges the shard files and computes whatever is still missing
+            records += run(loaded, args.tasks, args.conditions, config, results=out / "results.jsonl",
+                           interventions=interventions)
+            if not args.no_attention and loaded.adapter.patch_layout != "none":  # latents have no patch map
+                patches[name] = example_patch_maps(loaded, args)
+        if dist is not None:
+            dist.barrier()
+    if rank != 0 or (world > 1 and dist is None):
+        return None
     label = task_labels(args.tasks)  # folder tasks by a short name in tables and figures (settings keep the paths)
     records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]
     settings["metrics"] = {r["task"]: r.get("metric", "teacher-forced") for r in records}

@@ -184,3 +184,57 @@ def test_one_forward_pass_gives_the_records_of_separate_scoring_and_capture(load
         alone = capture_attention(loaded, eps, progress=False, intervention=intervention)
         torch.testing.assert_close(torch.tensor([r["visual_share_by_head"] for r in mine]), alone.visual_share(),
                                    atol=1e-5, rtol=0)
+
+
+def test_shards_merge_into_the_records_of_one_process(loaded, tmp_path):
+    """Two shards (rank 0 and 1 of 2) split the batch jobs without overlap; an unsharded run beside them merges the
+    shard files (then removes them) and returns exactly the records one process computes."""
+    from micl_probe.evaluation.harness import shard_files
+
+    tasks, conditions = ["outlier"], ["zero-shot", "2-shot"]
+    one = run(loaded, tasks, conditions, RunConfig(n=5, batch_size=2, progress=False), results=tmp_path / "one.jsonl")
+    parts = [run(loaded, tasks, conditions, RunConfig(n=5, batch_size=2, progress=False, shard=(rank, 2)),
+                 results=tmp_path / "two.jsonl") for rank in (0, 1)]
+    keys = [{(r["condition"], r["index"]) for r in part} for part in parts]
+    assert keys[0] and keys[1] and not keys[0] & keys[1] and len(keys[0] | keys[1]) == len(one) == 10
+    assert len(shard_files(tmp_path / "two.jsonl")) == 2 and not (tmp_path / "two.jsonl").exists()
+    merged = run(loaded, tasks, conditions, RunConfig(n=5, batch_size=2, progress=False),
+                 results=tmp_path / "two.jsonl")
+    assert merged == one  # every field, in the same order
+    assert shard_files(tmp_path / "two.jsonl") == [] and len(load_records(tmp_path / "two.jsonl")) == 10
+    with pytest.raises(ValueError, match="rank must be in 0..1"):
+        RunConfig(shard=(2, 2))
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    """`torchrun --nproc-per-node 2 -m micl_probe.attn_report` (gloo, CPU): rank 0 merges both shards and writes
+    the same records and results.json as one process; --shard I/N then a plain run does the same without a
+    launcher."""
+    import os
+    import sys
+
+    from micl_probe.attn_report import main
+
+    flags = ["--model", "organism:text-shortcut", "--tasks", "outlier", "--conditions", "zero-shot", "2-shot",
+             "--queries", "4", "--batch-size", "2"]  # torchrun's parser would take --n for its own --nnodes
+    main(flags + ["--out", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "micl_probe.attn_report", *flags, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for rank in (0, 1):
+        main(flags + ["--out", str(tmp_path / "slurm"), "--shard", f"{rank}/2"])
+    assert not (tmp_path / "slurm" / "report.html").exists()
+    main(flags + ["--out", str(tmp_path / "slurm")])
+
+    def key(r):
+        return (r["condition"], r["index"])
+
+    want = sorted(load_records(tmp_path / "one" / "results.jsonl"), key=key)
+    summary = {k: v for k, v in json.loads((tmp_path / "one" / "results.json").read_text()).items() if k != "seconds"}
+    for other in ("two", "slurm"):
+        assert sorted(load_records(tmp_path / other / "results.jsonl"), key=key) == want
+        got = json.loads((tmp_path / other / "results.json").read_text())
+        assert {k: v for k, v in got.items() if k != "seconds"} == summary
+        assert not list((tmp_path / other).glob("results.shard*"))

@@ -42,7 +42,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -68,8 +67,12 @@ class RunConfig:
     max_new_tokens: int = 16  # generation length for the generated-answer metrics
     style: str = "turns"  # prompt style: "turns" (a chat turn per demo) | "single" (VL-ICL's one user turn)
     instruction: str = "nothing"  # nothing | concise | detailed (VL-ICL's, for vlicl: tasks) | any text
+    shard: tuple[int, int] = (0, 1)  # (rank, world): this process runs every world-th batch job, from the rank-th
 
     def __post_init__(self):
+        rank, world = self.shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard {rank}/{world}: the rank must be in 0..{world - 1}")
         if self.metric is not None and self.metric not in METRICS:
             raise ValueError(f"unknown metric {self.metric!r}; metrics: {', '.join(METRICS)}")
         if self.style not in STYLES:
@@ -116,6 +119,47 @@ def load_records(results: str | Path) -> list[dict]:
     return records
 
 
+def shard_file(results: Path, rank: int, world: int) -> Path:
+    """Where shard `rank` of a `world`-way run writes its records, beside the results file."""
+    return results.with_name(f"{results.stem}.shard{rank}of{world}{results.suffix}")
+
+
+def shard_files(results: Path, world: int | None = None) -> list[Path]:
+    """The shard files beside `results` (of a `world`-way run, or of any)."""
+    pattern = f"{results.stem}.shard*of{world if world else '*'}{results.suffix}"
+    return sorted(results.parent.glob(pattern))
+
+
+def merge_shards(results: Path) -> int:
+    """Append every record of the shard files that `results` does not hold yet, then remove the shards (a merge cut
+    short is finished by the next: nothing is lost, nothing is added twice). Returns the records added."""
+    shards = shard_files(results)
+    if not shards:
+        return 0
+    have = _done(results)
+    new = []
+    for shard in shards:
+        for r in load_records(shard):
+            if record_key(r) not in have:
+                have.add(record_key(r))
+                new.append(r)
+    _end_line(results)
+    with results.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in new)
+    for shard in shards:
+        shard.unlink()
+    return len(new)
+
+
+def _end_line(path: Path) -> None:
+    """A line cut short by a crash: new records start on a line of their own."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
 def _done(results: Path | None) -> set[tuple]:
     if results is None or not results.is_file():
         return set()
@@ -124,20 +168,28 @@ def _done(results: Path | None) -> set[tuple]:
 
 @torch.no_grad()
 def weights_fingerprint(model) -> str:
-    """A short hash of the model's parameters: records of a retrained model under the same name are not reused."""
+    """A short hash of the model's parameters: records of a retrained model under the same name are not reused. It
+    hashes each parameter's name, shape, dtype, the bytes of 64 evenly spaced values and its float64 sum rounded to
+    8 significant digits (any edit shows; the rounding keeps the hash independent of how the sum is parallelised:
+    thread count, device), so every process of a sharded run computes the same one."""
     h = hashlib.sha1()
     for name, p in model.named_parameters():
-        flat = p.detach().flatten().float()
-        h.update(name.encode())
-        h.update(np.array([flat.sum().item(), flat.abs().sum().item(), flat[:: max(1, flat.numel() // 64)]
-                           .sum().item()]).tobytes())
+        flat = p.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 64)][:64]
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum(dtype=torch.float64)):.7e}".encode())
+        h.update(sample.float().cpu().numpy().tobytes())
     return h.hexdigest()[:12]
 
 
 def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConfig | None = None,
         results: str | Path | None = None, interventions: dict[str, Callable] | None = None) -> list[dict]:
     """Score `loaded` on `config.n` seeded query episodes per task under each condition (see module docstring);
-    records are appended to `results` (JSON lines) as each batch finishes, and a rerun skips what is there."""
+    records are appended to `results` (JSON lines) as each batch finishes, and a rerun skips what is there.
+
+    Sharded (`config.shard = (rank, world)`, world > 1): this process runs batch jobs rank, rank + world, … and
+    appends them to its own shard file beside `results` (`shard_file`), skipping what `results` or an earlier
+    shard holds; it returns its own records. An unsharded run first merges any shard files into `results`
+    (`merge_shards`), so running the same command unsharded after the shards collects them."""
     cfg = config or RunConfig()
     interventions = interventions or {}
     for task in tasks:
@@ -147,14 +199,21 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
         if name and name not in interventions:
             raise ValueError(f"condition {c!r} names intervention {name!r}; given: {sorted(interventions) or 'none'}")
     results = Path(results) if results else None
+    rank, world = cfg.shard
+    if world > 1 and results is None:
+        raise ValueError("a sharded run writes a shard file beside its results file: pass results=")
     if results:
         results.parent.mkdir(parents=True, exist_ok=True)
+    if results and world == 1:
+        merge_shards(results)
     done = _done(results)
-    if results and results.is_file() and results.stat().st_size:
-        with results.open("rb+") as f:  # a line cut short by a crash: new records start on a line of their own
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+    if world > 1:  # this shard's own file, and those of earlier runs split another way (not being written now)
+        for other in [shard_file(results, rank, world)] + [f for f in shard_files(results) if
+                                                            not f.name.endswith(f"of{world}{results.suffix}")]:
+            done |= _done(other)
+        results = shard_file(results, rank, world)
+    if results:
+        _end_line(results)
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
     setup_of = {t: {"metric": cfg.metric or default_metric(t), "style": cfg.style, "instruction": cfg.instruction}
@@ -164,6 +223,7 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
     records = []
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, len(base_of[t]), cfg.batch_size)]
+    jobs = jobs[rank::world]  # the same batches as one process would run: the same numbers
     for task, cond, start in tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not cfg.progress, mininterval=1):
         setup = setup_of[task]
         base = base_of[task]
@@ -189,10 +249,10 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
                 f.writelines(json.dumps(r) + "\n" for r in chunk)
         records.extend(chunk)
     if results:
-        return [r for r in load_records(results) if r["model"] == loaded.name and r.get("weights") == weights
-                and r["task"] in tasks and r["condition"] in conditions and r["index"] < cfg.n
-                and all(r.get(k, v) == setup_of[r["task"]][k] for k, v in SETUP.items())]
-    return records
+        records = [r for r in load_records(results) if r["model"] == loaded.name and r.get("weights") == weights
+                   and r["task"] in tasks and r["condition"] in conditions and r["index"] < cfg.n
+                   and all(r.get(k, v) == setup_of[r["task"]][k] for k, v in SETUP.items())]
+    return sorted(records, key=lambda r: (tasks.index(r["task"]), conditions.index(r["condition"]), r["index"]))
 
 
 def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:
