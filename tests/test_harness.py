@@ -200,7 +200,7 @@ def test_shards_merge_into_the_records_of_one_process(loaded, tmp_path):
     assert len(shard_files(tmp_path / "two.jsonl")) == 2 and not (tmp_path / "two.jsonl").exists()
     merged = run(loaded, tasks, conditions, RunConfig(n=5, batch_size=2, progress=False),
                  results=tmp_path / "two.jsonl")
-    assert merged == one  # every field, in the same order
+    assert _plain(merged) == _plain(one)  # every field (the per-head arrays too), in the same order
     assert shard_files(tmp_path / "two.jsonl") == [] and len(load_records(tmp_path / "two.jsonl")) == 10
     with pytest.raises(ValueError, match="rank must be in 0..1"):
         RunConfig(shard=(2, 2))
@@ -231,10 +231,48 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     def key(r):
         return (r["condition"], r["index"])
 
-    want = sorted(load_records(tmp_path / "one" / "results.jsonl"), key=key)
+    want = _plain(sorted(load_records(tmp_path / "one" / "results.jsonl", heads=True), key=key))
     summary = {k: v for k, v in json.loads((tmp_path / "one" / "results.json").read_text()).items() if k != "seconds"}
     for other in ("two", "slurm"):
-        assert sorted(load_records(tmp_path / other / "results.jsonl"), key=key) == want
+        assert _plain(sorted(load_records(tmp_path / other / "results.jsonl", heads=True), key=key)) == want
         got = json.loads((tmp_path / other / "results.json").read_text())
         assert {k: v for k, v in got.items() if k != "seconds"} == summary
         assert not list((tmp_path / other).glob("results.shard*"))
+
+
+def _plain(records):
+    """Records with their numpy per-head arrays as lists (comparable with ==)."""
+    return [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in r.items()} for r in records]
+
+
+def test_results_store_columnar_heads_and_malformed_lines(loaded, tmp_path):
+    """Per-head arrays go to parquet beside the JSON lines and come back equal; lines that are valid JSON but not
+    records are skipped with a warning naming each, and nothing else is lost or recomputed; many parts compact into
+    one; files with the arrays inline (older versions) still read."""
+    from micl_probe.evaluation.store import HEAD_ARRAYS, compact_heads, heads_dir
+
+    path = tmp_path / "results.jsonl"
+    cfg = RunConfig(n=4, batch_size=2, progress=False)
+    first = run(loaded, ["outlier"], ["2-shot"], cfg, results=path)
+    assert all(isinstance(r["demo_image_by_head"], np.ndarray) and r["demo_image_by_head"].shape == (4, 4)
+               for r in first)
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(lines) == 4 and not any(k in x for x in lines for k in HEAD_ARRAYS)  # scalars only in the lines
+    assert len(list(heads_dir(path).glob("*.parquet"))) == 2  # one part a chunk
+    with path.open("a") as f:
+        f.write('{"model": "m", "condition": "2-shot", "index": 0}\n')  # no task (the KeyError of old)
+        f.write('[1, 2]\n')
+        f.write(json.dumps({**lines[0], "index": "3"}) + "\n")
+        f.write('{"model": "organism:text-shortcut", "task": "outl')  # cut short
+    with pytest.warns(UserWarning, match=r"line 5 \(no 'task'\); line 6 \(a JSON list.*line 7 \('index' is '3'.*"
+                                         r"line 8 \(not JSON"):
+        again = run(loaded, ["outlier"], ["2-shot"], cfg, results=path)
+    assert _plain(again) == _plain(first)  # nothing lost, nothing recomputed
+    assert len(list(heads_dir(path).glob("*.parquet"))) == 2
+    compact_heads(path, after=1)
+    assert len(list(heads_dir(path).glob("*.parquet"))) == 1
+    with pytest.warns(UserWarning):
+        assert _plain(load_records(path, heads=True)) == _plain(first)
+    inline = tmp_path / "old.jsonl"
+    inline.write_text("".join(json.dumps({**r, **{k: r[k].tolist() for k in HEAD_ARRAYS}}) + "\n" for r in first))
+    assert _plain(load_records(inline, heads=True)) == _plain(first)

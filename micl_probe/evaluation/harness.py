@@ -8,8 +8,9 @@ the answer position (means over layers and heads unless named): visual share, pe
 share of each demo and of the query, the demo images' share per head, where the answer looks (`looks_at`: demo
 images, query image, demo text, query text, special tokens, other) and, for novel binding, the image share of a demo
 of the query's class against that of a demo of the other class (`matching_demo_image`, `other_demo_image`, per
-demo). Records are appended to a JSON-lines file as each chunk finishes; a rerun with the same file skips what is
-already there, so a crash or Ctrl-C loses no finished episode. Records carry a fingerprint of the weights
+demo). Records are appended to a JSON-lines file as each chunk finishes, their per-head arrays to columnar files
+beside it (`evaluation.store`); a rerun with the same file skips what is already there, so a crash or Ctrl-C loses
+no finished episode. Records carry a fingerprint of the weights
 ("weights"): a model retrained under the same name gets new records, never the old model's.
 
 Tasks are procedural names or benchmark folders (`truemicl:PATH/TASK`, `vlicl:PATH/TASK`: `tasks.query_episodes`).
@@ -36,8 +37,6 @@ format: each batch is prepared once and run once, the forward pass that scores i
 from __future__ import annotations
 
 import hashlib
-import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,19 @@ from ..tasks import check_task, matching_demos, options_for, query_episodes, ret
 from .conditions import condition_episode, parse_condition, pool_size
 from .metrics import METRICS, correct, default_metric, first_line
 from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
+from .store import (
+    SETUP,
+    append_records,
+    attach_heads,
+    compact_heads,
+    done_keys,
+    end_line,
+    load_records,
+    merge_shards,
+    record_key,
+    shard_file,
+    shard_files,
+)
 
 
 @dataclass(frozen=True)
@@ -79,91 +91,6 @@ class RunConfig:
             raise ValueError(f"unknown prompt style {self.style!r}; styles: {', '.join(STYLES)}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-
-
-RECORD_KEY = ("model", "task", "condition", "index")  # with the weights and the setup: what makes a record unique
-SETUP = {"metric": "teacher-forced", "style": "turns", "instruction": "nothing"}  # (absent in old records: these)
-
-
-def record_key(r: dict) -> tuple:
-    """What makes a record unique: model, weights, task, condition, index and the setup (metric, style,
-    instruction)."""
-    return (r["model"], r.get("weights"), r["task"], r["condition"], r["index"]) + \
-        tuple(r.get(k, v) for k, v in SETUP.items())
-
-
-def load_records(results: str | Path) -> list[dict]:
-    """The records of a results file, one per (model, task, condition, index), read line by line: a line cut short
-    by a crash, or one that is not a record (missing a key field), is skipped with a warning and recomputed; a
-    repeated key keeps its first record."""
-    records, seen, broken = [], set(), 0
-    with Path(results).open() as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                broken += 1
-                continue
-            if not isinstance(r, dict) or any(k not in r for k in RECORD_KEY):
-                broken += 1
-                continue
-            key = record_key(r)
-            if key not in seen:
-                seen.add(key)
-                records.append(r)
-    if broken:
-        warnings.warn(f"{results}: skipped {broken} unreadable line(s) (a run cut short?); they are recomputed",
-                      stacklevel=2)
-    return records
-
-
-def shard_file(results: Path, rank: int, world: int) -> Path:
-    """Where shard `rank` of a `world`-way run writes its records, beside the results file."""
-    return results.with_name(f"{results.stem}.shard{rank}of{world}{results.suffix}")
-
-
-def shard_files(results: Path, world: int | None = None) -> list[Path]:
-    """The shard files beside `results` (of a `world`-way run, or of any)."""
-    pattern = f"{results.stem}.shard*of{world if world else '*'}{results.suffix}"
-    return sorted(results.parent.glob(pattern))
-
-
-def merge_shards(results: Path) -> int:
-    """Append every record of the shard files that `results` does not hold yet, then remove the shards (a merge cut
-    short is finished by the next: nothing is lost, nothing is added twice). Returns the records added."""
-    shards = shard_files(results)
-    if not shards:
-        return 0
-    have = _done(results)
-    new = []
-    for shard in shards:
-        for r in load_records(shard):
-            if record_key(r) not in have:
-                have.add(record_key(r))
-                new.append(r)
-    _end_line(results)
-    with results.open("a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in new)
-    for shard in shards:
-        shard.unlink()
-    return len(new)
-
-
-def _end_line(path: Path) -> None:
-    """A line cut short by a crash: new records start on a line of their own."""
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb+") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-
-
-def _done(results: Path | None) -> set[tuple]:
-    if results is None or not results.is_file():
-        return set()
-    return {record_key(r) for r in load_records(results)}
 
 
 @torch.no_grad()
@@ -206,14 +133,14 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
         results.parent.mkdir(parents=True, exist_ok=True)
     if results and world == 1:
         merge_shards(results)
-    done = _done(results)
+    done = done_keys(results)
     if world > 1:  # this shard's own file, and those of earlier runs split another way (not being written now)
         for other in [shard_file(results, rank, world)] + [f for f in shard_files(results) if
                                                             not f.name.endswith(f"of{world}{results.suffix}")]:
-            done |= _done(other)
+            done |= done_keys(other)
         results = shard_file(results, rank, world)
     if results:
-        _end_line(results)
+        end_line(results)
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
     setup_of = {t: {"metric": cfg.metric or default_metric(t), "style": cfg.style, "instruction": cfg.instruction}
@@ -245,13 +172,14 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
             r.update({"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
                       "answer": ep.query.answer, "shots": ep.shots, **setup})
         if results:
-            with results.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in chunk)
+            append_records(results, chunk)  # per-head arrays into the columnar files, the rest as JSON lines
         records.extend(chunk)
     if results:
+        compact_heads(results)
         records = [r for r in load_records(results) if r["model"] == loaded.name and r.get("weights") == weights
                    and r["task"] in tasks and r["condition"] in conditions and r["index"] < cfg.n
                    and all(r.get(k, v) == setup_of[r["task"]][k] for k, v in SETUP.items())]
+        attach_heads(results, records)  # the per-head arrays of these records only
     return sorted(records, key=lambda r: (tasks.index(r["task"]), conditions.index(r["condition"]), r["index"]))
 
 
