@@ -157,29 +157,34 @@ def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, eve
         raise ValueError(f"the mask selects heads in linear-attention layers {linear} of this {adapter.family} model, "
                          f"which have no heads to patch; select heads of its attention layers {layers}")
 
+    per_row = mask.dim() == 3
+    active = (mask.any(0) if per_row else mask).any(-1)  # [L]: only layers with a selected head get a hook
+    ready: dict = {}  # layer -> (selection, value) on that layer's device and dtype, made at its first call
+
     def hook_for(layer):
         def pre_hook(module, args):
             x = args[0]  # [B, seq, H * D]
-            m = mask[layer] if mask.dim() == 2 else mask[:, layer]  # [H] or [B, H]
-            if not m.any():
-                return None
-            x = x.clone()
             B, seq = x.shape[:2]
-            heads = x.view(B, seq, H, D)
-            value = means[layer].to(x.dtype).to(x.device)  # [H, D]
+            if layer not in ready:
+                m = mask[:, layer] if per_row else mask[layer].expand(B, H)  # [B, H]
+                ready[layer] = (m.to(x.device)[..., None], means[layer].to(device=x.device, dtype=x.dtype))
+            sel, value = ready[layer]  # [B, H, 1], [H, D]
             if positions is not None and seq == prompt_len:  # the prompt pass: the last prompt token of each row
-                rows = torch.arange(B, device=x.device)
-                cur = heads[rows, positions.to(x.device)]  # [B, H, D]
-                sel = m.to(x.device).expand(B, H)[..., None]
-                heads[rows, positions.to(x.device)] = torch.where(sel, value.expand(B, H, D), cur)
+                cols = ready.setdefault("cols", positions.to(x.device))
             elif every_token or positions is None:  # a token after a cached prefix: patch it
-                sel = m.to(x.device).expand(B, H)[:, None, :, None]
-                heads[:, -1:] = torch.where(sel, value.expand(B, 1, H, D), heads[:, -1:])
-            return (heads.view(B, seq, H * D),) + tuple(args[1:])
+                cols = torch.full((B,), seq - 1, device=x.device)
+            else:
+                return None
+            x = x.clone() if torch.is_grad_enabled() else x  # the attention output feeds o_proj alone
+            heads = x.view(B, seq, H, D)
+            rows = torch.arange(B, device=x.device)
+            heads[rows, cols] = torch.where(sel, value, heads[rows, cols])
+            return (x,) + tuple(args[1:])
         return pre_hook
 
     for layer in layers:
-        handles.append(adapter.o_proj(model, layer).register_forward_pre_hook(hook_for(layer)))
+        if active[layer]:
+            handles.append(adapter.o_proj(model, layer).register_forward_pre_hook(hook_for(layer)))
     try:
         yield
     finally:
