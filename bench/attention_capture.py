@@ -1,6 +1,7 @@
 """Benchmark: attention capture vs a plain forward pass on one long MICL prompt.
 
     python bench/attention_capture.py [--layers 8] [--image 308] [--repeats 2]
+    python bench/attention_capture.py --tokens 2000 4000 8000 16000      # long contexts at real widths
 
 One prompt: 8 demos + query, each with a 308x308 image (22x22 = 484 image tokens with 14 px patches): ~4.4k tokens,
 on a randomly initialised LLaVA-architecture model (CLIP tower + Llama decoder with --layers layers). Each method
@@ -10,6 +11,15 @@ peak RSS of that process minus its RSS after the model and inputs were built.
 Methods: plain forward (sdpa) · HF output_attentions=True (eager) · TransformerLens run_with_cache of every
 layer's pattern · micl_probe capture_attention (nnsight backend, answer row) · micl_probe transformer_lens backend.
 Ratios are against the plain forward of the same run.
+
+--tokens: long contexts at a published checkpoint's widths (Qwen2-VL-7B-Instruct: 3584-d, 28 heads of 128, 4 KV
+heads; bench/real_shapes.py's builder, 2 decoder layers, 1 vision layer), an episode of as many 640x480 demos as
+reach each length (391 image tokens a demo). Per length: capture / forward, the peak extra memory of both and of
+HF output_attentions, and the memory both would need at the checkpoint's full depth (28 layers): output_attentions
+keeps every layer's [heads, seq, seq] float32 weights (28 x per layer); the capture keeps [heads, segments] per layer
+and recomputes one layer's rows at a time, so its peak does not grow with depth (the 2-layer peak stands for it).
+Where output_attentions would need more than this machine's memory (--memory-gb) it is not run, and the table says
+how much it would need.
 """
 
 from __future__ import annotations
@@ -58,6 +68,87 @@ def rss_mb() -> float:
             if line.startswith("VmRSS"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def long_worker(method: str, tokens: int, repeats: int):
+    """One method at one prompt length on the Qwen2-VL-7B-width model."""
+    import gc
+
+    import torch
+    from real_shapes import _qwen_vl, episode
+
+    from micl_probe import Loaded, capture_attention
+    from micl_probe.core import adapter_for
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.manual_seed(0)
+    model, processor = _qwen_vl("2")
+    model.eval()
+    loaded = Loaded(model, processor, adapter_for(model), name="qwen2-vl-7b widths")
+    demos = max(0, round(tokens / 405) - 1)
+    batch = loaded.prepare_batch([episode(demos)])
+
+    def once():
+        with torch.no_grad():
+            if method == "forward_sdpa":
+                model(**batch.inputs)
+            elif method == "output_attentions_eager":
+                model.set_attn_implementation("eager")
+                model(**batch.inputs, output_attentions=True)
+                model.set_attn_implementation("sdpa")
+            else:
+                capture_attention(loaded, batch, progress=False)
+
+    gc.collect()
+    base = rss_mb()
+    if tokens < 8000:  # a warm-up; past 8k tokens a pass takes minutes and warms itself
+        once()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"method": method, "seconds": min(times), "peak_extra_mb": peak - base,
+                      "seq": batch.layouts[0].seq_len, "demos": demos}))
+
+
+def long_contexts(lengths: list[int], repeats: int, memory_gb: float):
+    """The --tokens table."""
+    heads, full_depth = 28, 28
+    print(f"Qwen2-VL-7B widths (28 heads x 128, 4 KV heads), 2 decoder layers; threads "
+          f"{os.environ.get('BENCH_THREADS', '2')}; best of {repeats}; full depth = {full_depth} layers", flush=True)
+    head = (f"{'tokens':>7}{'demos':>6}{'fwd s':>8}{'capture/fwd':>12}{'capture MB':>11}{'eager MB':>10}"
+            f"{'full depth: capture GB':>24}{'eager GB':>10}{'eager/capture':>14}")
+    print(head + "\n" + "-" * len(head), flush=True)
+    last = None
+    for tokens in lengths:
+        rows = {}
+        for method in ("forward_sdpa", "capture_nnsight", "output_attentions_eager"):
+            need_gb = heads * (tokens ** 2) * 4 * 2 / 2 ** 30  # the weights of one layer, twice (scores + softmax)
+            if method == "output_attentions_eager" and need_gb * 2 > memory_gb:  # two layers kept
+                rows[method] = None
+                continue
+            out = subprocess.run([sys.executable, __file__, "--long-worker", method, str(tokens), "--repeats",
+                                  str(repeats)], capture_output=True, text=True)
+            line = [x for x in out.stdout.splitlines() if x.startswith("{")]
+            rows[method] = json.loads(line[-1]) if line and not out.returncode else {"error": out.stderr[-300:]}
+        fwd, cap, eag = rows["forward_sdpa"], rows["capture_nnsight"], rows["output_attentions_eager"]
+        if "error" in fwd or "error" in cap:
+            print(f"{tokens:>7} failed: {(fwd.get('error') or cap.get('error')).strip().splitlines()[-1]}")
+            continue
+        seq = cap["seq"]
+        eager_full = heads * seq ** 2 * 4 * full_depth / 2 ** 30  # every layer's float32 weights kept
+        cap_full = cap["peak_extra_mb"] / 1024
+        eager_mb = f"{eag['peak_extra_mb']:10.0f}" if eag and "error" not in eag else \
+            f"{'> ' + str(int(memory_gb)) + ' GB':>10}" if eag is None else f"{'failed':>10}"
+        ratio = cap["seconds"] / fwd["seconds"]
+        print(f"{seq:>7}{cap['demos']:>6}{fwd['seconds']:8.1f}{ratio:12.2f}{cap['peak_extra_mb']:11.0f}{eager_mb}"
+              f"{cap_full:24.2f}{eager_full:10.1f}{eager_full / max(cap_full, 1e-9):14.0f}", flush=True)
+        last = (seq, ratio, eager_full / max(cap_full, 1e-9))
+    if last:
+        print(f"summary: at {last[0]} tokens capture costs {last[1]:.2f}x a forward (target <= 1.05) and, at full "
+              f"depth, needs {last[2]:.0f}x less memory than output_attentions (target >= 20)")
 
 
 def worker(method: str, layers: int, image: int, repeats: int):
@@ -120,10 +211,17 @@ def main():
     ap.add_argument("--image", type=int, default=308)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--tokens", type=int, nargs="+", help="long-context table at these prompt lengths")
+    ap.add_argument("--memory-gb", type=float, default=22.0, help="--tokens: run output_attentions only below this")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--long-worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.layers, args.image, args.repeats)
+    if args.long_worker:
+        return long_worker(args.long_worker[0], int(args.long_worker[1]), args.repeats)
+    if args.tokens:
+        return long_contexts(args.tokens, args.repeats, args.memory_gb)
     rows = []
     for m in args.methods:
         out = subprocess.run([sys.executable, __file__, "--worker", m, "--layers", str(args.layers), "--image",
