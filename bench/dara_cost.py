@@ -1,6 +1,6 @@
 """Benchmark: DARA at the cost of a forward, at a published model's widths and a long multimodal prompt.
 
-    python bench/dara_cost.py [--demos 8] [--repeats 1] [--layers all|first]
+    python bench/dara_cost.py [--demos 8] [--repeats 1] [--layers all|first] [--methods forward dara]
 
 A random LLaVA-1.5-7B-width model (Llama-2-7B decoder: 4096-d, 32 heads; CLIP ViT-L/14 at 336 px, 576 tokens an
 image; cut to 2 decoder layers, 1 vision layer, MLP width = hidden size: bench/real_shapes.py's builder), one episode
@@ -81,12 +81,14 @@ def main():
     ap.add_argument("--demos", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--layers", choices=["all", "first"], default="all", help="DARA layers (default: all)")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="(the plain forward always)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.demos, args.repeats, args.layers)
+    methods = ["forward"] + [m for m in args.methods if m != "forward"]
     runs = {}
-    for method in METHODS:
+    for method in methods:
         out = subprocess.run([sys.executable, __file__, "--worker", method, "--demos", str(args.demos), "--repeats",
                               str(args.repeats), "--layers", args.layers], capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("{")]
@@ -97,16 +99,16 @@ def main():
         print(f"the plain forward failed: {base['error']}")
         return
     print(f"LLaVA-1.5-7B widths (2 decoder layers), {args.demos} demos + query: {base['seq']} tokens; DARA on layers "
-          f"{runs['dara'].get('layers')}; threads 2, best of {args.repeats}")
+          f"{runs.get('dara', {}).get('layers')}; threads 2, best of {args.repeats}")
     print(f"{'method':<18}{'s':>9}{'x forward':>11}{'peak MB':>10}{'x forward':>11}")
-    for method in METHODS:
+    for method in methods:
         r = runs[method]
         if "error" in r:
             print(f"{LABELS[method]:<18} failed: {r['error']}")
             continue
         print(f"{LABELS[method]:<18}{r['seconds']:9.2f}{r['seconds'] / base['seconds']:11.2f}"
               f"{r['peak_extra_mb']:10.0f}{r['peak_extra_mb'] / max(base['peak_extra_mb'], 1):11.2f}")
-    d = runs["dara"]
+    d = runs.get("dara", {"error": "not run"})
     if "error" not in d:
         print(f"summary: DARA forward {d['seconds'] / base['seconds']:.2f}x a plain forward (target <= 1.05) at "
               f"{base['seq']} tokens, peak {d['peak_extra_mb']:.0f} MB vs {base['peak_extra_mb']:.0f} MB")

@@ -4,7 +4,8 @@ lines, per-head arrays in parquet beside them), at a large model's shape.
     python bench/results_store.py [--records 10000] [--layers 80] [--heads 64]
 
 Writes --records harness-like records (key fields, verdict, scalars, a per-layer list, per-demo shares, and the
-two [layer][head] arrays, random float32) both ways into a temporary folder, then times reading them back: the old
+two [layer][head] arrays, random float32) both ways into a temporary folder (the new one a chunk at a time, then
+compacted as the harness does), then times reading them back: the old
 file with `json.loads` per line (what reading it took before), the new one with `load_records` (scalars only) and
 `load_records(heads=True)` (arrays attached), and one (task, condition) group's arrays alone. Prints bytes per
 record and seconds; the last line is the summary. Time it on an idle machine.
@@ -21,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from micl_probe.evaluation.store import HEAD_ARRAYS, append_records, attach_heads, heads_dir, load_records
+from micl_probe.evaluation.store import (
+    HEAD_ARRAYS,
+    append_records,
+    attach_heads,
+    compact_heads,
+    heads_dir,
+    load_records,
+)
 
 
 def records(n: int, layers: int, heads: int, seed: int = 0):
@@ -57,6 +65,8 @@ def main():
                 chunk = []
         if chunk:
             append_records(new, chunk)
+        n_parts = len(list(heads_dir(new).glob("*.parquet")))
+        compact_heads(new)  # as the harness does at the end of a run
         parts = list(heads_dir(new).glob("*.parquet"))
         new_bytes = new.stat().st_size + sum(p.stat().st_size for p in parts)
 
@@ -78,7 +88,7 @@ def main():
                    for k in HEAD_ARRAYS)
         n = args.records
         print(f"{n} records, [{args.layers} x {args.heads}] x {len(HEAD_ARRAYS)} per-head arrays; new store: "
-              f"{len(parts)} parquet parts of {args.chunk} records")
+              f"{n_parts} parquet parts of {args.chunk} records, compacted into {len(parts)}")
         print(f"{'':<44}{'bytes / record':>16}{'s':>9}")
         print(f"{'old: JSON lines, arrays inline (json.loads)':<44}{old.stat().st_size / n:>16,.0f}{t_old:>9.2f}")
         print(f"{'new: scalars only (load_records)':<44}{new.stat().st_size / n:>16,.0f}{t_scalars:>9.2f}")
