@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
+
+from timing import best_and_peak
 
 
 def build(layers: int, image: int):
@@ -62,17 +62,8 @@ def build(layers: int, image: int):
     return model, processor, episode
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def long_worker(method: str, tokens: int, repeats: int):
     """One method at one prompt length on the Qwen2-VL-7B-width model."""
-    import gc
 
     import torch
     from real_shapes import _qwen_vl, episode
@@ -99,18 +90,9 @@ def long_worker(method: str, tokens: int, repeats: int):
             else:
                 capture_attention(loaded, batch, progress=False)
 
-    gc.collect()
-    base = rss_mb()
-    if tokens < 8000:  # a warm-up; past 8k tokens a pass takes minutes and warms itself
-        once()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"method": method, "seconds": min(times), "peak_extra_mb": peak - base,
-                      "seq": batch.layouts[0].seq_len, "demos": demos}))
+    seconds, peak = best_and_peak(once, repeats, warm_up=tokens < 8000)  # past 8k tokens a pass warms itself
+    print(json.dumps({"method": method, "seconds": seconds, "peak_extra_mb": peak, "seq": batch.layouts[0].seq_len,
+                      "demos": demos}))
 
 
 def long_contexts(lengths: list[int], repeats: int, memory_gb: float):
@@ -152,7 +134,6 @@ def long_contexts(lengths: list[int], repeats: int, memory_gb: float):
 
 
 def worker(method: str, layers: int, image: int, repeats: int):
-    import gc
 
     import torch
 
@@ -189,16 +170,8 @@ def worker(method: str, layers: int, image: int, repeats: int):
             elif method == "capture_transformer_lens":
                 capture_attention(loaded, [episode], backend="transformer_lens", progress=False)
 
-    gc.collect()
-    base = rss_mb()
-    once()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"method": method, "seconds": min(times), "peak_extra_mb": peak - base, "seq": seq}))
+    seconds, peak = best_and_peak(once, repeats)
+    print(json.dumps({"method": method, "seconds": seconds, "peak_extra_mb": peak, "seq": seq}))
 
 
 METHODS = ["forward_sdpa", "output_attentions_eager", "tl_run_with_cache", "capture_nnsight",

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -29,9 +27,9 @@ LABELS = {"forward": "forward", "dara": "dara", "dara-eager": "dara (eager)", "d
 
 
 def worker(method: str, demos: int, repeats: int, which: str):
-    import gc
 
-    from real_shapes import episode, llava, rss_mb
+    from real_shapes import episode, llava
+    from timing import best_and_peak
 
     from micl_probe import DARA, Loaded
     from micl_probe.core import adapter_for
@@ -63,16 +61,8 @@ def worker(method: str, demos: int, repeats: int, which: str):
             with dara.applied(model, batch.layouts) as kw:
                 model(**batch.inputs, **kw, labels=labels).loss.backward()
 
-    gc.collect()
-    base = rss_mb()
-    once()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": min(times), "peak_extra_mb": peak - base, "seq": batch.layouts[0].seq_len,
+    seconds, peak = best_and_peak(once, repeats)
+    print(json.dumps({"seconds": seconds, "peak_extra_mb": peak, "seq": batch.layouts[0].seq_len,
                       "layers": list(dara.layers)}))
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
 from PIL import Image
+from timing import best_and_peak
 
 W, H = 640, 480
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
@@ -313,14 +312,6 @@ FAMILIES = {
 PER_TILE = {"smolvlm"}
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def episode(n_demos: int, size=(W, H), seed=0):
     from micl_probe import Demo, Episode, Query
     rng = np.random.default_rng(seed)
@@ -330,7 +321,6 @@ def episode(n_demos: int, size=(W, H), seed=0):
 
 
 def worker(family: str, method: str, max_tokens: int, repeats: int):
-    import gc
 
     from micl_probe import Loaded, capture_attention
     from micl_probe.core import adapter_for
@@ -364,16 +354,8 @@ def worker(family: str, method: str, max_tokens: int, repeats: int):
             else:
                 capture_attention(loaded, prepared, progress=False)
 
-    gc.collect()
-    base = rss_mb()
-    once()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": min(times), "peak_extra_mb": peak - base, "seq": len(prepared.layouts[0]),
+    seconds, peak = best_and_peak(once, repeats)
+    print(json.dumps({"seconds": seconds, "peak_extra_mb": peak, "seq": len(prepared.layouts[0]),
                       "demos": demos, "per_image": per_image, "ref_tokens": ref_tokens}))
 
 

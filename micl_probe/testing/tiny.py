@@ -194,60 +194,49 @@ def _idefics2(image_size=32, patch=8):
     return Idefics2ForConditionalGeneration(cfg), proc
 
 
-def _qwen3_vl(moe: bool = False):
+def _qwen3_generation(config_cls, model_cls, text: dict, vision: dict):
+    """A tiny model of the Qwen3 generation (Qwen3-VL, Qwen3.5; dense or MoE): their shared tokenizer, vision tower
+    (patch 4, 2x2 merge), interleaved M-RoPE and processor; `text` / `vision` add each family's own settings."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
     tok = tiny_tokenizer(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
     image_id, video_id, vstart, vend = _ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
                                             "<|vision_end|>")
-    text = _llama_text(len(tok), head_dim=16, bos_token_id=None, eos_token_id=tok.eos_token_id,
-                       rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0,
-                                            mrope_interleaved=True))
-    if moe:
-        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    text = _llama_text(len(tok), head_dim=16, bos_token_id=None, eos_token_id=tok.eos_token_id, **text)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
-                  temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=144, deepstack_visual_indexes=[0])
-    common = dict(image_token_id=image_id, video_token_id=video_id, vision_start_token_id=vstart,
-                  vision_end_token_id=vend, text_config=text, vision_config=vision)
-    if moe:
-        from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
-        model = Qwen3VLMoeForConditionalGeneration(Qwen3VLMoeConfig(**common))
-    else:
-        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-        model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**common))
+                  temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=144, **vision)
+    model = model_cls(config_cls(image_token_id=image_id, video_token_id=video_id, vision_start_token_id=vstart,
+                                 vision_end_token_id=vend, text_config=text, vision_config=vision))
     ip = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
                                   size={"shortest_edge": 8 * 8, "longest_edge": 48 * 48})
     return model, _image_only(Qwen3VLProcessor)(image_processor=ip, tokenizer=tok)
+
+
+def _qwen3_vl(moe: bool = False):
+    """Qwen3-VL: DeepStack from the first vision layer into the decoder."""
+    import transformers as t
+    text = dict(rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0,
+                                     mrope_interleaved=True))
+    if moe:
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    classes = (t.Qwen3VLMoeConfig, t.Qwen3VLMoeForConditionalGeneration) if moe else \
+        (t.Qwen3VLConfig, t.Qwen3VLForConditionalGeneration)
+    return _qwen3_generation(*classes, text, dict(deepstack_visual_indexes=[0]))
 
 
 def _qwen3_5(moe: bool = False):
     """Qwen3.5's hybrid decoder: layer 0 linear attention (Gated DeltaNet), layer 1 full attention (as the checkpoints'
     3-in-4 pattern, shortened), interleaved M-RoPE on a quarter of each head's dimensions, gated attention output."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
-    tok = tiny_tokenizer(_QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>")
-    image_id, video_id, vstart, vend = _ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                            "<|vision_end|>")
-    text = _llama_text(len(tok), head_dim=16, bos_token_id=None, eos_token_id=tok.eos_token_id,
-                       layer_types=["linear_attention", "full_attention"], linear_key_head_dim=8,
-                       linear_value_head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
-                       rope_parameters=dict(rope_type="default", mrope_section=[1, 1, 0], rope_theta=10000.0,
-                                            mrope_interleaved=True, partial_rotary_factor=0.25))
+    import transformers as t
+    text = dict(layer_types=["linear_attention", "full_attention"], linear_key_head_dim=8, linear_value_head_dim=8,
+                linear_num_key_heads=2, linear_num_value_heads=4,
+                rope_parameters=dict(rope_type="default", mrope_section=[1, 1, 0], rope_theta=10000.0,
+                                     mrope_interleaved=True, partial_rotary_factor=0.25))
     if moe:
         text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=4, spatial_merge_size=2,
-                  temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=144)
-    common = dict(image_token_id=image_id, video_token_id=video_id, vision_start_token_id=vstart,
-                  vision_end_token_id=vend, text_config=text, vision_config=vision)
-    if moe:
-        from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
-        model = Qwen3_5MoeForConditionalGeneration(Qwen3_5MoeConfig(**common))
-    else:
-        from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
-        model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(**common))
-    ip = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
-                                  size={"shortest_edge": 8 * 8, "longest_edge": 48 * 48})
-    return model, _image_only(Qwen3VLProcessor)(image_processor=ip, tokenizer=tok)
+    classes = (t.Qwen3_5MoeConfig, t.Qwen3_5MoeForConditionalGeneration) if moe else \
+        (t.Qwen3_5Config, t.Qwen3_5ForConditionalGeneration)
+    return _qwen3_generation(*classes, text, {})
 
 
 def _internvl(image_size=32, patch=8):
