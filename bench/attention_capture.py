@@ -64,11 +64,10 @@ def build(layers: int, image: int):
 
 def long_worker(method: str, tokens: int, repeats: int):
     """One method at one prompt length on the Qwen2-VL-7B-width model."""
-
     import torch
-    from real_shapes import _qwen_vl, episode
+    from real_shapes import _qwen_vl, episode, one_pass
 
-    from micl_probe import Loaded, capture_attention
+    from micl_probe import Loaded
     from micl_probe.core import adapter_for
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -79,18 +78,9 @@ def long_worker(method: str, tokens: int, repeats: int):
     demos = max(0, round(tokens / 405) - 1)
     batch = loaded.prepare_batch([episode(demos)])
 
-    def once():
-        with torch.no_grad():
-            if method == "forward_sdpa":
-                model(**batch.inputs)
-            elif method == "output_attentions_eager":
-                model.set_attn_implementation("eager")
-                model(**batch.inputs, output_attentions=True)
-                model.set_attn_implementation("sdpa")
-            else:
-                capture_attention(loaded, batch, progress=False)
-
-    seconds, peak = best_and_peak(once, repeats, warm_up=tokens < 8000)  # past 8k tokens a pass warms itself
+    kind = {"forward_sdpa": "forward", "output_attentions_eager": "output_attentions"}.get(method, "capture")
+    # past 8k tokens a pass takes minutes and warms itself
+    seconds, peak = best_and_peak(lambda: one_pass(loaded, batch, kind), repeats, warm_up=tokens < 8000)
     print(json.dumps({"method": method, "seconds": seconds, "peak_extra_mb": peak, "seq": batch.layouts[0].seq_len,
                       "demos": demos}))
 

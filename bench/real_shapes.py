@@ -320,9 +320,23 @@ def episode(n_demos: int, size=(W, H), seed=0):
                    Query((img(),), "What is it?", "9"), task="bench")
 
 
-def worker(family: str, method: str, max_tokens: int, repeats: int):
+def one_pass(loaded, batch, method: str) -> None:
+    """One pass of `batch` by `method`: "forward" (sdpa), "output_attentions" (HF eager) or "capture" (nnsight)."""
+    from micl_probe import capture_attention
 
-    from micl_probe import Loaded, capture_attention
+    with torch.no_grad():
+        if method == "forward":
+            loaded.model(**batch.inputs)
+        elif method == "output_attentions":
+            loaded.model.set_attn_implementation("eager")
+            loaded.model(**batch.inputs, output_attentions=True)
+            loaded.model.set_attn_implementation("sdpa")
+        else:
+            capture_attention(loaded, batch, progress=False)
+
+
+def worker(family: str, method: str, max_tokens: int, repeats: int):
+    from micl_probe import Loaded
     from micl_probe.core import adapter_for
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
@@ -343,18 +357,7 @@ def worker(family: str, method: str, max_tokens: int, repeats: int):
         demos -= 1
     prepared = loaded.prepare_batch([episode(demos)])
 
-    def once():
-        with torch.no_grad():
-            if method == "forward":
-                model(**prepared.inputs)
-            elif method == "output_attentions":
-                model.set_attn_implementation("eager")
-                model(**prepared.inputs, output_attentions=True)
-                model.set_attn_implementation("sdpa")
-            else:
-                capture_attention(loaded, prepared, progress=False)
-
-    seconds, peak = best_and_peak(once, repeats)
+    seconds, peak = best_and_peak(lambda: one_pass(loaded, prepared, method), repeats)
     print(json.dumps({"seconds": seconds, "peak_extra_mb": peak, "seq": len(prepared.layouts[0]),
                       "demos": demos, "per_image": per_image, "ref_tokens": ref_tokens}))
 
