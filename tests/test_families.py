@@ -130,6 +130,10 @@ def test_qwen3_5_hybrid_measures_its_attention_layers_and_says_which():
     assert by_layer[:, 0].isnan().all()
     torch.testing.assert_close(torch.tensor([r["visual_share"] for r in records]), by_layer[:, 1])  # mean = layer 1
     assert summarise(records)["partly_measured"] == {"q": [1]}
+    from micl_probe.viz.report import report_markdown
+    md = report_markdown(summarise(records), {"conditions": ["2-shot"], "models": ["q"], "tasks": ["t"], "n": 3,
+                                              "seed": 0}, 1.0, ["fig_head_heatmap"])
+    assert "softmax-attention layers 1 only" in md and "Blank layers: a hybrid decoder's" in md
     heat = row_attention(loaded, eps[0])
     assert heat[0].isnan().all() and torch.isfinite(heat[1]).all()
 

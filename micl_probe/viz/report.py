@@ -177,6 +177,9 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
             caption = CAPTIONS["fig_patch"].replace("One episode", f"{stem[10:]}: one episode")
         else:
             caption = CAPTIONS.get(stem) or CAPTIONS["fig_heads"].replace("Per task", f"{stem[10:]}: per task")
+        if summary.get("partly_measured") and stem in ("fig_layer_share", "fig_head_heatmap") or \
+                summary.get("partly_measured") and stem.startswith("fig_heads_"):
+            caption += " Blank layers: a hybrid decoder's linear-attention layers, which have no attention to measure."
         md += [f"![{caption}]({stem}.png)", ""]
     return "\n".join(md) + "\n"
 
