@@ -132,8 +132,8 @@ def check(args) -> None:
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file: name a folder (it is created if missing)")
     if args.shard is not None:
-        i, _, n = args.shard.partition("/")
-        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        i, n = _shard(args.shard)
+        if not 0 <= i < n:
             raise UsageError(f"--shard {args.shard}: give I/N with 0 <= I < N, e.g. --shard 0/4")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError("--shard and a launcher (torchrun, accelerate launch) both split the work: use one")
@@ -215,9 +215,14 @@ def ranks(args) -> tuple[int, int, object]:
             dist.init_process_group("gloo", timeout=timedelta(days=7))  # ranks wait for the slowest shard
         return dist.get_rank(), world, dist
     if args.shard:
-        i, _, n = args.shard.partition("/")
-        return int(i), int(n), None
+        return (*_shard(args.shard), None)
     return 0, 1, None
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """--shard I/N as (I, N); (-1, 0) when it is not two whole numbers."""
+    i, _, n = text.partition("/")
+    return (int(i), int(n)) if i.isdigit() and n.isdigit() else (-1, 0)
 
 
 def report(args) -> Path | None:

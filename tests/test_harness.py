@@ -276,3 +276,12 @@ def test_results_store_columnar_heads_and_malformed_lines(loaded, tmp_path):
     inline = tmp_path / "old.jsonl"
     inline.write_text("".join(json.dumps({**r, **{k: r[k].tolist() for k in HEAD_ARRAYS}}) + "\n" for r in first))
     assert _plain(load_records(inline, heads=True)) == _plain(first)
+
+
+@pytest.mark.parametrize("shard", ["2/2", "a/3", "1"])
+def test_bad_shard_flag_is_one_line(shard):
+    from micl_probe.attn_report import check, parse
+    from micl_probe.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"--shard .*give I/N with 0 <= I < N"):
+        check(parse(["--shard", shard]))

@@ -161,11 +161,12 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
             continue
         base_cond, _, name = cond.partition("+")
         intervention = interventions.get(name) if name else None
+        pool = None
         if base_cond.startswith("retrieved-"):
             k = int(base_cond.split("-")[1])
             if (task, k) not in retrieved:
                 retrieved[task, k] = retrieval_episodes(task, k, cfg.n, **draw)
-        pool = retrieved.get((task, int(base_cond.split("-")[1]))) if base_cond.startswith("retrieved-") else None
+            pool = retrieved[task, k]
         eps = [pool[i] if pool is not None else condition_episode(base[i], base_cond, k_default) for i in idx]
         chunk = _score_chunk(loaded, eps, intervention, setup["metric"], cfg, task)
         for r, i, ep in zip(chunk, idx, eps):

@@ -148,17 +148,15 @@ def compact_heads(results: Path, after: int = COMPACT_AFTER) -> None:
         return
     import pyarrow.parquet as pq
 
-    tables = [pq.read_table(str(p)) for p in parts]
-    schema = tables[0].schema
-    same = [t for t in tables if t.schema.equals(schema)]
+    schema = pq.read_schema(str(parts[0]))
+    same = [p for p in parts if pq.read_schema(str(p)).equals(schema)]  # (a part of another shape stays as it is)
     target = folder / f"part-{time.time_ns()}-{os.getpid()}-compact.parquet"
     with pq.ParquetWriter(str(target.with_suffix(".tmp")), schema) as writer:
-        for t in same:
-            writer.write_table(t)
+        for part in same:  # one part in memory at a time
+            writer.write_table(pq.read_table(str(part)))
     target.with_suffix(".tmp").rename(target)
-    for p, t in zip(parts, tables):
-        if t.schema.equals(schema):
-            p.unlink()
+    for part in same:
+        part.unlink()
 
 
 def end_line(path: Path) -> None:

@@ -209,25 +209,25 @@ def _dara_attention(module, query, key, value, attention_mask, scaling=None, dro
     dara, key_image, kernel = call.dara, call.key_image, call.kernel
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     layer = getattr(module, "layer_idx", None)
-    if layer not in dara.layers and kernel == "sdpa":
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
     if layer not in dara.layers:
+        if kernel == "sdpa":
+            return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                          scaling=scaling, **kwargs)
         return _eager(module, query, key, value, _additive(attention_mask, query, key), scaling, dropout)
     kv = key.shape[-2]  # under generation the keys grow past the prompt: new tokens are no image's
     key_image = key_image[:, :kv] if key_image.shape[1] >= kv else \
         torch.nn.functional.pad(key_image, (0, kv - key_image.shape[1]), value=-1)
     bias = dara.column_bias(dara.layers.index(layer), key_image.to(dara.log_alpha.device))
     bias = bias.to(device=query.device, dtype=query.dtype)  # [B, H, 1, kv], on the layer's own device
+    if dara.mode == "logit" and kernel == "sdpa":  # the bias folded into the keys: no query x key mask
+        d = value.shape[-1]
+        out, weights = sdpa_attention_forward(module, *_fold_bias(query, key, value, bias[:, :, 0], scaling),
+                                              attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return out[..., :d].contiguous(), weights  # [B, q, H, d]: the padded value dimensions dropped
+    mask = _additive(attention_mask, query, key)
     if dara.mode == "post":
-        return _eager(module, query, key, value, _additive(attention_mask, query, key), scaling, dropout,
-                      post_scale=bias.exp())
-    if kernel == "eager":
-        return _eager(module, query, key, value, _additive(attention_mask, query, key) + bias, scaling, dropout)
-    d = value.shape[-1]
-    out, weights = sdpa_attention_forward(module, *_fold_bias(query, key, value, bias[:, :, 0], scaling),
-                                          attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    return out[..., :d].contiguous(), weights  # [B, q, H, d]: the padded value dimensions dropped
+        return _eager(module, query, key, value, mask, scaling, dropout, post_scale=bias.exp())
+    return _eager(module, query, key, value, mask + bias, scaling, dropout)
 
 
 def _fold_bias(query, key, value, bias, scaling: float):
@@ -258,8 +258,6 @@ def _additive(mask, query, key) -> torch.Tensor:
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, device=query.device, dtype=query.dtype).masked_fill(~mask, lowest)
     return mask
-
-
 
 
 # --- fixed factors and training --------------------------------------------------------------------------

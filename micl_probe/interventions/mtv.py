@@ -282,6 +282,31 @@ def first_token_ce(loaded, batch, means, masks) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits[rows, pos].float(), target, reduction="none")
 
 
+@torch.no_grad()
+def answer_logits(loaded: Loaded, episode, means: torch.Tensor, masks: torch.Tensor, chunk: int = 32
+                  ) -> tuple[torch.Tensor, int]:
+    """(logits[n, vocab] at one prompt's answer position under each of `masks` [n, layer, head], the gold first
+    answer token): the prefix shared (`last_token_logits`) where the cache allows, else the whole prompt run for
+    each group of `chunk` masks (a hybrid decoder)."""
+    b = loaded.prepare_batch([episode])
+    target = int(b.answer_ids[0][0])
+    if shares_prefix(loaded):
+        return last_token_logits(loaded, b, means, masks, chunk=chunk), target
+    logits = []
+    for group in masks.split(chunk):
+        whole = loaded.prepare_batch([episode] * len(group))
+        with inject(loaded, means, group, whole.layouts):
+            logits.append(loaded.model(**whole.inputs).logits[:, b.layouts[0].answer_position].float())
+    return torch.cat(logits), target
+
+
+def answer_ce(loaded: Loaded, episode, means: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy [n] of one prompt's first answer token under each of `masks` (`answer_logits`), on the CPU."""
+    logits, target = answer_logits(loaded, episode, means, masks, chunk=len(masks))
+    return torch.nn.functional.cross_entropy(logits, torch.full((len(masks),), target, device=logits.device),
+                                             reduction="none").cpu()
+
+
 def locate(loaded, mtv: TaskVector, train_stream, val_episodes, steps: int = 600, n_masks: int = 32,
            lr: float = 0.1, n_final: int = 10, seed: int = 0) -> TaskVector:
     """REINFORCE over heads on zero-shot examples from `train_stream` (one per step, `n_masks` masks batched),
@@ -290,32 +315,14 @@ def locate(loaded, mtv: TaskVector, train_stream, val_episodes, steps: int = 600
     means = mtv.mean
 
     def loss_of_masks(masks):  # one zero-shot prompt under every mask: its prefix computed once
-        ep = next(train_stream)
-        if shares_prefix(loaded):
-            b = loaded.prepare_batch([ep])
-            target = b.answer_ids[0][0].expand(len(masks)).to(loaded.device)
-            logits = last_token_logits(loaded, b, means, masks, chunk=len(masks))
-            return torch.nn.functional.cross_entropy(logits, target, reduction="none").cpu()
-        b = loaded.prepare_batch([ep] * len(masks))
-        return first_token_ce(loaded, b, means, masks).cpu()
+        return answer_ce(loaded, next(train_stream), means, masks)
 
     p = reinforce(adapter.n_layers(model), adapter.n_heads(model), loss_of_masks, steps=steps, n_masks=n_masks,
                   lr=lr, seed=seed, layers=adapter.attention_layers(model))
     gen = torch.Generator().manual_seed(seed + 1)
     candidates = torch.bernoulli(p.expand(n_final, *p.shape), generator=gen).bool()
-    if shares_prefix(loaded):  # each validation prompt's prefix once, the candidates as its continuations
-        ce = []
-        for ep in val_episodes:
-            b = loaded.prepare_batch([ep])
-            target = b.answer_ids[0][0].expand(n_final).to(loaded.device)
-            logits = last_token_logits(loaded, b, means, candidates, chunk=n_final)
-            ce.append(torch.nn.functional.cross_entropy(logits, target, reduction="none").cpu())
-        scores = torch.stack(ce).mean(0).tolist()
-    else:
-        val = loaded.prepare_batch(val_episodes)
-        with torch.no_grad():
-            scores = [float(first_token_ce(loaded, val, means, mask.expand(len(val), *mask.shape)).mean())
-                      for mask in candidates]
+    # each validation prompt's prefix once, the candidates as its continuations
+    scores = torch.stack([answer_ce(loaded, ep, means, candidates) for ep in val_episodes]).mean(0).tolist()
     best = candidates[int(np.argmin(scores))]
     return TaskVector(best, "mtv_mask", {**mtv.meta, "p": p.tolist(), "val_ce": scores, "steps": steps})
 
@@ -363,28 +370,13 @@ def indirect_effects(loaded, mtv: TaskVector, episodes) -> torch.Tensor:
     for i, (layer, head) in enumerate(heads):
         masks[1 + i, layer, head] = True
     cie = torch.full((L, H), float("nan"))
-    if shares_prefix(loaded):  # each prompt's prefix once; every head's patch as a one-token continuation
-        gain = torch.zeros(len(heads))
-        for ep in tqdm(episodes, desc="indirect effects", mininterval=1):
-            b = loaded.prepare_batch([ep])
-            p = last_token_logits(loaded, b, mtv.mean, masks).softmax(-1)[:, int(b.answer_ids[0][0])].cpu()
-            gain += (p[1:] - p[0]) / len(episodes)
-        for (layer, head), g in zip(heads, gain):
-            cie[layer, head] = float(g)
-        return cie
-    b = loaded.prepare_batch(episodes)
-    target = torch.stack([a[0] for a in b.answer_ids]).to(loaded.device)
-    rows = torch.arange(len(b))
-    pos = torch.tensor([lay.answer_position for lay in b.layouts])
-
-    def prob(mask):
-        with inject(loaded, mtv.mean, mask, b.layouts):
-            logits = model(**b.inputs).logits[rows, pos].float()
-        return logits.softmax(-1)[rows, target]
-
-    base = prob(masks[0])
-    for i, (layer, head) in enumerate(tqdm(heads, desc="indirect effects", mininterval=1)):
-        cie[layer, head] = float((prob(masks[1 + i]) - base).mean())
+    gain = torch.zeros(len(heads))
+    for ep in tqdm(episodes, desc="indirect effects", mininterval=1):  # each prompt's prefix once, every head after
+        logits, target = answer_logits(loaded, ep, mtv.mean, masks)
+        p = logits.softmax(-1)[:, target].cpu()
+        gain += (p[1:] - p[0]) / len(episodes)
+    for (layer, head), g in zip(heads, gain):
+        cie[layer, head] = float(g)
     return cie
 
 

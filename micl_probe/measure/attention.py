@@ -439,7 +439,7 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
             "tasks": [getattr(e, "task", None) for e in all_episodes],
             "shots": [getattr(e, "shots", None) for e in all_episodes],
             "conditions": [getattr(e, "condition", None) for e in all_episodes],
-            "layers_measured": loaded.adapter.attention_layers(loaded.model), **(meta or {})}
+            "layers_measured": measured, **(meta or {})}
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 

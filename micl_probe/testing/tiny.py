@@ -136,42 +136,37 @@ def _qwen2_vl(version="2"):
     return model, proc
 
 
-def _idefics3(image_size=32, patch=8):
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-    tok = tiny_tokenizer(_IDEFICS3_SPECIALS, bos="<|begin_of_text|>", eos="<end_of_utterance>",
-                         pad="<|end_of_text|>")
+def _idefics3_like(config_cls, model_cls, processor_cls, image_processor_cls, specials, bos, image_size, patch,
+                   **processor_kw):
+    """Idefics3 and SmolVLM: a SigLIP-style tower, pixel shuffle by 2, row/col tiles + a global image."""
+    tok = tiny_tokenizer(specials, bos=bos, eos="<end_of_utterance>", pad="<|end_of_text|>")
     image_id, = _ids(tok, "<image>")
     scale = 2
-    seq_len = (image_size // patch) ** 2 // scale**2
-    cfg = Idefics3Config(
+    cfg = config_cls(
         vision_config=_vision(None, image_size, patch),
         text_config=_llama_text(len(tok), model_type="llama", bos_token_id=tok.bos_token_id,
                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
         image_token_id=image_id, scale_factor=scale, pad_token_id=tok.pad_token_id)
-    ip = Idefics3ImageProcessorPil(size={"longest_edge": image_size * 2}, max_image_size={"longest_edge": image_size},
-                                   do_image_splitting=True)
-    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=seq_len)
-    return Idefics3ForConditionalGeneration(cfg), proc
+    ip = image_processor_cls(size={"longest_edge": image_size * 2}, max_image_size={"longest_edge": image_size},
+                             do_image_splitting=True)
+    proc = processor_cls(image_processor=ip, tokenizer=tok, image_seq_len=(image_size // patch) ** 2 // scale**2,
+                         **processor_kw)
+    return model_cls(cfg), proc
+
+
+def _idefics3(image_size=32, patch=8):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    return _idefics3_like(Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor,
+                          Idefics3ImageProcessorPil, _IDEFICS3_SPECIALS, "<|begin_of_text|>", image_size, patch)
 
 
 def _smolvlm(image_size=32, patch=8):
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMProcessor
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
-    tok = tiny_tokenizer(_IDEFICS3_SPECIALS + ["<|im_start|>"], bos="<|im_start|>", eos="<end_of_utterance>",
-                         pad="<|end_of_text|>")
-    image_id, = _ids(tok, "<image>")
-    scale = 2
-    cfg = SmolVLMConfig(
-        vision_config=_vision(None, image_size, patch),
-        text_config=_llama_text(len(tok), model_type="llama", bos_token_id=tok.bos_token_id,
-                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        image_token_id=image_id, scale_factor=scale, pad_token_id=tok.pad_token_id)
-    ip = SmolVLMImageProcessorPil(size={"longest_edge": image_size * 2}, max_image_size={"longest_edge": image_size},
-                                  do_image_splitting=True)
-    proc = _image_only(SmolVLMProcessor)(image_processor=ip, tokenizer=tok, video_processor=None,
-                                         image_seq_len=(image_size // patch) ** 2 // scale**2)
-    return SmolVLMForConditionalGeneration(cfg), proc
+    return _idefics3_like(SmolVLMConfig, SmolVLMForConditionalGeneration, _image_only(SmolVLMProcessor),
+                          SmolVLMImageProcessorPil, _IDEFICS3_SPECIALS + ["<|im_start|>"], "<|im_start|>", image_size,
+                          patch, video_processor=None)
 
 
 def _idefics2(image_size=32, patch=8):
