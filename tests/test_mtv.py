@@ -60,6 +60,27 @@ def test_injection_changes_only_selected_heads(family):
     torch.testing.assert_close(before, head_outputs(loaded, b, [p - 1 for p in pos]))  # other positions too
 
 
+def test_per_row_values_patch_each_row_with_its_own(family="qwen2_vl"):
+    """Activation patching: values [B, layer, head, d_head] put row b's own values into row b's selected heads; the
+    other heads keep theirs; a row patched with its own clean outputs is unchanged."""
+    loaded = _loaded(family)
+    b = loaded.prepare_batch([noise_episode(1, seed=s) for s in (7, 8)])
+    pos = [lay.answer_position for lay in b.layouts]
+    base = head_outputs(loaded, b, pos)  # [B, L, H, D]
+    values = torch.randn(2, 2, 4, 16)
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, 1] = mask[1, 3] = True
+    with inject(loaded, values, mask, b.layouts):
+        patched = head_outputs(loaded, b, pos)
+    torch.testing.assert_close(patched[:, 0, 1], values[:, 0, 1])  # each row its own values
+    torch.testing.assert_close(patched[:, 0, 0], base[:, 0, 0])  # layer 0, an unselected head: unchanged
+    with torch.no_grad():
+        clean = loaded.model(**b.inputs).logits
+        with inject(loaded, base, mask, b.layouts):
+            same = loaded.model(**b.inputs).logits
+    torch.testing.assert_close(same, clean, atol=1e-5, rtol=1e-5)
+
+
 def test_injection_in_generation_first_token_or_every_token():
     loaded = _loaded()
     b = loaded.prepare_batch([noise_episode(0, seed=1)])

@@ -141,7 +141,8 @@ def injection(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, every_tok
 def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False):
     """Replace the selected heads' outputs with `means` at each row's last prompt token.
 
-    means [layer, head, d_head]; mask bool [layer, head] or [B, layer, head] (one mask per row);
+    means [layer, head, d_head], or [B, layer, head, d_head] (one per row: activation patching from another run's
+    `head_outputs`); mask bool [layer, head] or [B, layer, head] (one mask per row);
     every_token: also at every token generated after the prompt (`generate`), not only the first;
     layouts None: at the last position of every pass (the one-token continuations of a shared prefix).
     """
@@ -167,8 +168,8 @@ def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, eve
             B, seq = x.shape[:2]
             if layer not in ready:
                 m = mask[:, layer] if per_row else mask[layer].expand(B, H)  # [B, H]
-                ready[layer] = (m.to(x.device)[..., None], means[layer].to(device=x.device, dtype=x.dtype))
-            sel, value = ready[layer]  # [B, H, 1], [H, D]
+                ready[layer] = (m.to(x.device)[..., None], means[..., layer, :, :].to(device=x.device, dtype=x.dtype))
+            sel, value = ready[layer]  # [B, H, 1], [H, D] or [B, H, D]
             if positions is not None and seq == prompt_len:  # the prompt pass: the last prompt token of each row
                 cols = ready.setdefault("cols", positions.to(x.device))
             elif every_token or positions is None:  # a token after a cached prefix: patch it
