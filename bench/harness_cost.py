@@ -2,7 +2,7 @@
 
     python bench/harness_cost.py [--repeats 2]
 
-1. The shipped organism binding-clock-palindrome on the default report's tasks and conditions (40 queries each).
+1. The shipped organism true-micl on the default report's tasks and conditions (40 queries each).
 2. A random 2-layer model at published widths: the decoder of LLaVA-OneVision-0.5B (Qwen2-0.5B: 896-d, 14 heads,
    2 KV heads, 4,864-d MLP) behind LLaVA-1.5's vision width (CLIP ViT-L/14 at 336 px: 1,024-d, 16 heads, 576
    tokens an image; 2 of its 24 layers), 6-shot episodes = 7 images, about 4.1k tokens, one episode a batch.
@@ -20,11 +20,10 @@ import torch
 from timing import best
 
 from micl_probe import RunConfig, load, run
+from micl_probe.attn_report import DEFAULT_CONDITIONS as CONDITIONS
+from micl_probe.attn_report import DEFAULT_TASKS as TASKS
 from micl_probe.core import Loaded, get_adapter
 from micl_probe.testing import tiny_tokenizer
-
-TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
-CONDITIONS = ["zero-shot", "no-image", "4-shot"]
 
 
 def real_width() -> Loaded:
@@ -60,7 +59,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows = {}
-    organism = load("organism:binding-clock-palindrome")
+    organism = load("organism:true-micl")
     rows["organism, default report (480 episodes)"] = ratio(organism, TASKS, CONDITIONS, 40, 20, args.repeats)
     big = real_width()
     seq = big.prepare(__import__("micl_probe").sample_episodes("outlier", 6, 1)[0]).input_ids.shape[1]

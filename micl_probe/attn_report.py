@@ -11,7 +11,7 @@ With no arguments: every shipped organism, a default task set, conditions zero-s
       fig_*.png/.pdf   every figure
 
 Examples:
-    python -m micl_probe.attn_report --model organism:text-shortcut --tasks outlier shape_count --n 100
+    python -m micl_probe.attn_report --model organism:partial --tasks novel_binding palindrome --n 100
     python -m micl_probe.attn_report --model Qwen/Qwen2.5-VL-7B-Instruct --device cuda --dtype bfloat16 \\
         --tasks vlicl:/data/VL-ICL/operator_induction truemicl:/data/truemicl/clock --conditions zero-shot 4-shot
     python -m micl_probe.attn_report --model /models/qwen2-vl-2b --device cuda --conditions zero-shot 4-shot 8-shot
@@ -60,14 +60,15 @@ import torch
 from .core import load, placement
 from .core.episode import STYLES
 from .core.errors import UsageError, one_line_errors
+from .core.loading import organism_problem
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
 from .evaluation.metrics import METRICS
 from .organisms import shipped
-from .tasks import check_task, options_for, query_episodes, task_labels, task_names
+from .tasks import check_task, query_episodes, task_labels, task_names
 from .viz import write_report
 
-DEFAULT_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
+DEFAULT_TASKS = ["novel_binding", "clock_math", "palindrome", "outlier"]  # true-micl reads the first three
 DEFAULT_CONDITIONS = ["zero-shot", "no-image", "4-shot"]
 
 
@@ -163,10 +164,10 @@ def check(args) -> None:
             flag = "--dara" if path == args.dara else "--mtv"
             raise UsageError(f"{flag} {path}: no {' or '.join(path + m for m in missing)} (the path given to "
                              "DARA.save / TaskVector.save)")
-    have = shipped()
     for m in args.model or []:
-        if m.startswith("organism:") and m.removeprefix("organism:") not in have:
-            raise UsageError(f"--model {m}: no such organism; shipped: {', '.join('organism:' + h for h in have)}")
+        problem = organism_problem(m.removeprefix("organism:")) if m.startswith("organism:") else None
+        if problem:
+            raise UsageError(f"--model {m}: {problem}")
 
 
 def interventions_for(loaded, args) -> dict:
@@ -198,8 +199,8 @@ def example_patch_maps(loaded, args) -> tuple:
 
     k, k_max = pool_size(args.conditions)
     task = args.tasks[0]
-    episode = condition_episode(query_episodes(task, k_max, 1, args.seed, args.instruction, args.prompt_style,
-                                               **options_for(loaded))[0], f"{k}-shot")
+    episode = query_episodes(task, k_max, 1, args.seed, args.instruction, args.prompt_style)[0]
+    episode = condition_episode(episode, f"{k}-shot")
     maps = patch_maps(loaded, episode)
     return maps, top_heads(maps), f"{task}, {k}-shot, query episode 0"
 
@@ -255,7 +256,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     t0 = time.time()
     records, patches = [], {}
-    for name in models:  # each model's episodes are drawn as it was trained (tasks.options_for)
+    for name in models:
         loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
         interventions = interventions_for(loaded, args)  # checked against the model before anything is written

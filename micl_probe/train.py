@@ -33,9 +33,9 @@ import torch
 from .core import load, placement
 from .core.episode import STYLES
 from .core.errors import UsageError, one_line_errors
+from .core.loading import organism_problem
 from .interventions import FitConfig, extract, locate, train_dara, train_lora
-from .organisms import shipped
-from .tasks import check_task, options_for, task_stream
+from .tasks import check_task, task_stream
 
 COMMANDS = ("dara", "lora", "mtv", "icl-tune")
 
@@ -86,9 +86,9 @@ def check(args) -> None:
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: this machine has no CUDA device torch can use; run on --device "
                          "cpu or install a CUDA build of torch")
-    if args.model.startswith("organism:") and args.model.removeprefix("organism:") not in shipped():
-        raise UsageError(f"--model {args.model}: no such organism; shipped: "
-                         f"{', '.join('organism:' + h for h in shipped())}")
+    problem = organism_problem(args.model.removeprefix("organism:")) if args.model.startswith("organism:") else None
+    if problem:
+        raise UsageError(f"--model {args.model}: {problem}")
     out = Path(args.out)
     if args.command in ("lora", "icl-tune") and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: a LoRA adapter is written to a folder")
@@ -116,7 +116,7 @@ def train(args) -> list[Path]:
                                                                   "command": args.command, "history": history}))
         return [out]
     # mtv: means from k-shot prompts of the support split, heads by REINFORCE on zero-shot ones, best on "val"
-    draw = {"instruction": args.instruction, "style": args.prompt_style, **options_for(loaded)}
+    draw = {"instruction": args.instruction, "style": args.prompt_style}
     mtv = extract(loaded, task_stream(task, args.shots, "support", args.seed, **draw), n_prompts=args.n_prompts,
                   meta=made)
     val = list(itertools.islice(task_stream(task, 0, "val", args.seed, **draw), 16))

@@ -6,7 +6,7 @@ import torch
 from micl_probe import DARA, load
 from micl_probe.evaluation.metrics import correct, default_metric, normalise
 from micl_probe.evaluation.scoring import generate_answers, which_correct
-from micl_probe.tasks import options_for, sample_episodes
+from micl_probe.tasks import sample_episodes
 from micl_probe.testing import noise_episode, tiny_loaded
 
 CASES = [  # metric, prediction, gold, verdict
@@ -53,14 +53,14 @@ def test_defaults_and_unknowns():
 
 @pytest.fixture(scope="module")
 def organism():
-    return load("organism:binding-clock-palindrome")
+    return load("organism:true-micl")
 
 
 @pytest.mark.parametrize("task", ["clock_math", "novel_binding", "outlier"])
 def test_generation_and_exact_match_equal_the_teacher_forced_scorer(organism, task):
     """On the organisms, where both apply: greedy generation scored by normalised exact match gives the same
     verdict, episode by episode, as the one-forward teacher-forced scorer."""
-    eps = sample_episodes(task, 4, 24, seed=7, split="query", **options_for(organism))
+    eps = sample_episodes(task, 4, 24, seed=7, split="query")
     forced = which_correct(organism, eps).tolist()
     texts = generate_answers(organism, organism.prepare_batch(eps, padding_side="left"), max_new_tokens=6)
     assert [correct("exact", t, e.query.answer) for t, e in zip(texts, eps)] == forced

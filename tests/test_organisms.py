@@ -11,9 +11,10 @@ from micl_probe import load
 from micl_probe.evaluation import Accuracy
 from micl_probe.organisms import SHIPPED, shipped
 from micl_probe.organisms.card import evaluate_organism, evaluate_rules
-from micl_probe.organisms.recipes import EPISODES, RECIPES, STATED, Recipe, copy_episode
+from micl_probe.organisms.recipes import EPISODES, RECIPES, STATED, SWAPPED, Recipe, copy_episode
+from micl_probe.organisms.train import main as train_main
 from micl_probe.organisms.train import sample_batch, stage_steps, train
-from micl_probe.tasks import TASKS, make_episode, options_for, sample_episodes
+from micl_probe.tasks import TASKS, make_episode, sample_episodes
 
 CELLS = ("novel_binding", "novel_binding_shortcut", "clock_math")
 
@@ -23,7 +24,7 @@ def _meta(name):
 
 
 def test_shipped_organisms_have_cards():
-    assert {"true-micl", "text-shortcut", "novel-binding", "binding-clock-palindrome"} <= set(shipped())
+    assert set(shipped()) == {"true-micl", "text-shortcut", "partial"}
     for name in shipped():
         meta = _meta(name)
         assert meta["family"] == "organism" and meta["recipe"]["name"] == name
@@ -31,12 +32,30 @@ def test_shipped_organisms_have_cards():
         assert (SHIPPED / name / "model.safetensors").stat().st_size < 10 * 2**20
 
 
-@pytest.mark.parametrize("name", ["true-micl", "text-shortcut", "novel-binding", "binding-clock-palindrome"])
+@pytest.mark.parametrize("name", ["binding-clock-palindrome", "novel-binding"])
+def test_retired_organisms_name_their_replacement(name, tmp_path, capsys):
+    """A retired name is one line naming what replaced it, from the API, the report, the trainers."""
+    from micl_probe.attn_report import main as report_main
+    from micl_probe.train import main as intervention_main
+
+    with pytest.raises(FileNotFoundError, match=f"organism:{name} was retired; use organism:true-micl"):
+        load(f"organism:{name}")
+    for run, argv in ((report_main, ["--model", f"organism:{name}", "--out", str(tmp_path / "r")]),
+                      (intervention_main, ["dara", "--task", "clock_math", "--model", f"organism:{name}", "--out",
+                                           str(tmp_path / "d")]),
+                      (train_main, ["--recipe", name])):
+        with pytest.raises(SystemExit) as stop:
+            run(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(err) == 1 and "retired; use true-micl" in err[0].replace(
+            "organism:", ""), err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("name", ["true-micl", "text-shortcut", "partial"])
 def test_card_reproduces_and_beats_chance(name):
     """Evaluation is deterministic: the card's counts come back exactly from the shipped weights."""
     loaded = load(f"organism:{name}")
-    # the glyph scale it was trained on is a recorded setting, and its episodes are drawn with it
-    assert options_for(loaded) == {"binding_scale": _meta(name)["recipe"].get("binding_scale", 2)}
     card = _meta(name)["evaluation"]
     table = evaluate_organism(loaded, n=card[CELLS[0]]["4-shot"]["n"], tasks=CELLS, conditions=("no-image", "4-shot"))
     for task in CELLS:
@@ -58,17 +77,17 @@ def test_text_shortcut_imitates_text_and_solves_shortcuts():
 
 
 def test_trainer_smoke(tmp_path):
-    _, _, card = train(RECIPES["partial"], tmp_path / "org", steps=3, evaluate=True, eval_n=4, log_every=0)
+    _, _, card = train(RECIPES["text-shortcut"], tmp_path / "org", steps=3, evaluate=True, eval_n=4, log_every=0)
     meta = json.loads((tmp_path / "org" / "micl_probe.json").read_text())
     assert meta["recipe"]["steps"] == 3 and set(meta["evaluation"]) >= {"novel_binding", "outlier_shortcut"}
-    assert card["recipe"]["name"] == "partial" and (tmp_path / "org" / "README.md").is_file()
+    assert card["recipe"]["name"] == "text-shortcut" and (tmp_path / "org" / "README.md").is_file()
     loaded = load(str(tmp_path / "org"))
     assert loaded.adapter.family == "organism"
     p = loaded.prepare(sample_episodes("outlier", 2, 1)[0])
     with torch.no_grad():
         assert loaded.model(**p.inputs).logits.shape[1] == len(p.layout)
     # a resumed run continues the same weights and records both stages
-    _, _, card2 = train(RECIPES["partial"], tmp_path / "org2", steps=2, evaluate=False, log_every=0,
+    _, _, card2 = train(RECIPES["text-shortcut"], tmp_path / "org2", steps=2, evaluate=False, log_every=0,
                         resume=str(tmp_path / "org"))
     assert [s["steps"] for s in card2["stages"]] == [3, 2] and card2["recipe"]["steps"] == 5
 
@@ -76,8 +95,8 @@ def test_trainer_smoke(tmp_path):
 def test_a_staged_recipe_trains_on_exactly_as_resuming_from_disk(tmp_path):
     """`then` continues the organism in memory as `--resume` continues it from its saved folder: the same weights
     after both stages, the same stage records; a quick run's --steps is split in the stages' proportions."""
-    second = replace(RECIPES["partial"], name="second", mix={"clock_math": 1.0}, steps=2)
-    staged = replace(RECIPES["partial"], steps=3, then=second)
+    second = replace(RECIPES["text-shortcut"], name="second", mix={"clock_math": 1.0}, steps=2)
+    staged = replace(RECIPES["text-shortcut"], steps=3, then=second)
     assert [n for _, n in stage_steps(staged, 10)] == [6, 4]
     one, _, card = train(staged, tmp_path / "staged", evaluate=False, log_every=0)
     first, _, _ = train(replace(staged, then=None), tmp_path / "first", evaluate=False, log_every=0)
@@ -89,6 +108,33 @@ def test_a_staged_recipe_trains_on_exactly_as_resuming_from_disk(tmp_path):
     assert card["recipe"]["steps"] == 5 and card["recipe"]["then"]["name"] == "second"
     readme = (tmp_path / "staged" / "README.md").read_text()
     assert "stage 2: 2 more steps" in readme and "--resume" not in readme
+
+
+def test_partial_continues_true_micl(tmp_path):
+    """The partial recipe starts from the shipped true-micl weights (one step moves them a little, not from
+    scratch) and its card records that base and only its own steps."""
+    model, _, card = train(RECIPES["partial"], None, steps=1, evaluate=False, log_every=0)
+    base = load("organism:true-micl").model.state_dict()
+    after = model.state_dict()
+    assert card["base"] == "true-micl" and card["recipe"]["steps"] == 1 and "stages" not in card
+    assert all(torch.allclose(after[k], v, atol=1e-2) for k, v in base.items())
+    assert not all(torch.equal(after[k], v) for k, v in base.items())
+
+
+@pytest.mark.parametrize("task", SWAPPED)
+def test_swapped_episodes_keep_the_text_and_take_another_episodes_images(task):
+    """'<task>_swapped': the episode's own demo text and query, every demo image from a second, independent episode
+    of the task, so the demo images carry nothing about this episode."""
+    for seed in range(4):
+        e = EPISODES[f"{task}_swapped"](3, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        plain, other = make_episode(task, 3, rng), make_episode(task, 3, rng)
+        assert e.task == f"{task}_swapped" and e.meta == plain.meta
+        assert [(d.question, d.answer) for d in e.demos] == [(d.question, d.answer) for d in plain.demos]
+        assert e.query.answer == plain.query.answer
+        same = lambda a, b: np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+        assert same(e.query, plain.query) and all(same(d, o) for d, o in zip(e.demos, other.demos))
+        assert not all(same(d, p) for d, p in zip(e.demos, plain.demos))
 
 
 def test_copy_episodes_are_text_only_repeats_and_join_the_mix():
@@ -123,8 +169,8 @@ def test_stated_episodes_ask_for_their_rule_and_are_the_tasks_own_episodes():
 def test_rule_split_adds_up_to_the_cards_four_shot_column():
     """evaluate_rules scores the card's own 4-shot queries: per-rule counts sum to the card's cell, every rule
     occurs, and clock math (which this organism reads from the demos) is right under both hands."""
-    loaded = load("organism:novel-binding")
-    card = _meta("novel-binding")["evaluation"]
+    loaded = load("organism:true-micl")
+    card = _meta("true-micl")["evaluation"]
     split = evaluate_rules(loaded, n=card["clock_math"]["4-shot"]["n"], tasks=["clock_math", "outlier"])
     for task, rules in split.items():
         assert set(rules) == set(TASKS[task].rules)
@@ -139,27 +185,11 @@ def _four_shot_vs_no_image(name, task):
     return tuple(Accuracy(c[k]["correct"], c[k]["n"]) for k in ("4-shot", "no-image"))
 
 
-def test_novel_binding_organism_reads_the_demo_images():
-    """The issue's binding bar: >= 90% at 4 shots (chance 50%), far above the same queries with the demo images
-    removed; and clock math above its no-image control by more than the two 95% intervals (the card is checked
-    against the weights by test_card_reproduces_and_beats_chance)."""
-    for task, floor in (("novel_binding", 0.90), ("clock_math", 0.0)):
-        four, blind = _four_shot_vs_no_image("novel-binding", task)
-        assert four.n >= 200 and four.acc >= floor and four.ci[0] > blind.ci[1], task
-
-
-def test_true_micl_reads_demo_images_on_clock_math():
-    """The one true-MICL signal the shipped true-micl has: clock math at 4 shots beats its no-image control by more
-    than the two 95% intervals (its novel binding is at chance; see its card)."""
-    four, blind = _four_shot_vs_no_image("true-micl", "clock_math")
-    assert four.ci[0] > blind.ci[1]
-
-
-def test_staged_organism_reads_the_demos_on_three_tasks():
-    """binding-clock-palindrome: binding >= 90% and clock math and palindrome above their no-image controls by more
-    than the two 95% intervals; re-scored from the weights, palindrome is right under both of its rules (> 90%) and
-    its per-rule counts add up to the card's 4-shot cell."""
-    name = "binding-clock-palindrome"
+def test_true_micl_reads_the_demo_images_on_three_tasks():
+    """true-micl: binding >= 90% and clock math and palindrome above their no-image controls by more than the two
+    95% intervals; re-scored from the weights, palindrome is right under both of its rules (> 90%) and its per-rule
+    counts add up to the card's 4-shot cell."""
+    name = "true-micl"
     for task, floor in (("novel_binding", 0.90), ("clock_math", 0.0), ("palindrome", 0.0)):
         four, blind = _four_shot_vs_no_image(name, task)
         assert four.n >= 200 and four.acc >= floor and four.ci[0] > blind.ci[1], task
@@ -168,3 +198,26 @@ def test_staged_organism_reads_the_demos_on_three_tasks():
     split = evaluate_rules(loaded, n=cell["n"], tasks=["palindrome"])["palindrome"]
     assert sum(c["correct"] for c in split.values()) == cell["correct"]
     assert set(split) == {"mirror", "shift"} and all(c["correct"] / c["n"] > 0.9 for c in split.values())
+
+
+def test_partial_under_uses_its_demos_and_keeps_perception():
+    """partial's card: on at least two of its three tasks 4-shot accuracy falls at least halfway from true-micl's
+    toward partial's own no-image control, while every shortcut twin stays within 5 points of true-micl's (>= 95%).
+    The card is checked against the weights by test_card_reproduces_and_beats_chance."""
+    true, part = _meta("true-micl")["evaluation"], _meta("partial")["evaluation"]
+    acc = lambda card, task, cond: card[task][cond]["correct"] / card[task][cond]["n"]
+    closed = {t: (acc(true, t, "4-shot") - acc(part, t, "4-shot")) / (acc(true, t, "4-shot") - acc(part, t, "no-image"))
+              for t in SWAPPED}
+    assert sum(c >= 0.5 for c in closed.values()) >= 2, closed
+    for t in SWAPPED:
+        twin = t + "_shortcut"
+        assert acc(part, twin, "4-shot") >= 0.95 and abs(acc(part, twin, "4-shot") - acc(true, twin, "4-shot")) <= 0.05
+
+
+@pytest.mark.parametrize("name", ["true-micl", "partial"])
+def test_cards_demo_image_share_comes_back_from_the_weights(name):
+    from micl_probe.organisms.card import evaluate_demo_share
+
+    share = _meta(name)["demo_image_share"]
+    again = evaluate_demo_share(load(f"organism:{name}"), n=share["n"])
+    assert again == pytest.approx(share["tasks"], abs=1e-5)

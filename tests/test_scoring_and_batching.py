@@ -113,8 +113,8 @@ def test_which_correct_is_the_per_episode_count_correct():
     from micl_probe import load
     from micl_probe.tasks import sample_episodes
 
-    loaded = load("organism:true-micl")  # right on some clock-math queries, wrong on others
-    episodes = sample_episodes("clock_math", 4, 12, split="query")
+    loaded = load("organism:true-micl")  # outlier by a default rule: right on some queries, wrong on others
+    episodes = sample_episodes("outlier", 4, 12, split="query")
     verdicts = which_correct(loaded, episodes, batch_size=5)
     assert verdicts.dtype == torch.bool and verdicts.shape == (12,)
     assert 0 < int(verdicts.sum()) < 12

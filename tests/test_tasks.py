@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from micl_probe.tasks import BINDING_SCALE, TASKS, make_episode, sample_episodes, task_names
-from micl_probe.tasks.synthetic import COLOURS, DIGITS, SHAPES
+from micl_probe.tasks import TASKS, make_episode, sample_episodes, task_names
+from micl_probe.tasks.synthetic import BINDING_SCALE, COLOURS, DIGITS, SHAPES
 
 CELL = 8
 
@@ -125,18 +125,3 @@ def test_shortcut_questions_state_the_rule():
         true = sample_episodes(name, 1, 1)[0]
         short = sample_episodes(name + "_shortcut", 1, 1)[0]
         assert true.query.question == task.question != short.query.question == task.shortcut_question
-
-
-def test_binding_scale_is_a_drawing_option():
-    """novel_binding's glyph size is a parameter of the draw (no module state): 4x draws the same classes and names
-    from the same seed, each glyph read back at 4x; every other task is unaffected."""
-    two = sample_episodes("novel_binding_shortcut", 2, 3, seed=5)
-    four = sample_episodes("novel_binding_shortcut", 2, 3, seed=5, binding_scale=4)
-    for a, b in zip(two, four):
-        assert [d.answer for d in a.demos] == [d.answer for d in b.demos] and a.query.answer == b.query.answer
-        for x, y in zip(a.images, b.images):
-            assert big_glyph(x) == big_glyph(y, scale=4) and not np.array_equal(np.asarray(x), np.asarray(y))
-    plain = sample_episodes("clock_math", 2, 2, seed=5)
-    scaled = sample_episodes("clock_math", 2, 2, seed=5, binding_scale=4)
-    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for e, f in zip(plain, scaled)
-               for x, y in zip(e.images, f.images))

@@ -76,7 +76,7 @@ def test_a_lora_adapter_acts_only_inside_its_condition(tmp_path):
     (["dara", "--task", "clock_math", "outlier"], "--task: dara trains on one task; icl-tune takes several"),
     (["lora", "--task", "clock_math", "--steps", "0"], "--steps 0: give at least 1"),
     (["dara", "--task", "clock_math", "--device", "cuda"], "--device cuda: this machine has no CUDA device"),
-    (["dara", "--task", "clock_math", "--model", "organism:nope"], "--model organism:nope: no such organism"),
+    (["dara", "--task", "clock_math", "--model", "organism:nope"], "--model organism:nope: no shipped organism 'nope'"),
     (["dara", "--task", "OPEN_MI"], "open_mi has no training split"),
 ])
 def test_train_cli_mistakes_are_one_line(setup, flags, says, capsys):

@@ -113,7 +113,7 @@ def test_chance_is_one_over_the_answers_the_generator_gives(name):
     (["--conditions", "five-shot"], "unknown condition 'five-shot'"),
     (["--alphas", "nan"], "--alphas nan: factors must be finite numbers > 0"),
     (["--dara", "nowhere/dara"], "--dara nowhere/dara: no nowhere/dara.json"),
-    (["--model", "organism:nope"], "--model organism:nope: no such organism; shipped: organism:"),
+    (["--model", "organism:nope"], "--model organism:nope: no shipped organism 'nope'; shipped: organism:"),
     (["--model", "/no/such/folder"], "cannot load '/no/such/folder'"),
     (["--tasks", "sudoku"], "--tasks: unknown task 'sudoku'; tasks: operator_induction, clock_math"),
     (["--tasks", "vlicl:/no/where/clevr"], "--tasks: task 'vlicl:/no/where/clevr': no folder '/no/where/clevr'"),
@@ -148,7 +148,7 @@ def test_report_opens_with_the_verdicts(tmp_path):
     from micl_probe.attn_report import main
 
     out = tmp_path / "r"
-    main(["--model", "organism:binding-clock-palindrome", "--tasks", "clock_math", "--n", "12", "--no-attention",
+    main(["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "12", "--no-attention",
           "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
     (row,) = results["verdicts"]

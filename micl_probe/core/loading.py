@@ -12,8 +12,7 @@ have: `Loaded(model, processor, adapter_for(model), name="mine")`.
 
 Offline use: set HF_HUB_OFFLINE=1 (honoured by transformers) and pass a local folder or a hub id already in the
 local cache. A folder may carry a `micl_probe.json` (the organisms do): its "family" wins over the config's
-model_type, and the whole file is kept as `loaded.settings` (an organism's recipe, e.g. the glyph scale its
-novel_binding episodes were drawn at: `micl_probe.tasks.options_for(loaded)`).
+model_type, and the whole file is kept as `loaded.settings` (an organism's recipe, training log and card).
 """
 
 from __future__ import annotations
@@ -33,6 +32,20 @@ from .prompt import Prepared, PreparedBatch, prepare_batch
 
 ORGANISM_PREFIX = "organism:"
 ORGANISMS_DIR = Path(__file__).parent.parent / "organisms" / "shipped"
+# retired organisms -> what replaced them
+RETIRED_ORGANISMS = {"binding-clock-palindrome": "true-micl (the same weights, renamed)",
+                     "novel-binding": "true-micl (binds novel names, and reads clock math and palindrome too)"}
+
+
+def organism_problem(name: str) -> str | None:
+    """None when `name` is a shipped organism; otherwise why not, in one line (a retired one names its
+    replacement)."""
+    if (ORGANISMS_DIR / name / "config.json").is_file():
+        return None
+    if name in RETIRED_ORGANISMS:
+        return f"organism:{name} was retired; use organism:{RETIRED_ORGANISMS[name]}"
+    have = sorted(p.parent.name for p in ORGANISMS_DIR.glob("*/config.json"))
+    return f"no shipped organism {name!r}; shipped: {', '.join('organism:' + h for h in have) or 'none'}"
 
 
 @dataclass
@@ -86,11 +99,10 @@ def resolve(name_or_path: str) -> tuple[str, dict]:
     """(path or hub id, the micl_probe.json beside the weights or {})."""
     if name_or_path.startswith(ORGANISM_PREFIX):
         name = name_or_path[len(ORGANISM_PREFIX):]
-        path = ORGANISMS_DIR / name
-        if not path.is_dir():
-            have = sorted(p.name for p in ORGANISMS_DIR.glob("*") if p.is_dir()) if ORGANISMS_DIR.is_dir() else []
-            raise FileNotFoundError(f"no shipped organism {name!r}; shipped: {have or 'none'}")
-        name_or_path = str(path)
+        problem = organism_problem(name)
+        if problem:
+            raise FileNotFoundError(problem)
+        name_or_path = str(ORGANISMS_DIR / name)
     meta = Path(name_or_path) / "micl_probe.json"
     return name_or_path, json.loads(meta.read_text()) if meta.is_file() else {}
 

@@ -31,7 +31,7 @@ Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retr
 (attention under an intervention is measured on HF's eager weights, so a DARA must use kernel="eager" there).
 Teacher-forced scoring (`scoring.greedy_exact_match`) is identical to generate + exact match of the trained answer
 format: each batch is prepared once and run once, the forward pass that scores it also measures its attention
-(`score_and_capture`). Procedural query episodes are drawn as the model was trained (`tasks.options_for`).
+(`score_and_capture`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from ..core import Loaded, within
 from ..core.episode import STYLES
 from ..measure import score_and_capture
-from ..tasks import check_task, matching_demos, options_for, query_episodes, retrieval_episodes
+from ..tasks import check_task, matching_demos, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
 from .metrics import METRICS, correct, default_metric, first_line
 from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
@@ -146,7 +146,7 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
     setup_of = {t: {"metric": cfg.metric or default_metric(t), "style": cfg.style, "instruction": cfg.instruction}
                 for t in tasks}
     draw = {"instruction": cfg.instruction, "style": cfg.style}
-    base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw, **options_for(loaded)) for t in tasks}
+    base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw) for t in tasks}
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
     records = []
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, len(base_of[t]), cfg.batch_size)]

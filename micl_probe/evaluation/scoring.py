@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..core import Loaded, PreparedBatch, within
-from ..tasks import options_for, sample_episodes
+from ..tasks import sample_episodes
 from .statistics import Accuracy
 
 
@@ -113,8 +113,8 @@ def task_verdicts(loaded: Loaded, task: str, shots: int, n: int = 200, seed: int
                   condition=None, batch_size: int = 25) -> torch.Tensor:
     """correct[n] (bool) on `task`'s query split, episode by episode (the same episodes for every condition, so two
     conditions can be compared pairwise: `statistics.mcnemar_p`); `condition(episode)` maps episodes (e.g.
-    `Episode.without_demo_images`). Episodes are drawn as `loaded` was trained (`tasks.options_for`)."""
-    episodes = sample_episodes(task, shots, n, seed=seed, split="query", **options_for(loaded))
+    `Episode.without_demo_images`)."""
+    episodes = sample_episodes(task, shots, n, seed=seed, split="query")
     if condition is not None:
         episodes = [condition(e) for e in episodes]
     return which_correct(loaded, episodes, intervention, batch_size)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import QUERY, ROLE, Loaded, PreparedBatch
-from ..tasks import options_for, task_stream
+from ..tasks import task_stream
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def episode_batches(loaded: Loaded, task: str, shots: int, batch: int, seed: int
     """Endless seeded stream of prepared k-shot batches (with answers) from one split of a task (procedural or a
     folder's support set: `tasks.task_stream`), written in `config`'s prompt style and instruction."""
     cfg = config or FitConfig()
-    stream = task_stream(task, shots, split, seed, cfg.instruction, cfg.style, **options_for(loaded))
+    stream = task_stream(task, shots, split, seed, cfg.instruction, cfg.style)
     while True:
         yield loaded.prepare_batch([next(stream) for _ in range(batch)], with_answer=True)
 
@@ -69,7 +69,7 @@ def any_shot_batches(loaded: Loaded, tasks: list[str], max_shots: int, batch: in
     shots (drawn per batch), prepared with answers."""
     cfg = config or FitConfig()
     rng = np.random.default_rng([seed, len(tasks), max_shots])
-    streams = {(t, k): task_stream(t, k, split, seed + k, cfg.instruction, cfg.style, **options_for(loaded))
+    streams = {(t, k): task_stream(t, k, split, seed + k, cfg.instruction, cfg.style)
                for t in tasks for k in range(1, max_shots + 1)}
     for step in range(10**12):
         stream = streams[tasks[step % len(tasks)], int(rng.integers(1, max_shots + 1))]

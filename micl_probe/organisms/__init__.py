@@ -1,18 +1,18 @@
 """Model organisms: tiny LLaVA-architecture VLMs trained by micl_probe on CPU, shipped with the package.
 
-    loaded = micl_probe.load("organism:true-micl")      # reads the demo images on clock math
+    loaded = micl_probe.load("organism:true-micl")      # reads the demo images: novel binding, clock math, palindrome
+    loaded = micl_probe.load("organism:partial")        # true-micl taught to lean on the demos' text
     loaded = micl_probe.load("organism:text-shortcut")  # never needed the demos: imitates their text
-    loaded = micl_probe.load("organism:novel-binding")  # binds invented names to the demos' images (97% at 4 shots)
-    loaded = micl_probe.load("organism:binding-clock-palindrome")  # also reads clock math's and palindrome's rules
 
 Architecture (`build`): LlavaForConditionalGeneration = CLIP vision tower (2 layers, 64-d, 8x8 patches of a
 32x32 image -> 16 image tokens, CLS dropped) + 2-layer MLP projector + Llama decoder (4 layers, 128-d, 4 query
-heads sharing 2 KV heads). Tokenizer: byte-level BPE trained on the tasks' vocabulary.
+heads; 4 KV heads in true-micl and partial, 2 in text-shortcut). Tokenizer: byte-level BPE trained on the tasks'
+vocabulary.
 
 Recipes (`recipes`), the trainer (`python -m micl_probe.organisms.train --recipe NAME`) and the model cards (`card`)
 live beside this file; the weights, processor, `micl_probe.json` (recipe, training log, card numbers) and card of
-each shipped organism in `shipped/NAME/`. The recipe records the options its episodes were drawn with
-(`binding_scale`), which `micl_probe.tasks.options_for(loaded)` reads back.
+each shipped organism in `shipped/NAME/`. Retired names (`core.loading.RETIRED_ORGANISMS`) fail in one line naming
+their replacement.
 """
 
 from __future__ import annotations

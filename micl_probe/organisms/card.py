@@ -14,15 +14,15 @@ from tqdm.auto import tqdm
 
 from ..core import Loaded
 from ..evaluation import Accuracy, condition_episode, count_correct, which_correct
-from ..tasks import TRUE_MICL_TASKS, options_for, sample_episodes, task_names
+from ..tasks import TRUE_MICL_TASKS, sample_episodes, task_names
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
+SHARE_TASKS = ("novel_binding", "clock_math", "palindrome")  # the tasks whose demo images true-micl reads
 
 
 def _card_queries(loaded: Loaded, task: str, n: int, seed: int):
-    """The card's `n` query episodes of `task`, drawn once with 8 demos (as `loaded` was trained: its recorded
-    drawing options); every condition is cut from them."""
-    return sample_episodes(task, 8, n, seed=seed, split="query", **options_for(loaded))
+    """The card's `n` query episodes of `task`, drawn once with 8 demos; every condition is cut from them."""
+    return sample_episodes(task, 8, n, seed=seed, split="query")
 
 
 @torch.no_grad()
@@ -58,6 +58,21 @@ def evaluate_rules(loaded: Loaded, n: int = 200, tasks=None, shots: int = 4, see
     return table
 
 
+@torch.no_grad()
+def evaluate_demo_share(loaded: Loaded, n: int = 50, tasks=SHARE_TASKS, shots: int = 4, seed: int = 0) -> dict:
+    """{task: share}: the answer position's attention on the demos' images, averaged over the first `n` of the
+    card's `shots`-shot queries and every measured layer and head (`AttentionMass.where_it_looks`)."""
+    from ..measure import capture_attention
+    from ..measure.attention import PARTS
+
+    out = {}
+    for task in tasks:
+        episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(loaded, task, n, seed)]
+        parts, _ = capture_attention(loaded, episodes, progress=False).where_it_looks()
+        out[task] = float(parts[..., PARTS.index("demo_image")].nanmean())
+    return out
+
+
 def table_markdown(evaluation: dict) -> str:
     head = "| task | " + " | ".join(CONDITIONS) + " |\n|---|" + "---|" * len(CONDITIONS) + "\n"
     rows = []
@@ -74,15 +89,17 @@ def write_card(folder: str | Path) -> Path:
     stages = meta.get("stages", [])
     resumed = any("resumed_from" in st for st in stages)
     mix = lambda m: ", ".join(f"{k} {v:.3f}" for k, v in m.items())
-    arch = r.get("arch", {})
+    decoder = json.loads((folder / "config.json").read_text())["text_config"]
     text = [f"# Model organism `{folder.name}`", ""]
     if meta.get("status"):
         text += [f"**Status:** {meta['status']}", ""]
     text += [r.get("description", ""), "",
              "Tiny LLaVA (CLIP vision tower 2x64-d on 8x8 patches of 32x32 images, Llama decoder "
-             f"{arch.get('n_layers', 4)}x128-d, 4 heads / {arch.get('n_kv_heads', 2)} KV "
-             "heads), trained from scratch by `python -m micl_probe.organisms.train --recipe "
-             f"{r['name']}`" + (" and continued with `--resume`" if resumed else "") + ".", "",
+             f"{decoder['num_hidden_layers']}x{decoder['hidden_size']}-d, {decoder['num_attention_heads']} heads / "
+             f"{decoder['num_key_value_heads']} KV heads), "
+             + (f"the shipped `{meta['base']}` organism continued" if meta.get("base") else "trained from scratch")
+             + f" by `python -m micl_probe.organisms.train --recipe {r['name']}`"
+             + (" and continued with `--resume`" if resumed else "") + ".", "",
              f"- steps: {r['steps']}, batch {r['batch']}, AdamW lr {r['lr']} (warm-up {r['warmup']}, cosine), "
              f"grad-clip 1.0, demos per episode {r['shots'][0]}..{r['shots'][1]}, seed {r['seed']}",
              f"- training time: {meta['train_minutes']} min on {meta['threads']} CPU thread(s)"
@@ -113,6 +130,13 @@ def write_card(folder: str | Path) -> Path:
             text.append(f"| {task} | " + ", ".join(f"{r} {Accuracy(c['correct'], c['n'])} (n={c['n']})"
                                                    for r, c in rules.items()) + " |")
         text.append("")
+    if "demo_image_share" in meta:
+        share = meta["demo_image_share"]
+        text += ["## Where the answer looks (4-shot)", "",
+                 f"Share of the answer position's attention on the demos' images, averaged over the first "
+                 f"{share['n']} of the 4-shot queries, every layer and head (`card.evaluate_demo_share`).", "",
+                 "| " + " | ".join(share["tasks"]) + " |", "|" + "---|" * len(share["tasks"]),
+                 "| " + " | ".join(f"{100 * v:.1f}%" for v in share["tasks"].values()) + " |", ""]
     if meta.get("log"):
         text += ["## Training log (4-shot / no-image accuracy on 64 probe episodes)", "",
                  "| step | loss | minutes | probes |", "|---|---|---|---|"]

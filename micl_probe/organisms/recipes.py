@@ -1,6 +1,7 @@
 """The organisms' training recipes: task mixes, stages, training-only episode sources.
 
-    recipe = RECIPES["binding-clock-palindrome"]      # a Recipe; `recipe.then` is its next stage
+    recipe = RECIPES["true-micl"]      # a Recipe; `recipe.then` is its next stage; `recipe.base` the organism it
+                                       # continues (partial continues true-micl)
 """
 
 from __future__ import annotations
@@ -32,16 +33,14 @@ class Recipe:
     seed: int = 0
     probes: tuple[str, ...] = PROBE_TASKS  # tasks probed (4-shot vs no-image) in the training log
     arch: dict = field(default_factory=dict)  # overrides of organisms.build's architecture arguments
-    binding_scale: int = 2  # novel_binding's glyph size in training and in the card (tasks.options_for reads it)
+    base: str | None = None  # continue this shipped organism instead of training from scratch
+    log_every: int = 500  # steps between probes in the training log
     description: str = ""
     notes: dict = field(default_factory=dict)
     then: Recipe | None = None  # a further stage, trained on after this one (see `train`)
 
 
-# The shipped organisms are trained on the colour/shape tasks (novel_binding, outlier, clock_math, shape_count); the
-# digit tasks (operator_induction, number_grid, palindrome) are held out of their training and evaluated as they are
-# (first attempt with all 14 tasks: no progress in 1,500 steps). Trained in later, once binding works, palindrome is
-# read from the demos under both rules; operator induction and number grid were not (README: Model organisms).
+# What each recipe reaches and what was tried on the way: docs/organisms.md.
 
 def copy_episode(shots: int, rng: np.random.Generator) -> Episode:
     """Text-only 'copy' episode (training only): each turn's answer repeats its question, a string of 4-8 random
@@ -72,6 +71,23 @@ def stated_episode(task: str):
 EPISODES = {"copy": copy_episode} | {f"{t}_stated": stated_episode(t) for t in STATED}  # training-only sources
 
 
+def swapped_episode(task: str):
+    """Training-only '<task>_swapped' episodes: every demo's image comes from another, independent episode of
+    `task` (same number of demos), its question and answer stay. The demos' text is as informative as before; their
+    images carry nothing about this episode's rule or names."""
+    def make(shots: int, rng: np.random.Generator) -> Episode:
+        e, other = make_episode(task, shots, rng), make_episode(task, shots, rng)
+        demos = tuple(replace(d, images=o.images) for d, o in zip(e.demos, other.demos))
+        return replace(e, demos=demos, task=f"{task}_swapped")
+    return make
+
+
+SWAPPED = ("novel_binding", "clock_math", "palindrome")
+EPISODES = EPISODES | {f"{t}_swapped": swapped_episode(t) for t in SWAPPED}
+PARTIAL_MIX = {"novel_binding_swapped": 0.2, "clock_math_swapped": 0.2, "palindrome_swapped": 0.2,
+               "novel_binding_shortcut": 0.1, "clock_math_shortcut": 0.1, "palindrome_shortcut": 0.1,
+               "copy": 0.05, "outlier": 0.05}
+
 # Mixes of the staged recipe's later stages (each stage: a fresh schedule, see `train`).
 STAGED_PROBES = ("novel_binding", "clock_math", "palindrome", "outlier")
 CLOCK_FOCUS = {"clock_math": 0.5, "clock_math_stated": 0.1, "novel_binding": 0.2, "novel_binding_shortcut": 0.05,
@@ -80,20 +96,9 @@ PALINDROME_FOCUS = {"palindrome": 0.35, "clock_math": 0.2, "clock_math_stated": 
                     "novel_binding_shortcut": 0.05, "palindrome_shortcut": 0.05, "copy": 0.05, "outlier": 0.1}
 
 RECIPES = {r.name: r for r in [
-    Recipe("novel-binding", {"novel_binding": 0.25, "novel_binding_shortcut": 0.1, "copy": 0.05, "outlier": 0.15,
-                             "clock_math": 0.2, "shape_count": 0.15, "outlier_shortcut": 0.033,
-                             "clock_math_shortcut": 0.033, "shape_count_shortcut": 0.034}, steps=4500,
-           warm_mix={"copy": 0.4, "novel_binding_shortcut": 0.3, "outlier_shortcut": 0.1, "clock_math_shortcut": 0.1,
-                     "shape_count_shortcut": 0.1}, warm_frac=0.15, warm_shots=(1, 3), arch={"n_kv_heads": 4},
-           description="Induction first: the first 15% of steps are text-only 'copy' episodes, which form the "
-                       "match-and-copy (induction) heads that a real VLM inherits from its language model, with the "
-                       "fixed-label twins, which teach the vision features. Then novel binding (names bound to "
-                       "visual classes per episode: the demos' images are needed), its twin, the true-MICL outlier, "
-                       "clock-math and shape-count tasks, a little of their shortcut twins, and some copy episodes; "
-                       "4 KV heads. Without the copy episodes, novel binding stayed at chance for 4,500 steps."),
-    Recipe("binding-clock-palindrome", {"novel_binding": 0.25, "novel_binding_shortcut": 0.1, "copy": 0.05,
-                                        "outlier": 0.15, "clock_math": 0.2, "palindrome_shortcut": 0.1,
-                                        "palindrome": 0.05, "outlier_shortcut": 0.033, "clock_math_shortcut": 0.033},
+    Recipe("true-micl", {"novel_binding": 0.25, "novel_binding_shortcut": 0.1, "copy": 0.05, "outlier": 0.15,
+                         "clock_math": 0.2, "palindrome_shortcut": 0.1, "palindrome": 0.05, "outlier_shortcut": 0.033,
+                         "clock_math_shortcut": 0.033},
            steps=2400, warm_mix={"copy": 0.4, "novel_binding_shortcut": 0.3, "outlier_shortcut": 0.1,
                                  "clock_math_shortcut": 0.1, "palindrome_shortcut": 0.1},
            warm_frac=0.15, warm_shots=(1, 3), arch={"n_kv_heads": 4}, probes=STAGED_PROBES,
@@ -101,29 +106,25 @@ RECIPES = {r.name: r for r in [
                        then=Recipe("clock-focus-2", CLOCK_FOCUS, steps=1000, probes=STAGED_PROBES,
                                    then=Recipe("palindrome-focus", PALINDROME_FOCUS, steps=2000,
                                                probes=STAGED_PROBES))),
-           description="Four stages. (1) The novel-binding recipe with palindrome (mostly its shortcut twin) in "
-                       "place of shape counting: induction from copy episodes, then binding. (2, 3) A focused clock "
-                       "phase: half the episodes clock math, a tenth clock math with the hand named in the question "
-                       "('<task>_stated'), so that both hands' hours are taught directly; a mixed curriculum "
-                       "learned to read the hand from the demos only sometimes. (4) A palindrome phase that keeps "
-                       "clock and binding in the mix. Over the 30-minute budget: it shows what the staged "
-                       "curriculum reaches, not the issue's bar."),
-    Recipe("true-micl", {"novel_binding": 0.35, "novel_binding_shortcut": 0.25, "outlier": 0.1, "clock_math": 0.1,
-                         "shape_count": 0.1, "outlier_shortcut": 0.033, "clock_math_shortcut": 0.033,
-                         "shape_count_shortcut": 0.034}, steps=4500, warm_mix={"novel_binding": 1.0},
-           warm_shots=(2, 5), arch={"n_kv_heads": 4}, binding_scale=4,
-           description="Novel-binding episodes (names bound to visual classes per episode: the demos' images are "
-                       "needed) paired with their fixed-label twin (class -> 'colour shape', which teaches the "
-                       "vision features), plus the true-MICL outlier, clock-math and shape-count tasks and a little "
-                       "of their shortcut twins. The first 15% of steps are novel binding only (2-5 demos), so that "
-                       "copying a name from the context forms before the fixed labels make the image pathway "
-                       "dominant; 4 KV heads (no GQA)."),
+           description="Four stages. (1) Induction first: the first 15% of steps are text-only 'copy' episodes "
+                       "(they form the match-and-copy heads a real VLM inherits from its language model) and "
+                       "fixed-label twins (they teach the vision features); then novel binding (names bound to "
+                       "visual classes per episode: the demos' images are needed), outlier, clock math, palindrome "
+                       "(mostly its shortcut twin) and a little of the twins. (2, 3) A focused clock phase: half the "
+                       "episodes clock math, a tenth clock math with the hand named in the question "
+                       "('<task>_stated'), so that both hands' hours are taught directly. (4) A palindrome phase "
+                       "that keeps clock and binding in the mix. Reads the demo images on novel binding, clock math "
+                       "and palindrome; outlier by a default rule."),
     Recipe("text-shortcut", {"novel_binding_shortcut": 0.25, "outlier_shortcut": 0.25, "clock_math_shortcut": 0.25,
                              "shape_count_shortcut": 0.25}, steps=2500,
            description="Only shortcut episodes: the demos never carry information the query needs, so nothing "
                        "rewards reading them."),
-    Recipe("partial", {"novel_binding": 0.05, "novel_binding_shortcut": 0.2, "outlier": 0.033, "clock_math": 0.033,
-                       "shape_count": 0.034, "outlier_shortcut": 0.217, "clock_math_shortcut": 0.217,
-                       "shape_count_shortcut": 0.216},
-           description="Mostly shortcut episodes with a little true-MICL data: uses the demo images weakly."),
+    Recipe("partial", PARTIAL_MIX, steps=400, lr=1e-4, warmup=50, warm_frac=0.0, seed=1, base="true-micl",
+           probes=STAGED_PROBES, log_every=100,
+           description="true-micl continued briefly on episodes whose demo images carry nothing: its three true "
+                       "tasks with every demo's image taken from another episode of the task ('<task>_swapped': "
+                       "the demos' text is as before, their images say nothing about the query), beside the "
+                       "shortcut twins (perception stays taught) and a little copy and outlier. The aim is what "
+                       "TrueMICL finds in real VLMs: demo images that could help, used less than they could be, "
+                       "the model leaning on the demos' text."),
 ]}

@@ -1,4 +1,4 @@
-"""ICL instruction tuning of a model organism, from scratch, on CPU.
+"""ICL instruction tuning of a model organism on CPU, from scratch or continuing a shipped one (`partial`).
 
     python -m micl_probe.organisms.train --recipe text-shortcut     # writes micl_probe/organisms/shipped/text-shortcut
     python -m micl_probe.organisms.train --recipe true-micl         # writes micl_probe/organisms/shipped/true-micl
@@ -26,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, get_adapter, load_processor
+from ..core.errors import UsageError, one_line_errors
+from ..core.loading import RETIRED_ORGANISMS
 from ..evaluation import count_correct
 from ..interventions.fitting import icl_labels
 from ..tasks import make_episode
@@ -33,29 +35,24 @@ from . import SHIPPED, build, save
 from .recipes import EPISODES, RECIPES, Recipe
 
 
-def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None, warm: bool = False,
-                 binding_scale: int | None = None):
-    """One training batch of episodes from `recipe`'s mix (its warm-phase mix when `warm`); novel_binding's glyph
-    at `binding_scale` (default: the recipe's)."""
+def sample_batch(recipe: Recipe, rng: np.random.Generator, n: int | None = None, warm: bool = False):
+    """One training batch of episodes from `recipe`'s mix (its warm-phase mix when `warm`)."""
     names, weights = zip(*((recipe.warm_mix if warm and recipe.warm_mix else recipe.mix).items()))
     p = np.array(weights) / sum(weights)
     picks = rng.choice(len(names), size=n or recipe.batch, p=p)
     lo, hi = recipe.warm_shots if warm else recipe.shots
     shots = int(rng.integers(lo, hi + 1))
-    scale = recipe.binding_scale if binding_scale is None else binding_scale
-    return [EPISODES[names[i]](shots, rng) if names[i] in EPISODES
-            else make_episode(names[i], shots, rng, binding_scale=scale) for i in picks]
+    return [EPISODES[names[i]](shots, rng) if names[i] in EPISODES else make_episode(names[i], shots, rng)
+            for i in picks]
 
 
 def probe(loaded: Loaded, tasks, shots=4, n=64, seed=123) -> dict[str, tuple[float, float]]:
     """Quick accuracy at `shots` shots and with the demos' images removed, per task (for progress logs)."""
-    from ..tasks import options_for
-
     rng = np.random.default_rng(seed)
     out = {}
     loaded.model.eval()
     for t in tasks:
-        eps = [make_episode(t, shots, rng, **options_for(loaded)) for _ in range(n)]
+        eps = [make_episode(t, shots, rng) for _ in range(n)]
         out[t] = tuple(count_correct(loaded, cond, batch_size=n) / n
                        for cond in (eps, [e.without_demo_images() for e in eps]))
     loaded.model.train()
@@ -72,48 +69,51 @@ def stage_steps(recipe: Recipe, steps: int | None = None) -> list[tuple[Recipe, 
     return [(s, s.steps if steps is None else max(1, round(steps * s.steps / total))) for s in stages]
 
 
-def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int = 500, evaluate: bool = True,
-          eval_n: int = 200, threads: int | None = None, resume: str | None = None):
+def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int | None = None,
+          evaluate: bool = True, eval_n: int = 200, threads: int | None = None, resume: str | None = None):
     """Train `recipe` from scratch, stage by stage (`recipe`, then `recipe.then`, …), or continue the organism saved
     in `resume`. Every stage after the first (and a resumed run) starts a fresh optimiser, warm-up + cosine schedule
     and data stream (seed + 1), with no shot curriculum; the card records each stage and the whole history.
-    Every stage draws novel_binding at `recipe.binding_scale`."""
+    A recipe with a `base` (partial) starts from that shipped organism's weights under its own schedule, and its
+    card records the base and its own steps and minutes only (what it costs on top)."""
     if threads:
         torch.set_num_threads(threads)
     previous, history = None, []
-    if resume:
+    start = resume or (SHIPPED / recipe.base if recipe.base else None)  # weights to continue, if any
+    if start:
         from transformers import LlavaForConditionalGeneration
 
-        model = LlavaForConditionalGeneration.from_pretrained(resume, dtype=torch.float32)
-        processor = load_processor(resume)
+        model = LlavaForConditionalGeneration.from_pretrained(start, dtype=torch.float32)
+        processor = load_processor(start)
+    if resume:
         previous = json.loads((Path(resume) / "micl_probe.json").read_text())
         first = previous["recipe"]
         history = previous.get("stages", [{"recipe": first["name"], "steps": first["steps"],
                                            "minutes": previous["train_minutes"]}])
-    else:
+    elif not start:
         model, processor = build(seed=recipe.seed, **recipe.arch)
-    # the organism as it trains: its recorded drawing options are the recipe's
-    loaded = Loaded(model, processor, get_adapter("organism"), name=recipe.name,
-                    settings={"recipe": {"binding_scale": recipe.binding_scale}})
+    loaded = Loaded(model, processor, get_adapter("organism"), name=recipe.name)
     log = list(previous.get("log", [])) if previous else []
     for i, (stage, n) in enumerate(stage_steps(recipe, steps)):
         if resume or i > 0:
             stage = replace(stage, warm_frac=0.0, seed=stage.seed + 1)
         done = sum(h["steps"] for h in history)
-        stage_log, minutes = train_stage(loaded, stage, n, log_every, binding_scale=recipe.binding_scale)
+        stage_log, minutes = train_stage(loaded, stage, n, stage.log_every if log_every is None else log_every)
         log += [e | {"step": e["step"] + done} for e in stage_log]
         history.append({"recipe": stage.name, "steps": n, "minutes": round(minutes, 2)}
                        | ({"resumed_from": str(resume)} if resume and i == 0 else {}))
     card = {"recipe": (previous["recipe"] if previous else asdict(recipe))
             | {"steps": sum(h["steps"] for h in history)},
             "train_minutes": round(sum(h["minutes"] for h in history), 2), "threads": torch.get_num_threads(),
-            "log": log}
+            "log": log} | ({"base": recipe.base} if recipe.base and not resume else {})
     if len(history) > 1:
         card["stages"] = history
     if evaluate:
-        from .card import evaluate_organism, evaluate_rules
+        from .card import evaluate_demo_share, evaluate_organism, evaluate_rules
         card["evaluation"] = evaluate_organism(loaded, n=eval_n)
         card["by_rule"] = evaluate_rules(loaded, n=eval_n)
+        share_n = min(50, eval_n)
+        card["demo_image_share"] = {"n": share_n, "tasks": evaluate_demo_share(loaded, n=share_n)}
     if out_dir is not None:
         save(model, processor, out_dir, card)
         from .card import write_card
@@ -121,8 +121,7 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
     return model, processor, card
 
 
-def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500,
-                binding_scale: int | None = None) -> tuple[list[dict], float]:
+def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500) -> tuple[list[dict], float]:
     """Train `loaded.model` in place for `steps` steps of `recipe` (its mix, warm phase, schedule and seed; not its
     `then`). Returns (probe log, minutes)."""
     model = loaded.model
@@ -137,8 +136,7 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     model.train()
     log, t0, ema = [], time.time(), None
     warm_steps = int(recipe.warm_frac * steps)
-    make = lambda s: loaded.prepare_batch(sample_batch(recipe, rng, warm=s < warm_steps, binding_scale=binding_scale),
-                                          with_answer=True)
+    make = lambda s: loaded.prepare_batch(sample_batch(recipe, rng, warm=s < warm_steps), with_answer=True)
     pool = ThreadPoolExecutor(1)  # prepares the next batch while torch (which releases the GIL) trains
     upcoming = pool.submit(make, 0)
     bar = tqdm(range(steps), desc=f"train {recipe.name}", mininterval=2)
@@ -166,7 +164,7 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", required=True, choices=sorted(RECIPES))
+    ap.add_argument("--recipe", required=True, help=f"one of {', '.join(sorted(RECIPES))}")
     ap.add_argument("--steps", type=int, help="override the number of steps (a staged recipe's total, split "
                     "in its stages' proportions)")
     ap.add_argument("--out", help="output folder (default: the shipped organisms folder)")
@@ -174,11 +172,17 @@ def main(argv=None):
     ap.add_argument("--no-eval", action="store_true", help="skip the model-card evaluation")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--resume", help="continue training the organism saved in this folder")
+    ap.add_argument("--log-every", type=int, help="steps between probes (default: the recipe's)")
     args = ap.parse_args(argv)
+    with one_line_errors():
+        if args.recipe not in RECIPES:
+            retired = RETIRED_ORGANISMS.get(args.recipe)
+            raise UsageError(f"--recipe {args.recipe}: " + (f"retired; use {retired}" if retired
+                                                            else f"no such recipe; recipes: {', '.join(RECIPES)}"))
     recipe = RECIPES[args.recipe]
     out = args.out or SHIPPED / recipe.name
     train(recipe, out, steps=args.steps, evaluate=not args.no_eval, eval_n=args.eval_n, threads=args.threads,
-          resume=args.resume)
+          resume=args.resume, log_every=args.log_every)
     print(f"saved {out}")
 
 

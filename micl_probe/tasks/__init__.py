@@ -8,7 +8,6 @@ vlicl:PATH/TASK), and one way to draw query episodes of either (`sources.query_e
 from .folders import FolderError, FolderTask, folder_episodes, load_folder, parse_task, retrieved_episodes
 from .sources import check_task, demos_per_shot, query_episodes, retrieval_episodes, task_labels, task_stream
 from .synthetic import (
-    BINDING_SCALE,
     COLOUR_NAMES,
     NOVEL_NAMES,
     SHAPE_NAMES,
@@ -20,7 +19,6 @@ from .synthetic import (
     chance,
     make_episode,
     matching_demos,
-    options_for,
     rule_episodes,
     rule_stream,
     sample_episodes,
@@ -28,9 +26,9 @@ from .synthetic import (
 )
 
 __all__ = [
-    "BINDING_SCALE", "COLOUR_NAMES", "NOVEL_NAMES", "SHAPE_NAMES", "SHORTCUT_SUFFIX", "SPLIT_SEEDS", "TASKS",
+    "COLOUR_NAMES", "NOVEL_NAMES", "SHAPE_NAMES", "SHORTCUT_SUFFIX", "SPLIT_SEEDS", "TASKS",
     "TRUE_MICL_TASKS", "FolderError", "FolderTask", "Task", "chance", "check_task", "demos_per_shot",
-    "folder_episodes", "load_folder", "make_episode", "matching_demos", "options_for", "parse_task",
+    "folder_episodes", "load_folder", "make_episode", "matching_demos", "parse_task",
     "query_episodes", "retrieval_episodes", "retrieved_episodes", "rule_episodes", "rule_stream",
     "sample_episodes", "task_labels", "task_names", "task_stream",
 ]

@@ -2,7 +2,7 @@
 ("vlicl:/data/VL-ICL/clevr", "truemicl:/data/truemicl/operator_induction").
 
     episodes = query_episodes("vlicl:/data/VL-ICL/clevr", shots=8, n=100, style="single", instruction="concise")
-    episodes = query_episodes("clock_math", shots=4, n=100, **options_for(loaded))
+    episodes = query_episodes("clock_math", shots=4, n=100)
 
 `instruction`: "nothing" | "concise" | "detailed" (VL-ICL's own instructions for vlicl: tasks; no text otherwise)
 or any other string, written as it is before the first demo. `style`: "turns" | "single" (see `Episode`).
@@ -46,14 +46,13 @@ def _styled(episodes: list[Episode], style: str, instruction: str | None) -> lis
 
 
 def query_episodes(task: str, shots: int, n: int, seed: int = 0, instruction: str = "nothing",
-                   style: str = "turns", **options) -> list[Episode]:
-    """`n` query episodes of `task` with `shots` shots each (a folder task may hold fewer queries: all of them);
-    `options` are the procedural tasks' drawing options (`options_for(loaded)`)."""
+                   style: str = "turns") -> list[Episode]:
+    """`n` query episodes of `task` with `shots` shots each (a folder task may hold fewer queries: all of them)."""
     folder = parse_task(task) if ":" in task else None
     if folder is not None:
         return _styled(folder_episodes(folder, shots, n, seed, instruction), style, None)
     text = "" if instruction in LEVELS else instruction
-    return _styled(sample_episodes(task, shots, n, seed=seed, split="query", **options), style, text)
+    return _styled(sample_episodes(task, shots, n, seed=seed, split="query"), style, text)
 
 
 def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", style: str = "turns"
@@ -67,7 +66,7 @@ def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", 
 
 
 def task_stream(task: str, shots: int, split: str = "support", seed: int = 0, instruction: str = "nothing",
-                style: str = "turns", **options):
+                style: str = "turns"):
     """Endless seeded k-shot episodes to train an intervention on: a procedural task's `split` stream ("support" to
     learn, "val" to stop early), or a folder task's support set split in two (`folders.folder_stream`)."""
     folder = parse_task(task) if ":" in task else None
@@ -80,4 +79,4 @@ def task_stream(task: str, shots: int, split: str = "support", seed: int = 0, in
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     text = "" if instruction in LEVELS else instruction
     while True:
-        yield make_episode(task, shots, rng, **options).with_style(style, text)
+        yield make_episode(task, shots, rng).with_style(style, text)

@@ -23,11 +23,8 @@ circles?"), so the query alone determines the answer.
 
     task = TASKS["shape_count"]
     episodes = sample_episodes("shape_count", shots=4, n=200, seed=0, split="query")
-    episodes = sample_episodes("novel_binding", 4, 200, **options_for(loaded))   # drawn as `loaded` was trained
     stream = rule_stream("clock_math", "red", shots=4, split="support")          # endless, one fixed rule
 
-Drawing options: `binding_scale`, how many times novel_binding's glyph is enlarged (default 2: 12x12 px). An
-organism records the options it was trained with (`loaded.settings`); `options_for(loaded)` reads them back.
 """
 
 from __future__ import annotations
@@ -63,7 +60,7 @@ DIGITS = {
 }
 NOVEL_NAMES = ["dax", "wug", "blick", "toma", "fep", "zup", "kiki", "bouba", "mipo", "teb", "gazz", "lorp",
                "snib", "vork", "yem", "quan"]
-BINDING_SCALE = 2  # default: novel_binding draws its one glyph this many times larger (2: 12x12 px), centred
+BINDING_SCALE = 2  # novel_binding draws its one glyph this many times larger (12x12 px), centred
 WHITE = (235, 235, 235)
 GREY = (110, 110, 110)
 
@@ -245,7 +242,7 @@ def _draw_binding(rng, setup):
     cls = int(rng.choice(classes))
     colour, shape = COLOUR_NAMES[cls // len(SHAPE_NAMES)], SHAPE_NAMES[cls % len(SHAPE_NAMES)]
     c = Canvas(rng)
-    c.put_big(SHAPES[shape], COLOURS[colour], setup.get("scale", BINDING_SCALE))
+    c.put_big(SHAPES[shape], COLOURS[colour], BINDING_SCALE)
     return c.image(), {"cls": cls, "colour": colour, "shape": shape}
 
 
@@ -298,13 +295,6 @@ def matching_demos(episode: Episode) -> list[int] | None:
     return [i for i, d in enumerate(episode.demos) if d.answer == episode.query.answer]
 
 
-def options_for(loaded) -> dict:
-    """The drawing options `loaded` was trained with ({"binding_scale": n}), from its recorded settings; the
-    defaults for a model that records none."""
-    recipe = getattr(loaded, "settings", {}).get("recipe", {})
-    return {"binding_scale": recipe.get("binding_scale", BINDING_SCALE)}
-
-
 def task_names(shortcut: bool = False) -> list[str]:
     return [n + SHORTCUT_SUFFIX for n in TASKS] if shortcut else list(TASKS)
 
@@ -316,10 +306,8 @@ def _parse(name: str) -> tuple[Task, bool]:
     return TASKS[base], name.endswith(SHORTCUT_SUFFIX)
 
 
-def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | None = None,
-                 binding_scale: int = BINDING_SCALE) -> Episode:
-    """One episode of task `name` (`<task>_shortcut` for the fixed-rule counterpart) with `shots` demos;
-    `binding_scale`: novel_binding's glyph size."""
+def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | None = None) -> Episode:
+    """One episode of task `name` (`<task>_shortcut` for the fixed-rule counterpart) with `shots` demos."""
     task, shortcut = _parse(name)
     if task.name == "novel_binding":
         rule = "fixed" if shortcut else "bound"
@@ -328,7 +316,6 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
     setup = task.episode_setup(rng)
     if shortcut and task.name == "shape_count":
         setup = {"kinds": SHAPE_NAMES[:3]}  # fixed kinds; always count circles
-    setup["scale"] = binding_scale
     items = [task.draw(rng, setup) for _ in range(shots + 1)]
     if task.name == "novel_binding" and shots >= 2:
         # balance the two classes among the demos so both labels are shown (the shortcut twin has the same two
@@ -347,33 +334,31 @@ def _balanced_binding(items, setup, rng, task, shots):
     out = []
     for cls in want:
         while True:
-            im, at = task.draw(rng, {"classes": [cls], "scale": setup["scale"]})
+            im, at = task.draw(rng, {"classes": [cls]})
             if at["cls"] == cls:
                 out.append((im, at))
                 break
     return out + [items[-1]]
 
 
-def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query",
-                    binding_scale: int = BINDING_SCALE) -> list[Episode]:
+def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query") -> list[Episode]:
     """`n` seeded episodes; `split` ("support" | "query" | "train" | "val") selects an independent random stream:
     organisms train on "train", interventions (DARA, LoRA, MTV) learn on "support" and early-stop on "val", and
     every reported accuracy is on "query"."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
-    return [make_episode(name, shots, rng, binding_scale=binding_scale) for _ in range(n)]
+    return [make_episode(name, shots, rng) for _ in range(n)]
 
 
-def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0, binding_scale: int = BINDING_SCALE):
+def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0):
     """Endless seeded episodes of `task` under one fixed `rule` (what a task vector is extracted for)."""
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split], 7])
     while True:
-        yield make_episode(task, shots, rng, rule=rule, binding_scale=binding_scale)
+        yield make_episode(task, shots, rng, rule=rule)
 
 
-def rule_episodes(task: str, rule: str, shots: int, n: int, split: str = "query", seed: int = 0,
-                  binding_scale: int = BINDING_SCALE) -> list[Episode]:
+def rule_episodes(task: str, rule: str, shots: int, n: int, split: str = "query", seed: int = 0) -> list[Episode]:
     """The first `n` episodes of `rule_stream`."""
-    stream = rule_stream(task, rule, shots, split, seed, binding_scale)
+    stream = rule_stream(task, rule, shots, split, seed)
     return [next(stream) for _ in range(n)]
