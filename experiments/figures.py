@@ -1,6 +1,6 @@
 """Regenerate every figure in figures/ from scratch, fixed seeds, consistent style (PNG + vector PDF).
 
-    python -m experiments.figures                 # everything (~20 min on a 2-core CPU), from the repository root
+    python -m experiments.figures                 # everything, from the repository root
     python -m experiments.figures --only tasks truemicl attention
 
 An experiment driver, not part of the library: it only calls micl_probe's API.
@@ -10,11 +10,13 @@ Figures (stem: content):
   truemicl_accuracy        the three organisms x four tasks x zero-shot / no-image / 4-shot (95% CI)
   truemicl_visual_share    attention of the answer position on image tokens, per condition and organism
   truemicl_layers          visual share per layer, per organism and condition (episodes as 95% bands)
-  accuracy_vs_attention    novel-binding organism: binned accuracy vs visual share + per-head Spearman map
-  attention_heatmap        novel-binding organism, novel_binding 4-shot: visual share per layer x head
+  accuracy_vs_attention    true-micl: binned accuracy vs visual share + per-head Spearman map
+  attention_heatmap        true-micl, novel_binding 4-shot: visual share per layer x head
   attention_by_turn        the same episodes: attention by demo / query and role
-  dara_accuracy, dara_factors, dara_alpha_sweep     text-shortcut organism (experiments.interventions.dara_experiment)
-  mtv_accuracy, mtv_scaling                         both organisms (experiments.interventions.mtv_experiment)
+  dara_accuracy, dara_factors, dara_alpha_sweep     partial, first decoder layer (experiments.interventions)
+  dara_all_layers/dara_*                            partial, DARA and LoRA on every decoder layer
+  mtv_accuracy, mtv_scaling                         true-micl's three tasks (experiments.interventions)
+  micl_heads_predict, micl_heads_ablation           true-micl's MICL heads (experiments.micl_heads)
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from PIL import Image, ImageDraw
 
 from micl_probe import RunConfig, capture_attention, load, run
 from micl_probe.evaluation import accuracy_vs_attention, head_predictiveness
-from micl_probe.tasks import chance, options_for, sample_episodes, task_names
+from micl_probe.tasks import chance, sample_episodes, task_names
 from micl_probe.viz import plots
 
 from .interventions import MTVSettings, dara_experiment, mtv_experiment
+from .micl_heads import micl_heads_experiment
 
-TRUEMICL_TASKS = ["novel_binding", "outlier", "clock_math", "shape_count"]
-PARTS = ("tasks", "truemicl", "attention", "dara", "mtv")
-MICL_ORGANISM = "organism:novel-binding"  # the organism whose attention the single-organism figures show
+TRUEMICL_TASKS = ["novel_binding", "clock_math", "palindrome", "outlier"]
+PARTS = ("tasks", "truemicl", "attention", "dara", "mtv", "heads")
+MICL_ORGANISM = "organism:true-micl"  # the organism whose attention the single-organism figures show
 
 
 def tasks_gallery(out: Path):
@@ -52,8 +55,7 @@ def tasks_gallery(out: Path):
 
 def truemicl(out: Path, n: int):
     records = []
-    for name in ("organism:true-micl", "organism:novel-binding", "organism:text-shortcut"):
-        # the harness draws novel_binding as each organism was trained on it (tasks.options_for)
+    for name in ("organism:true-micl", "organism:partial", "organism:text-shortcut"):
         records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], RunConfig(n=n),
                        results=out / "runs" / "truemicl.jsonl")
     plots.save(plots.accuracy_bars(records, {t: chance(t) for t in TRUEMICL_TASKS}), out / "truemicl_accuracy")
@@ -66,7 +68,7 @@ def truemicl(out: Path, n: int):
 
 def attention(out: Path):
     loaded = load(MICL_ORGANISM)
-    am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0, **options_for(loaded)))
+    am = capture_attention(loaded, sample_episodes("novel_binding", 4, 50, seed=0))
     plots.save(plots.visual_share_heatmap(am), out / "attention_heatmap")
     plots.save(plots.demo_stacked_bars(am), out / "attention_by_turn")
 
@@ -87,8 +89,11 @@ def main(argv=None):
         attention(out)
     if "dara" in args.only:
         dara_experiment(out=out, n=args.n)
+        dara_experiment(out=out / "dara_all_layers", n=args.n, layers=(0, 1, 2, 3))
     if "mtv" in args.only:
         mtv_experiment(settings=MTVSettings(n=args.n), out=out)
+    if "heads" in args.only:
+        micl_heads_experiment(n=args.n, out=out)
     print(f"figures in {out}/")
 
 

@@ -12,11 +12,10 @@ on "val". Fixed seeds throughout.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from micl_probe import capture_attention, load
+from micl_probe import capture_attention
 from micl_probe.evaluation import Accuracy, mcnemar_p, score, task_verdicts
 from micl_probe.interventions import FitConfig, fixed_alpha, train_dara, train_lora
 from micl_probe.interventions.mtv import (
@@ -28,22 +27,10 @@ from micl_probe.interventions.mtv import (
     residual_on,
     task_vector,
 )
-from micl_probe.tasks import options_for, rule_episodes, rule_stream, sample_episodes
+from micl_probe.tasks import rule_episodes, rule_stream, sample_episodes
 from micl_probe.viz import plots
 
-
-def _ref(name: str) -> str:
-    """A shipped organism's bare name as micl_probe.load takes it; folders and hub ids as they are."""
-    return name if "/" in name or ":" in name else f"organism:{name}"
-
-
-def _load(name: str):
-    return load(_ref(name))
-
-
-def _acc(verdicts) -> dict:
-    """{"correct", "n", "acc", "ci"} of a bool[n] verdict tensor."""
-    return Accuracy(int(verdicts.sum()), len(verdicts)).as_dict()
+from .common import acc, load_model, write_outputs
 
 
 def _image_shares(loaded, episodes, intervention=None) -> tuple[float, float]:
@@ -54,59 +41,55 @@ def _image_shares(loaded, episodes, intervention=None) -> tuple[float, float]:
 
 
 # --- DARA ------------------------------------------------------------------------------------------------
-DARA_TASKS = ("novel_binding", "outlier", "clock_math", "shape_count", "operator_induction", "palindrome",
-              "number_grid")
+DARA_TASKS = ("novel_binding", "clock_math", "palindrome")  # the tasks whose demo images true-micl reads
 
 
-def dara_experiment(organisms=("text-shortcut",), tasks=DARA_TASKS, shots: int = 4, n: int = 200, steps: int = 150,
+def dara_experiment(organisms=("partial",), tasks=DARA_TASKS, shots: int = 4, n: int = 200, steps: int = 150,
                     alphas=(0.5, 1, 2, 4, 8), out: str | Path = "figures", seed: int = 0, layers=(0,)) -> dict:
     out = Path(out)
     layers = tuple(layers)
     results = {"shots": shots, "n": n, "steps": steps, "layers": list(layers), "organisms": {}}
     for name in organisms:
-        loaded = _load(name)
+        loaded = load_model(name)
         name = Path(name).name
         res = results["organisms"][name] = {}
         for task in tasks:
             r = res[task] = {}
-            r["zero-shot"] = _acc(task_verdicts(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
-            r["no-image"] = _acc(task_verdicts(loaded, task, shots, n, seed,
+            r["zero-shot"] = acc(task_verdicts(loaded, task, shots, n, seed, condition=lambda e: e.zero_shot()))
+            r["no-image"] = acc(task_verdicts(loaded, task, shots, n, seed,
                                                condition=lambda e: e.without_demo_images()))
             k_shot = task_verdicts(loaded, task, shots, n, seed)
-            r["k-shot"] = _acc(k_shot)
+            r["k-shot"] = acc(k_shot)
             fit = FitConfig(steps=steps, seed=seed)
             dara, hist = train_dara(loaded, task, shots, layers=layers, fit_config=fit)
             with_dara = task_verdicts(loaded, task, shots, n, seed, intervention=dara.on(loaded.model))
-            r["dara"] = _acc(with_dara)
+            r["dara"] = acc(with_dara)
             r["dara_vs_k_shot_p"] = mcnemar_p(k_shot, with_dara)  # paired: the same query episodes
             r["dara_params"] = dara.n_params
-            r["dara_alpha"] = dara.alpha.detach()[0].tolist()  # [head, image] of the first DARA layer
+            r["dara_alpha"] = dara.alpha.detach().tolist()  # [DARA layer, head, image]
             r["dara_history"] = hist
             dara.save(out / "artifacts" / f"dara_{name}_{task}", organism=name)
             peft_model, hist_lora = train_lora(loaded, task, shots, layers=layers, fit_config=fit)
-            r["lora"] = _acc(task_verdicts(replace(loaded, model=peft_model), task, shots, n, seed))
+            r["lora"] = acc(task_verdicts(replace(loaded, model=peft_model), task, shots, n, seed))
             r["lora_params"] = sum(p.numel() for nm, p in peft_model.named_parameters() if "lora_" in nm)
             loaded.model = peft_model.unload()
-            probe = sample_episodes(task, shots, 40, seed=seed, split="query", **options_for(loaded))
+            probe = sample_episodes(task, shots, 40, seed=seed, split="query")
             r["image_share_before"], r["query_image_share_before"] = _image_shares(loaded, probe)
             r["image_share_after"], r["query_image_share_after"] = _image_shares(
                 loaded, probe, dara.on(loaded.model, kernel="eager"))
             r["sweep"] = []
             for a in alphas:
                 fixed = fixed_alpha(loaded, shots, a, layers)
-                r["sweep"].append({"alpha": a, **_acc(task_verdicts(loaded, task, shots, n, seed,
+                r["sweep"].append({"alpha": a, **acc(task_verdicts(loaded, task, shots, n, seed,
                                                                      intervention=fixed.on(loaded.model))),
                                    "image_share": _image_shares(loaded, probe[:20],
                                                                 fixed.on(loaded.model, kernel="eager"))[0]})
             print(f"{name} {task}: {shots}-shot {r['k-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} "
                   f"DARA {r['dara']['acc']:.2f} LoRA {r['lora']['acc']:.2f} image share "
                   f"{r['image_share_before']:.3f} -> {r['image_share_after']:.3f}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dara_results.json").write_text(json.dumps(results, indent=1))
-    plots.save(plots.dara_table_figure(results), out / "dara_accuracy")
-    plots.save(plots.dara_factor_heatmaps(results), out / "dara_factors")
-    plots.save(plots.dara_sweep(results), out / "dara_alpha_sweep")
-    (out / "dara_table.md").write_text(dara_markdown(results))
+    write_outputs(out, "dara", results, {"dara_accuracy": plots.dara_table_figure(results),
+                                         "dara_factors": plots.dara_factor_heatmaps(results),
+                                         "dara_alpha_sweep": plots.dara_sweep(results)}, dara_markdown(results))
     return results
 
 
@@ -126,7 +109,10 @@ def dara_markdown(results: dict) -> str:
 
     lines = []
     for name, tasks in results["organisms"].items():
-        lines += [f"### {name} ({results['shots']}-shot, n = {results['n']} per cell)", "",
+        layers = results.get("layers", [0])
+        where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+        lines += [f"### {name} ({results['shots']}-shot, DARA and LoRA on decoder {where}, n = {results['n']} per "
+                  "cell)", "",
                   f"| task | zero-shot | no-image | random {results['shots']}-shot | LoRA | DARA "
                   "| DARA vs k-shot (McNemar p) | image share (before → after DARA) "
                   "| on the demo images | on the query image |",
@@ -144,15 +130,11 @@ def dara_markdown(results: dict) -> str:
 
 
 # --- MTV -------------------------------------------------------------------------------------------------
-# a fixed rule per task: what the vector carries, per organism. On the text-shortcut organism the demos carry the
-# answer format (shortcut twins) or cue its trained rule (clock_math, rule "red"). On true-micl, clock_math's rule is
-# read from the demo images (4-shot 59% vs 38% with the demo images removed, rule "red"); its zero-shot answer
-# follows the other hand, so the vector must carry which hand.
-MTV_TASKS = {
-    "text-shortcut": {"clock_math_shortcut": "red", "shape_count_shortcut": "kind0", "clock_math": "red",
-                      "outlier_shortcut": "colour_outlier"},
-    "true-micl": {"clock_math": "red", "outlier_shortcut": "colour_outlier", "clock_math_shortcut": "red"},
-}
+# a fixed rule per task: what the vector carries. true-micl reads these three tasks from the demos' images; without
+# demos it answers clock math by the red hand and palindrome by the shift rule (100% and 98% zero-shot under those
+# rules, 0% under the others), so the vector must carry the other rule. Novel binding's names are bound anew in
+# every episode: there is no fixed rule for a vector to carry, which is the point of including it.
+MTV_TASKS = {"true-micl": {"novel_binding": "bound", "clock_math": "blue", "palindrome": "mirror"}}
 
 
 @dataclass(frozen=True)
@@ -186,29 +168,24 @@ def mtv_experiment(organisms=tuple(MTV_TASKS), settings: MTVSettings | None = No
         if name not in tasks:
             raise ValueError(f"no MTV tasks for {organism!r}: pass tasks={{{name!r}: {{task: rule}}}} (tasks are "
                              f"given for {sorted(tasks)})")
-        loaded = _load(organism)
+        loaded = load_model(organism)
         results["organisms"][name] = {"tasks": {task: _mtv_task(loaded, name, task, rule, st, out)
                                                 for task, rule in tasks[name].items()}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "mtv_results.json").write_text(json.dumps(results, indent=1))
-    plots.save(plots.mtv_table_figure(results), out / "mtv_accuracy")
-    plots.save(plots.mtv_scaling(results), out / "mtv_scaling")
-    (out / "mtv_table.md").write_text(mtv_markdown(results))
+    write_outputs(out, "mtv", results, {"mtv_accuracy": plots.mtv_table_figure(results),
+                                        "mtv_scaling": plots.mtv_scaling(results)}, mtv_markdown(results))
     return results
 
 
 def _mtv_task(loaded, organism: str, task: str, rule: str, st: MTVSettings, out: Path) -> dict:
     L = loaded.adapter.n_layers(loaded.model)
     n, n_shots, n_prompts, seed = st.n, st.n_shots, st.n_prompts, st.seed
-    opts = options_for(loaded)  # episodes drawn as the organism was trained
-
     def stream(shots, split, s):
-        return rule_stream(task, rule, shots, split, s, **opts)
+        return rule_stream(task, rule, shots, split, s)
 
     r = {"rule": rule}
-    queries = rule_episodes(task, rule, max(tuple(st.icl_shots) + (8,)), n, seed=seed, **opts)
+    queries = rule_episodes(task, rule, max(tuple(st.icl_shots) + (8,)), n, seed=seed)
     zero = [e.zero_shot() for e in queries]
-    val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed, **opts)]
+    val = [e.zero_shot() for e in rule_episodes(task, rule, 0, 50, "val", seed)]
     for k in (0, 4, 8):
         r[f"{k}-shot"] = score_dict(loaded, [e.with_shots(k) for e in queries])
     mtv = extract(loaded, stream(n_shots, "support", seed), n_prompts=n_prompts, meta={"rule": rule})
@@ -268,14 +245,14 @@ def main(argv=None):
     ap.add_argument("experiment", choices=["dara", "mtv"])
     ap.add_argument("--out", default="figures")
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--organisms", nargs="+", help="default: text-shortcut (dara); text-shortcut true-micl (mtv)")
+    ap.add_argument("--organisms", nargs="+", help="default: partial (dara); true-micl (mtv)")
     ap.add_argument("--layers", nargs="+", type=int, default=[0], help="DARA layers (default: the first)")
     ap.add_argument("--shots", type=int, default=4, help="DARA: demos per prompt")
     ap.add_argument("--steps", type=int, default=150, help="DARA / LoRA training steps")
     ap.add_argument("--tasks", nargs="+", default=list(DARA_TASKS), help="DARA tasks")
     args = ap.parse_args(argv)
     if args.experiment == "dara":
-        dara_experiment(organisms=args.organisms or ["text-shortcut"], out=args.out, n=args.n, layers=args.layers,
+        dara_experiment(organisms=args.organisms or ["partial"], out=args.out, n=args.n, layers=args.layers,
                         shots=args.shots, steps=args.steps, tasks=args.tasks)
     else:
         mtv_experiment(organisms=args.organisms or tuple(MTV_TASKS), settings=MTVSettings(n=args.n), out=args.out)

@@ -2,6 +2,7 @@
 they promise is written, and the table's numbers are the ones in the results file."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_mtv_experiment_writes_table_figures_and_artifacts(tmp_path):
 @pytest.mark.filterwarnings("ignore")
 def test_dara_experiment_writes_table_figures_and_artifacts(tmp_path):
     res = dara_experiment(tasks=("outlier",), n=6, steps=2, alphas=(1, 2), out=tmp_path)
-    r = res["organisms"]["text-shortcut"]["outlier"]
+    r = res["organisms"]["partial"]["outlier"]
     assert r["dara_params"] == 4 * 5 and r["lora_params"] > 20 * r["dara_params"]
     assert 0.0 <= r["dara_vs_k_shot_p"] <= 1.0
     assert [s["alpha"] for s in r["sweep"]] == [1, 2]
@@ -39,9 +40,63 @@ def test_dara_experiment_writes_table_figures_and_artifacts(tmp_path):
     assert f"{demos[0]:.1f}% → {demos[1]:.1f}%" in table  # the demo images' share: all images minus the query's
     for stem in ("dara_accuracy", "dara_factors", "dara_alpha_sweep"):
         assert (tmp_path / f"{stem}.png").stat().st_size > 0
-    assert (tmp_path / "artifacts" / "dara_text-shortcut_outlier.safetensors").is_file()
+    assert (tmp_path / "artifacts" / "dara_partial_outlier.safetensors").is_file()
 
 
 def test_mtv_experiment_names_the_missing_tasks():
-    with pytest.raises(ValueError, match="no MTV tasks for 'partial'.*text-shortcut"):
-        mtv_experiment(organisms=("partial",))
+    with pytest.raises(ValueError, match="no MTV tasks for 'text-shortcut'.*true-micl"):
+        mtv_experiment(organisms=("text-shortcut",))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_micl_heads_experiment_writes_table_figures_and_its_numbers(tmp_path):
+    """At toy size: each task's heads come from its own rho map (the top k), the random sets are k distinct heads,
+    every cell is an accuracy over the task's n queries, and the table shows the results file's numbers."""
+    import numpy as np
+
+    from experiments.micl_heads import micl_heads_experiment
+
+    res = micl_heads_experiment(tasks=("novel_binding", "clock_math"), n=12, k=2, draws=3, min_each=1, out=tmp_path)
+    assert json.loads((tmp_path / "micl_heads_results.json").read_text()) == json.loads(json.dumps(res))
+    for task, r in res["tasks"].items():
+        rho = np.array(res["predict"][task]["rho"])
+        top = sorted(rho.ravel(), reverse=True)[:2]
+        assert sorted(rho[tuple(np.array(res["heads"][task]).T)], reverse=True) == top
+        assert all(c["n"] == 12 for c in [r["4-shot"], r["ablate_micl"], r["misleading"], *r["patch_random"]])
+        assert len(r["ablate_random"]) == 3
+    assert all(len({tuple(h) for h in s}) == 2 for s in res["random_heads"])
+    table = (tmp_path / "micl_heads_table.md").read_text()
+    r = res["tasks"]["clock_math"]
+    for key in ("ablate_micl", "patch_micl", "ablate_attending"):
+        assert str(Accuracy(r[key]["correct"], 12)) in table
+    for stem in ("micl_heads_predict", "micl_heads_ablation"):
+        assert (tmp_path / f"{stem}.png").stat().st_size > 0 and (tmp_path / f"{stem}.pdf").stat().st_size > 0
+
+
+def test_true_micls_causal_binding_heads_matter_at_small_n():
+    """A small-n version of experiments/micl_heads.py from the shipped weights and its published heads (40 queries,
+    the first 10 of its random 3-head sets): mean-ablating novel binding's causal heads takes 4-shot accuracy at least
+    halfway down to the no-image control and below the random sets' median; patching them from the right run into a
+    run with the names swapped gives back the right answer (>= 90%), where random sets give back almost none."""
+    import numpy as np
+
+    from experiments.micl_heads import _mask, patched_verdicts, patching_pairs
+    from micl_probe import load, sample_episodes
+    from micl_probe.evaluation import which_correct
+    from micl_probe.interventions.mtv import extract, injection
+
+    res = json.loads((Path(__file__).parent.parent / "figures" / "micl_heads_results.json").read_text())
+    heads, random_sets = res["causal_heads"]["novel_binding"], res["random_heads"][:10]
+    loaded = load("organism:true-micl")
+    shape = (loaded.adapter.n_layers(loaded.model), loaded.adapter.n_heads(loaded.model))
+    four = sample_episodes("novel_binding", 4, 40, seed=0, split="query")
+    means = extract(loaded, iter(four), n_prompts=len(four)).mean
+    ablated = lambda hs: which_correct(loaded, four, injection(loaded, means, _mask(hs, shape))).float().mean().item()
+    clean = which_correct(loaded, four).float().mean().item()
+    blind = which_correct(loaded, [e.without_demo_images() for e in four]).float().mean().item()
+    assert clean >= 0.95 and ablated(heads) <= (clean + blind) / 2
+    assert ablated(heads) < np.median([ablated(s) for s in random_sets])
+    pairs = patching_pairs("novel_binding", 40, 4, seed=0)
+    assert patched_verdicts(loaded, pairs, None).float().mean() == 0  # the misleading run follows the swapped names
+    assert patched_verdicts(loaded, pairs, _mask(heads, shape)).float().mean() >= 0.9
+    assert np.median([patched_verdicts(loaded, pairs, _mask(s, shape)).float().mean() for s in random_sets]) < 0.2

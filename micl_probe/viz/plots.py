@@ -223,29 +223,40 @@ def dara_table_figure(results: dict):
             "dara": "DARA"}
     for ax, (name, tasks) in zip(axes[0], orgs.items()):
         _grouped_bars(ax, list(tasks), {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
-        ax.set_title(name)
+        layers = results.get("layers", [0])
+        where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+        ax.set_title(f"{name}: DARA and LoRA on decoder {where} (n = {results['n']}, 95% CI)", fontsize=10)
     axes[0][0].legend(fontsize=8, ncol=5, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.25))
     return fig
 
 
 def dara_factor_heatmaps(results: dict):
-    """Learned factors alpha[head, image] (first decoder layer), one panel per organism x task; colour = log2(alpha)
-    (red draws attention to that image, blue takes it away), numbers = alpha."""
+    """Learned factors alpha[head, image], one panel per organism x task, every DARA layer stacked (rows
+    L<layer>H<head>); colour = log2(alpha) (red draws attention to that image, blue takes it away), numbers = alpha."""
     style()
     panels = [(o, t, np.array(r["dara_alpha"])) for o, ts in results["organisms"].items() for t, r in ts.items()]
+    layers = results.get("layers", [0])
     cols = min(4, len(panels))
     rows = (len(panels) + cols - 1) // cols
     shots = results["shots"]
-    fig, axes = plt.subplots(rows, cols, figsize=((1.8 + 0.45 * (shots + 1)) * cols, 2.8 * rows), squeeze=False)
+    n_rows = panels[0][2].reshape(-1, shots + 1).shape[0]
+    fig, axes = plt.subplots(rows, cols, figsize=((2.2 + 0.45 * (shots + 1)) * cols, (1.0 + 0.45 * n_rows) * rows),
+                             squeeze=False)
     for ax, (o, t, a) in zip(axes.flat, panels):
-        sns.heatmap(np.log2(a), ax=ax, cmap="vlag", center=0.0, vmin=-4, vmax=4, cbar=False,
-                    annot=np.vectorize(lambda v: f"{v:.2g}")(a), fmt="", annot_kws={"fontsize": 7},
-                    xticklabels=[f"demo{i}" for i in range(shots)] + ["query"])
+        a = a.reshape(-1, a.shape[-2], a.shape[-1])  # [layer, head, image]; older results hold one layer [head, image]
+        labels = [f"L{layer}H{h}" for layer in layers[:a.shape[0]] for h in range(a.shape[1])]
+        flat = a.reshape(-1, a.shape[-1])
+        sns.heatmap(np.log2(flat), ax=ax, cmap="vlag", center=0.0, vmin=-4, vmax=4, cbar=False,
+                    annot=np.vectorize(lambda v: f"{v:.2g}")(flat), fmt="", annot_kws={"fontsize": 7},
+                    xticklabels=[f"demo{i}" for i in range(shots)] + ["query"], yticklabels=labels)
         ax.set_title(f"{o}: {t}", fontsize=9)
-        ax.set_ylabel("head")
+        ax.tick_params(axis="y", labelsize=7, rotation=0)
+        for k in range(1, a.shape[0]):
+            ax.axhline(k * a.shape[1], color="white", lw=2)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.suptitle("DARA factors alpha (layer 0): > 1 draws attention to that image")
+    where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+    fig.suptitle(f"DARA factors alpha ({where}): > 1 draws attention to that image")
     fig.tight_layout()
     return fig
 
@@ -267,9 +278,11 @@ def dara_sweep(results: dict):
             a1.fill_between(al, lo, hi, color=c, alpha=0.15)
             a2.plot(al, [s["image_share"] for s in r["sweep"]], marker="o", color=c, ls=ls)
             i += 1
+    layers = results.get("layers", [0])
+    where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("alpha on demo images (fixed, layer 0)")
+        ax.set_xlabel(f"alpha on demo images (fixed, {where})")
     a1.set_ylabel("accuracy")
     a2.set_ylabel("attention on image tokens")
     a1.legend(fontsize=7, frameon=False)
@@ -300,21 +313,22 @@ def mtv_scaling(results: dict):
     ICL up to the context limit."""
     style()
     orgs = results["organisms"]
-    fig, axes = plt.subplots(1, len(orgs), figsize=(5.2 * len(orgs), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(orgs), figsize=(7.4 * len(orgs), 3.8), squeeze=False)
     for ax, (organism, res) in zip(axes[0], orgs.items()):
         for i, (t, r) in enumerate(res["tasks"].items()):
             c = PALETTE[i]
             ax.plot([s["shots_compressed"] for s in r["scaling_mtv"]], [s["acc"] for s in r["scaling_mtv"]],
-                    marker="o", color=c, label=f"{t}: MTV")
+                    marker="o", color=c, label=f"{t}: MTV (0-shot prompt)")
             ax.plot([s["shots"] for s in r["scaling_icl"]], [s["acc"] for s in r["scaling_icl"]], marker="s",
                     ls="--", color=c, label=f"{t}: k-shot ICL")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("demonstrations used")
+        ax.set_xlabel("demonstrations used (MTV: prompts x shots compressed into the vector)")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.05)
-        ax.legend(fontsize=7, frameon=False)
-        ax.set_title(organism)
-    fig.suptitle("Many-shot: compressed into a task vector vs in context")
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.set_title(f"{organism}: many shots compressed into a task vector vs in context (n = {results['n']})",
+                     fontsize=10)
+    fig.tight_layout()
     return fig
 
 
@@ -406,4 +420,91 @@ def patch_maps(maps, heads: list[tuple[int, int]] | None = None, title: str | No
                 ax.set_ylabel(label, fontsize=9)
         fig.colorbar(im, ax=list(axes[row]), fraction=0.02, pad=0.01, label="attention per token")
     fig.suptitle(title or "Where the answer position looks in each image", y=0.9 + 0.1 / len(panels) ** 0.5)
+    return fig
+
+
+def micl_head_scores(res: dict):
+    """Per task: each head's Spearman rho between its attention on the answer-carrying demo images and a correct
+    answer (layer x head); the task's MICL heads boxed, its most-attending heads in dashed boxes."""
+    style()
+    panels = [(t, v["rho"]) for t, v in res["predict"].items() if v["rho"] is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.0), squeeze=False)
+    for i, (ax, (task, rho)) in enumerate(zip(axes[0], panels)):
+        last = i == len(panels) - 1
+        sns.heatmap(np.array(rho), ax=ax, cmap="vlag", center=0.0, vmin=-0.5, vmax=0.5, annot=True, fmt=".2f",
+                    annot_kws={"fontsize": 7}, cbar=last, cbar_kws={"label": "Spearman rho"} if last else None)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" if i == 0 else "")
+        for layer, head in res["heads"][task]:
+            ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, edgecolor="black", lw=2.2))
+        for layer, head in res.get("attending_heads", {}).get(task, []):
+            ax.add_patch(plt.Rectangle((head + 0.08, layer + 0.08), 0.84, 0.84, fill=False, edgecolor=PALETTE[4],
+                                       lw=1.6, ls="--"))
+    fig.suptitle(f"{res['organism']}: does a head's attention to the demo images go with a correct answer? "
+                 f"(black: each task's {res['k']} MICL heads; dashed: its {res['k']} most-attending heads)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def micl_head_effects(res: dict):
+    """Per task: 4-shot accuracy plain, with the demo images removed, with each selection of heads mean-ablated (MICL:
+    demo-image attention predicts a correct answer; most-attending; causal: the largest single-head ablation effects
+    on other episodes) and with random head sets ablated (one dot a draw); below, how often a misleading run gives
+    the right run's answer, unpatched, with each selection patched in from the right run, and with random heads."""
+    style()
+    tasks = res["tasks"]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.6), squeeze=False, sharey=True)
+    colour = {"4-shot": PALETTE[0], "no-image": PALETTE[1], "misleading": PALETTE[1]}
+    for key, c in (("micl", PALETTE[2]), ("attending", PALETTE[4]), ("causal", PALETTE[5])):
+        colour[f"ablate_{key}"] = colour[f"patch_{key}"] = c
+    chosen = [("micl", "MICL\n(pred.)"), ("attending", "most-\nattend."), ("causal", "causal\n(held out)")]
+    rows = [("ablation: 4-shot accuracy", [("4-shot", "4-shot"), ("no-image", "no\nimage")]
+             + [(f"ablate_{k}", label) for k, label in chosen], "ablate_random"),
+            ("patching: misleading demos,\nright run's answer", [("misleading", "mis-\nleading")]
+             + [(f"patch_{k}", label) for k, label in chosen], "patch_random")]
+    for row, (label, cells, rand_key) in enumerate(rows):
+        for ax, (task, r) in zip(axes[row], tasks.items()):
+            for x, (key, _) in enumerate(cells):
+                acc, err = _acc_err(r[key])
+                ax.bar(x, acc, yerr=np.array([err]).T, color=colour[key], capsize=3, width=0.7)
+                ax.text(x, acc + err[1] + 0.02, f"{100 * acc:.0f}", ha="center", fontsize=7)
+            rand = [c["acc"] for c in r[rand_key]]
+            x = len(cells)
+            ax.boxplot([rand], positions=[x], widths=0.5, showfliers=False)
+            jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(rand))
+            ax.scatter(x + jitter, rand, s=8, color=PALETTE[7], alpha=0.7, zorder=3)
+            ax.set_xticks(range(len(cells) + 1), [c[1] for c in cells] + [f"random {res['k']}\n({len(rand)})"],
+                          fontsize=7)
+            ax.set_ylim(0, 1.12)
+            name = lambda hs: ", ".join(f"L{la}H{h}" for la, h in hs)
+            ax.set_title(f"{task}\nMICL {name(res['heads'][task])}; most-attending "
+                         f"{name(res['attending_heads'][task])};\ncausal {name(res['causal_heads'][task])}"
+                         if row == 0 else "", fontsize=8)
+        axes[row][0].set_ylabel(label, fontsize=9)
+    fig.suptitle(f"{res['organism']}: three selections of {res['k']} heads per task, ablated and patched at the answer "
+                 f"position, against random heads (n = {res['n']}, 95% CI)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def micl_single_head_ablation(res: dict):
+    """Per task: 4-shot accuracy with one head mean-ablated at the answer position (support episodes), layer x head;
+    the task's three causal heads boxed."""
+    style()
+    tasks = res["single_ablation"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.1 * len(tasks), 3.0), squeeze=False)
+    for i, (ax, (task, a)) in enumerate(zip(axes[0], tasks.items())):
+        last = i == len(tasks) - 1
+        sns.heatmap(np.array(a), ax=ax, cmap="rocket", vmin=0.4, vmax=1.0, annot=True, fmt=".2f",
+                    annot_kws={"fontsize": 7}, cbar=last, cbar_kws={"label": "4-shot accuracy"} if last else None)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" if i == 0 else "")
+        for layer, head in res["causal_heads"][task]:
+            ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, edgecolor=PALETTE[2], lw=2.2))
+    fig.suptitle(f"{res['organism']}: 4-shot accuracy with one head mean-ablated at the answer position "
+                 f"(support split, n = {res['n']}; boxed: the {res['k']} causal heads)", fontsize=10)
+    fig.tight_layout()
     return fig
