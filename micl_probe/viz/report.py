@@ -120,7 +120,9 @@ def heads_markdown(rows: list[dict]) -> list[str]:
           "answer, over the episodes: Spearman rho (p) and the logistic slope per s.d. ± its standard error "
           "(\"separated\" when a threshold splits right from wrong: no finite slope); then every head whose "
           "demo-image attention predicts a correct answer at a 5% false discovery rate (Benjamini-Hochberg over all "
-          "heads), as L<layer>H<head> (rho).", "",
+          "heads), as L<layer>H<head> (rho). A head that predicts is not yet a head that matters: "
+          "`notebooks/02_truemicl_finding.ipynb` goes on to ablate such heads and patch them between runs on the "
+          "true-micl organism (`experiments/micl_heads.py` in the repository for the full run).", "",
           "| model | task | condition | right / n | rho (p) | logistic slope | heads (FDR 5%) |",
           "|---|---|---|---|---|---|---|"]
     for r in rows:
