@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 
 from ..core import Loaded
 from ..evaluation import Accuracy, condition_episode, count_correct, which_correct
+from ..measure import capture_attention
+from ..measure.attention import PARTS
 from ..tasks import TRUE_MICL_TASKS, sample_episodes, task_names
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
@@ -62,9 +64,6 @@ def evaluate_rules(loaded: Loaded, n: int = 200, tasks=None, shots: int = 4, see
 def evaluate_demo_share(loaded: Loaded, n: int = 50, tasks=SHARE_TASKS, shots: int = 4, seed: int = 0) -> dict:
     """{task: share}: the answer position's attention on the demos' images, averaged over the first `n` of the
     card's `shots`-shot queries and every measured layer and head (`AttentionMass.where_it_looks`)."""
-    from ..measure import capture_attention
-    from ..measure.attention import PARTS
-
     out = {}
     for task in tasks:
         episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(loaded, task, n, seed)]

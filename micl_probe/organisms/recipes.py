@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..core import Demo, Episode, Query
-from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, make_episode, task_names
+from ..tasks import COLOUR_NAMES, NOVEL_NAMES, SHAPE_NAMES, make_episode
 
-TRUE, SHORTCUT = task_names(), task_names(shortcut=True)
 PROBE_TASKS = ("novel_binding", "novel_binding_shortcut", "outlier", "clock_math", "shape_count")
 
 
