@@ -16,7 +16,7 @@ Figures (stem: content):
   dara_accuracy, dara_factors, dara_alpha_sweep     partial, first decoder layer (experiments.interventions)
   dara_all_layers/dara_*                            partial, DARA and LoRA on every decoder layer
   mtv_accuracy, mtv_scaling                         true-micl's three tasks (experiments.interventions)
-  micl_heads_predict, micl_heads_ablation           true-micl's MICL heads (experiments.micl_heads)
+  micl_heads_predict, _single, _ablation           true-micl's MICL heads (experiments.micl_heads)
 """
 
 from __future__ import annotations

@@ -109,10 +109,8 @@ def dara_markdown(results: dict) -> str:
 
     lines = []
     for name, tasks in results["organisms"].items():
-        layers = results.get("layers", [0])
-        where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
-        lines += [f"### {name} ({results['shots']}-shot, DARA and LoRA on decoder {where}, n = {results['n']} per "
-                  "cell)", "",
+        lines += [f"### {name} ({results['shots']}-shot, DARA and LoRA on decoder {plots.layers_label(results)}, "
+                  f"n = {results['n']} per cell)", "",
                   f"| task | zero-shot | no-image | random {results['shots']}-shot | LoRA | DARA "
                   "| DARA vs k-shot (McNemar p) | image share (before → after DARA) "
                   "| on the demo images | on the query image |",

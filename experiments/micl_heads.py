@@ -27,6 +27,7 @@ An experiment driver (run from the repository root), not part of the library: it
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,10 +36,10 @@ import scipy.stats as sps
 import torch
 from tqdm.auto import tqdm
 
-from micl_probe import capture_attention
 from micl_probe.evaluation import Accuracy, which_correct
 from micl_probe.evaluation.scoring import verdicts_from_logits
 from micl_probe.interventions.mtv import extract, head_outputs, inject, injection
+from micl_probe.measure import score_and_capture
 from micl_probe.tasks import TASKS, make_episode, matching_demos, sample_episodes
 from micl_probe.viz import plots
 
@@ -48,18 +49,23 @@ HEAD_TASKS = ("novel_binding", "clock_math", "palindrome")
 PREDICT_SHOTS = (1, 2, 4, 8)
 
 
-def target_share(loaded, episodes) -> tuple[np.ndarray, list[int]]:
-    """([episode, layer, head] attention of the answer row on the demo images that carry the answer, kept episode
-    indices): the query class's demos for novel binding (episodes without one left out), every demo otherwise."""
-    per_owner, owners = capture_attention(loaded, episodes, progress=False).demo_image_share()
-    rows, keep = [], []
-    for i, e in enumerate(episodes):
-        match = matching_demos(e)
-        demos = range(e.shots) if match is None else match
-        if demos:
-            rows.append(per_owner[i][..., [owners.index(f"demo{d}") for d in demos]].sum(-1).numpy())
-            keep.append(i)
-    return np.array(rows), keep
+def target_share_and_verdicts(loaded, episodes, batch: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """([episode, layer, head] attention of the answer row on the demo images that carry the answer, bool[episode]
+    correct), for the episodes that have such demos: the query class's demos for novel binding (episodes without one
+    left out), every demo otherwise. One forward pass a batch scores and measures (`score_and_capture`)."""
+    rows, right = [], []
+    for i in range(0, len(episodes), batch):
+        b = loaded.prepare_batch(episodes[i:i + batch], with_answer=True)
+        am, logits = score_and_capture(loaded, b)
+        per_owner, owners = am.demo_image_share()
+        correct = verdicts_from_logits(logits, b)[0]
+        for j, e in enumerate(b.episodes):
+            match = matching_demos(e)
+            demos = range(e.shots) if match is None else match
+            if demos:
+                rows.append(per_owner[j][..., [owners.index(f"demo{d}") for d in demos]].sum(-1).numpy())
+                right.append(bool(correct[j]))
+    return np.array(rows), np.array(right)
 
 
 def head_rho(share: np.ndarray, correct: np.ndarray, min_each: int) -> np.ndarray | None:
@@ -81,10 +87,9 @@ def predictive_heads(loaded, tasks, n: int, seed: int, min_each: int = 5) -> dic
         per_k = {}
         for k in PREDICT_SHOTS:
             episodes = [e.with_shots(k) for e in base]
-            share, keep = target_share(loaded, episodes)
-            correct = which_correct(loaded, [episodes[i] for i in keep]).numpy()
+            share, correct = target_share_and_verdicts(loaded, episodes)
             rho = head_rho(share, correct, min_each)
-            per_k[k] = {"n": len(keep), "correct": int(correct.sum()), "share": share.mean(0).tolist(),
+            per_k[k] = {"n": len(correct), "correct": int(correct.sum()), "share": share.mean(0).tolist(),
                         "rho": None if rho is None else rho.tolist()}
         used = [np.array(v["rho"]) for v in per_k.values() if v["rho"] is not None]
         out[task] = {"by_shots": per_k, "rho": np.mean(used, 0).tolist() if used else None}
@@ -139,22 +144,27 @@ def patching_pairs(task: str, n: int, shots: int, seed: int):
     return pairs
 
 
-def patched_verdicts(loaded, pairs, mask: torch.Tensor | None, batch: int = 25) -> torch.Tensor:
-    """bool[pair]: does the misleading run give the right run's answer, with the `mask` heads' outputs at the answer
-    position taken from the right run (no patch when `mask` is None)?"""
+def patching_batches(loaded, pairs, batch: int = 25) -> list:
+    """[(misleading batch asked for the right run's answer, the right run's head outputs at its answer position)] per
+    chunk of `pairs`: what every patching mask reuses (the right run is the same whatever the mask)."""
     out = []
     for i in range(0, len(pairs), batch):
         chunk = pairs[i:i + batch]
-        asked = [replace(w, query=replace(w.query, answer=r.query.answer)) for r, w in chunk]
-        b = loaded.prepare_batch(asked, with_answer=True)
-        if mask is None:
-            out.append(which_correct(loaded, asked, batch_size=batch))
-            continue
+        asked = loaded.prepare_batch([replace(w, query=replace(w.query, answer=r.query.answer)) for r, w in chunk],
+                                     with_answer=True)
         right = loaded.prepare_batch([r for r, _ in chunk])
-        values = head_outputs(loaded, right, [lay.answer_position for lay in right.layouts])
-        with torch.no_grad(), inject(loaded, values, mask, b.layouts):
-            logits = loaded.model(**b.inputs).logits
-        out.append(verdicts_from_logits(logits, b)[0])
+        out.append((asked, head_outputs(loaded, right, [lay.answer_position for lay in right.layouts])))
+    return out
+
+
+@torch.no_grad()
+def patched_verdicts(loaded, batches, mask: torch.Tensor | None) -> torch.Tensor:
+    """bool[pair]: does the misleading run give the right run's answer, with the `mask` heads' outputs at the answer
+    position taken from the right run (no patch when `mask` is None)? `batches` from `patching_batches`."""
+    out = []
+    for asked, values in batches:
+        with inject(loaded, values, mask, asked.layouts) if mask is not None else contextlib.nullcontext():
+            out.append(verdicts_from_logits(loaded.model(**asked.inputs).logits, asked)[0])
     return torch.cat(out)
 
 
@@ -175,10 +185,8 @@ def micl_heads_experiment(organism: str = "true-micl", tasks=HEAD_TASKS, n: int 
     selections = {"micl": {t: top(v["rho"]) for t, v in res["predict"].items()},
                   "attending": {t: top(v["by_shots"][4]["share"]) for t, v in res["predict"].items()},
                   "causal": {t: top(-np.array(res["single_ablation"][t])) for t in tasks}}
-    heads_of = selections["micl"]
-    res["heads"] = {t: [list(h) for h in hs] for t, hs in heads_of.items()}
-    res["attending_heads"] = {t: [list(h) for h in hs] for t, hs in selections["attending"].items()}
-    res["causal_heads"] = {t: [list(h) for h in hs] for t, hs in selections["causal"].items()}
+    for name, key in (("micl", "heads"), ("attending", "attending_heads"), ("causal", "causal_heads")):
+        res[key] = {t: [list(h) for h in hs] for t, hs in selections[name].items()}
     rng = np.random.default_rng([seed, 77])
     random_sets = [[tuple(int(i) for i in np.unravel_index(j, (L, H))) for j in rng.choice(L * H, k, replace=False)]
                    for _ in range(draws)]
@@ -201,11 +209,11 @@ def micl_heads_experiment(organism: str = "true-micl", tasks=HEAD_TASKS, n: int 
         for name, chosen in selections.items():
             r[f"twin_ablate_{name}"] = acc(which_correct(loaded, twin, injection(loaded, twin_means.mean,
                                                                                   _mask(chosen[task], (L, H)))))
-        pairs = patching_pairs(task, n, 4, seed)
-        r["misleading"] = acc(patched_verdicts(loaded, pairs, None))
+        batches = patching_batches(loaded, patching_pairs(task, n, 4, seed))
+        r["misleading"] = acc(patched_verdicts(loaded, batches, None))
         for name, chosen in selections.items():
-            r[f"patch_{name}"] = acc(patched_verdicts(loaded, pairs, _mask(chosen[task], (L, H))))
-        r["patch_random"] = [acc(patched_verdicts(loaded, pairs, _mask(s, (L, H)))) for s in random_sets]
+            r[f"patch_{name}"] = acc(patched_verdicts(loaded, batches, _mask(chosen[task], (L, H))))
+        r["patch_random"] = [acc(patched_verdicts(loaded, batches, _mask(s, (L, H)))) for s in random_sets]
         rand = [a["acc"] for a in r["ablate_random"]]
         print(f"{task}: 4-shot {r['4-shot']['acc']:.2f} no-image {r['no-image']['acc']:.2f} MICL heads ablated "
               f"{r['ablate_micl']['acc']:.2f} random {np.median(rand):.2f} [{min(rand):.2f}, {max(rand):.2f}]; "

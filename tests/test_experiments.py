@@ -80,7 +80,7 @@ def test_true_micls_causal_binding_heads_matter_at_small_n():
     run with the names swapped gives back the right answer (>= 90%), where random sets give back almost none."""
     import numpy as np
 
-    from experiments.micl_heads import _mask, patched_verdicts, patching_pairs
+    from experiments.micl_heads import _mask, patched_verdicts, patching_batches, patching_pairs
     from micl_probe import load, sample_episodes
     from micl_probe.evaluation import which_correct
     from micl_probe.interventions.mtv import extract, injection
@@ -96,7 +96,7 @@ def test_true_micls_causal_binding_heads_matter_at_small_n():
     blind = which_correct(loaded, [e.without_demo_images() for e in four]).float().mean().item()
     assert clean >= 0.95 and ablated(heads) <= (clean + blind) / 2
     assert ablated(heads) < np.median([ablated(s) for s in random_sets])
-    pairs = patching_pairs("novel_binding", 40, 4, seed=0)
+    pairs = patching_batches(loaded, patching_pairs("novel_binding", 40, 4, seed=0))
     assert patched_verdicts(loaded, pairs, None).float().mean() == 0  # the misleading run follows the swapped names
     assert patched_verdicts(loaded, pairs, _mask(heads, shape)).float().mean() >= 0.9
     assert np.median([patched_verdicts(loaded, pairs, _mask(s, shape)).float().mean() for s in random_sets]) < 0.2

@@ -214,6 +214,12 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[dict]]):
     ax.set_ylabel("accuracy")
 
 
+def layers_label(results: dict) -> str:
+    """'layer 0' or 'layers 0, 1, 2, 3': the decoder layers a DARA result set ran on."""
+    layers = results.get("layers", [0])
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
+
+
 def dara_table_figure(results: dict):
     """Accuracy per task: zero-shot, no-image demos, random k-shot, LoRA, DARA (95% CI), one panel per organism."""
     style()
@@ -223,9 +229,8 @@ def dara_table_figure(results: dict):
             "dara": "DARA"}
     for ax, (name, tasks) in zip(axes[0], orgs.items()):
         _grouped_bars(ax, list(tasks), {label: [tasks[t][k] for t in tasks] for k, label in keys.items()})
-        layers = results.get("layers", [0])
-        where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
-        ax.set_title(f"{name}: DARA and LoRA on decoder {where} (n = {results['n']}, 95% CI)", fontsize=10)
+        ax.set_title(f"{name}: DARA and LoRA on decoder {layers_label(results)} (n = {results['n']}, 95% CI)",
+                     fontsize=10)
     axes[0][0].legend(fontsize=8, ncol=5, frameon=False, loc="upper left", bbox_to_anchor=(0, 1.25))
     return fig
 
@@ -239,12 +244,11 @@ def dara_factor_heatmaps(results: dict):
     cols = min(4, len(panels))
     rows = (len(panels) + cols - 1) // cols
     shots = results["shots"]
-    n_rows = panels[0][2].reshape(-1, shots + 1).shape[0]
+    n_rows = panels[0][2].shape[0] * panels[0][2].shape[1]  # alpha [layer, head, image]: a row per layer x head
     fig, axes = plt.subplots(rows, cols, figsize=((2.2 + 0.45 * (shots + 1)) * cols, (1.0 + 0.45 * n_rows) * rows),
                              squeeze=False)
     for ax, (o, t, a) in zip(axes.flat, panels):
-        a = a.reshape(-1, a.shape[-2], a.shape[-1])  # [layer, head, image]; older results hold one layer [head, image]
-        labels = [f"L{layer}H{h}" for layer in layers[:a.shape[0]] for h in range(a.shape[1])]
+        labels = [f"L{layer}H{h}" for layer in layers for h in range(a.shape[1])]
         flat = a.reshape(-1, a.shape[-1])
         sns.heatmap(np.log2(flat), ax=ax, cmap="vlag", center=0.0, vmin=-4, vmax=4, cbar=False,
                     annot=np.vectorize(lambda v: f"{v:.2g}")(flat), fmt="", annot_kws={"fontsize": 7},
@@ -255,8 +259,7 @@ def dara_factor_heatmaps(results: dict):
             ax.axhline(k * a.shape[1], color="white", lw=2)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
-    fig.suptitle(f"DARA factors alpha ({where}): > 1 draws attention to that image")
+    fig.suptitle(f"DARA factors alpha ({layers_label(results)}): > 1 draws attention to that image")
     fig.tight_layout()
     return fig
 
@@ -278,11 +281,9 @@ def dara_sweep(results: dict):
             a1.fill_between(al, lo, hi, color=c, alpha=0.15)
             a2.plot(al, [s["image_share"] for s in r["sweep"]], marker="o", color=c, ls=ls)
             i += 1
-    layers = results.get("layers", [0])
-    where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {', '.join(map(str, layers))}"
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"alpha on demo images (fixed, {where})")
+        ax.set_xlabel(f"alpha on demo images (fixed, {layers_label(results)})")
     a1.set_ylabel("accuracy")
     a2.set_ylabel("attention on image tokens")
     a1.legend(fontsize=7, frameon=False)
@@ -423,29 +424,37 @@ def patch_maps(maps, heads: list[tuple[int, int]] | None = None, title: str | No
     return fig
 
 
-def micl_head_scores(res: dict):
-    """Per task: each head's Spearman rho between its attention on the answer-carrying demo images and a correct
-    answer (layer x head); the task's MICL heads boxed, its most-attending heads in dashed boxes."""
+def _head_maps(res: dict, maps: dict, boxed: str, title: str, cbar: str, dashed: str | None = None,
+               edge="black", **heatmap):
+    """One layer x head heatmap per task of `maps` {task: [layer][head]}, the task's heads in `res[boxed]` boxed in
+    `edge` (and those in `res[dashed]` in dashed boxes)."""
     style()
-    panels = [(t, v["rho"]) for t, v in res["predict"].items() if v["rho"] is not None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.0), squeeze=False)
-    for i, (ax, (task, rho)) in enumerate(zip(axes[0], panels)):
-        last = i == len(panels) - 1
-        sns.heatmap(np.array(rho), ax=ax, cmap="vlag", center=0.0, vmin=-0.5, vmax=0.5, annot=True, fmt=".2f",
-                    annot_kws={"fontsize": 7}, cbar=last, cbar_kws={"label": "Spearman rho"} if last else None)
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.1 * len(maps), 3.0), squeeze=False)
+    for i, (ax, (task, values)) in enumerate(zip(axes[0], maps.items())):
+        last = i == len(maps) - 1
+        sns.heatmap(np.array(values), ax=ax, annot=True, fmt=".2f", annot_kws={"fontsize": 7}, cbar=last,
+                    cbar_kws={"label": cbar} if last else None, **heatmap)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("head")
         ax.set_ylabel("layer" if i == 0 else "")
-        for layer, head in res["heads"][task]:
-            ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, edgecolor="black", lw=2.2))
-        for layer, head in res.get("attending_heads", {}).get(task, []):
+        for layer, head in res[boxed][task]:
+            ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, edgecolor=edge, lw=2.2))
+        for layer, head in res[dashed][task] if dashed else []:
             ax.add_patch(plt.Rectangle((head + 0.08, layer + 0.08), 0.84, 0.84, fill=False, edgecolor=PALETTE[4],
                                        lw=1.6, ls="--"))
-    fig.suptitle(f"{res['organism']}: does a head's attention to the demo images go with a correct answer? "
-                 f"(black: each task's {res['k']} MICL heads; dashed: its {res['k']} most-attending heads)",
-                 fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def micl_head_scores(res: dict):
+    """Per task: each head's Spearman rho between its attention on the answer-carrying demo images and a correct
+    answer (layer x head); the task's MICL heads boxed, its most-attending heads in dashed boxes."""
+    maps = {t: v["rho"] for t, v in res["predict"].items() if v["rho"] is not None}
+    return _head_maps(res, maps, "heads", f"{res['organism']}: does a head's attention to the demo images go with a "
+                      f"correct answer? (black: each task's {res['k']} MICL heads; dashed: its {res['k']} "
+                      "most-attending heads)", "Spearman rho", dashed="attending_heads", cmap="vlag", center=0.0,
+                      vmin=-0.5, vmax=0.5)
 
 
 def micl_head_effects(res: dict):
@@ -491,20 +500,7 @@ def micl_head_effects(res: dict):
 
 def micl_single_head_ablation(res: dict):
     """Per task: 4-shot accuracy with one head mean-ablated at the answer position (support episodes), layer x head;
-    the task's three causal heads boxed."""
-    style()
-    tasks = res["single_ablation"]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3.1 * len(tasks), 3.0), squeeze=False)
-    for i, (ax, (task, a)) in enumerate(zip(axes[0], tasks.items())):
-        last = i == len(tasks) - 1
-        sns.heatmap(np.array(a), ax=ax, cmap="rocket", vmin=0.4, vmax=1.0, annot=True, fmt=".2f",
-                    annot_kws={"fontsize": 7}, cbar=last, cbar_kws={"label": "4-shot accuracy"} if last else None)
-        ax.set_title(task, fontsize=10)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer" if i == 0 else "")
-        for layer, head in res["causal_heads"][task]:
-            ax.add_patch(plt.Rectangle((head, layer), 1, 1, fill=False, edgecolor=PALETTE[2], lw=2.2))
-    fig.suptitle(f"{res['organism']}: 4-shot accuracy with one head mean-ablated at the answer position "
-                 f"(support split, n = {res['n']}; boxed: the {res['k']} causal heads)", fontsize=10)
-    fig.tight_layout()
-    return fig
+    the task's causal heads boxed."""
+    return _head_maps(res, res["single_ablation"], "causal_heads", f"{res['organism']}: 4-shot accuracy with one head "
+                      f"mean-ablated at the answer position (support split, n = {res['n']}; boxed: the {res['k']} "
+                      "causal heads)", "4-shot accuracy", edge=PALETTE[2], cmap="rocket", vmin=0.4, vmax=1.0)
