@@ -50,9 +50,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import torch
@@ -61,11 +62,14 @@ from .core import load, placement
 from .core.episode import STYLES
 from .core.errors import UsageError, one_line_errors
 from .core.loading import organism_problem
+from .core.provenance import artifact_paths, folder_digest, versions
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
+from .evaluation.harness import weights_fingerprint
 from .evaluation.metrics import METRICS
+from .evaluation.store import check_manifest, write_manifest
 from .organisms import shipped
-from .tasks import check_task, query_episodes, task_labels, task_names
+from .tasks import check_task, parse_task, query_episodes, task_labels, task_names
 from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "clock_math", "palindrome", "outlier"]  # true-micl reads the first three
@@ -230,11 +234,37 @@ def report(args) -> Path | None:
     """Run the harness on every model and write the report folder; returns the page's path (None in a process
     that only writes a shard)."""
     rank, world, dist = ranks(args)
+    out = Path(args.out)
+    fresh = not out.exists()
     try:
         return _report(args, rank, world, dist)
+    except BaseException:
+        if fresh and rank == 0 and out.is_dir() and not any(p.stat().st_size for p in out.glob("results*.jsonl")):
+            shutil.rmtree(out, ignore_errors=True)  # a failed first run leaves no folder without results behind
+        raise
     finally:
         if dist is not None:
             dist.destroy_process_group()
+
+
+def run_settings(args) -> dict:
+    """Everything in the flags that determines the report's numbers (what `manifest.json` records and a rerun into
+    the same folder must match; --n may grow or shrink: the records of the common queries are the same)."""
+    from .core.provenance import file_digest
+
+    artifacts = {}
+    for flag, paths in (("dara", [args.dara] if args.dara else []), ("mtv", args.mtv or [])):
+        artifacts[flag] = [{"path": p, **{s: file_digest(q) for s, q in zip(("json", "safetensors"),
+                                                                              artifact_paths(p))}} for p in paths]
+    if args.lora:
+        artifacts["lora"] = [{"path": args.lora, "content": folder_digest(args.lora, full=(".json", ".safetensors",
+                                                                                           ".bin"))}]
+    return {"models": args.model or [f"organism:{name}" for name in shipped()], "tasks": args.tasks,
+            "task_content": {t: folder_digest(parse_task(t).folder) for t in args.tasks if ":" in t},
+            "conditions": args.conditions, "seed": args.seed, "dtype": args.dtype, "metric": args.metric or "per task",
+            "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "instruction": args.instruction,
+            "chat_template": not args.no_template, "attention": not args.no_attention, "alphas": args.alphas,
+            "artifacts": artifacts}
 
 
 def _report(args, rank: int, world: int, dist) -> Path | None:
@@ -243,6 +273,8 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
         raise UsageError("no shipped organism found; pass --model or train one with "
                          "python -m micl_probe.organisms.train --recipe true-micl")
     out = Path(args.out)
+    fixed = run_settings(args)
+    check_manifest(out, fixed)  # a folder of another run: one line, before anything is loaded or written
     dtype = getattr(torch, args.dtype) if args.dtype else None
     settings = {"models": models, "tasks": args.tasks, "conditions": args.conditions, "n": args.n,
                 "seed": args.seed, "device": args.device or "cpu", "metric": args.metric or "per task",
@@ -255,12 +287,20 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     if dist is not None and device == "cuda":  # one GPU a process
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"
     t0 = time.time()
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest = {"settings": fixed, "n": args.n, "device": args.device or "cpu", "batch_size": args.batch_size,
+                "versions": versions(), "started": started, "finished": None, "model_fingerprints": {}}
     records, patches = [], {}
     for name in models:
         loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
         interventions = interventions_for(loaded, args)  # checked against the model before anything is written
+        manifest["model_fingerprints"][name] = {"weights": weights_fingerprint(loaded.model),
+                                                "prompt_format": loaded.prompt_format}
+        check_manifest(out, {"model_fingerprints": manifest["model_fingerprints"]} | fixed)
         out.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            write_manifest(out, manifest)
         if world > 1:  # this process's shard; then rank 0 merges them (the others wait, so none is being written)
             run(loaded, args.tasks, args.conditions, replace(config, shard=(rank, world)),
                 results=out / "results.jsonl", interventions=interventions)
@@ -282,6 +322,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]
     settings["metrics"] = {r["task"]: r.get("metric", "teacher-forced") for r in records}
     page = write_report(out, records, settings, time.time() - t0, summarise(records), patches)
+    write_manifest(out, manifest | {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     print(f"report: {page}")
     return page
 

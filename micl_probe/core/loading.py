@@ -66,6 +66,19 @@ class Loaded:
                               use_template=self.use_template, padding_side=padding_side)
         return batch.to(self.device)
 
+    @property
+    def prompt_format(self) -> str:
+        """Which writer makes this model's prompts, with a digest of it: "template:<digest>" (the processor's chat
+        template) or "declared:<digest>" (the adapter's ChatFormat). Part of every record's provenance."""
+        from dataclasses import asdict
+
+        from .provenance import digest
+
+        template = getattr(self.processor, "chat_template", None) if self.use_template else None
+        if template:
+            return f"template:{digest(template)}"
+        return f"declared:{digest(asdict(self.adapter.chat))}"
+
     def prepare(self, episode: Episode, with_answer: bool = False) -> Prepared:
         return self.prepare_batch([episode], with_answer=with_answer)[0]
 

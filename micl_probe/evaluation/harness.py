@@ -10,15 +10,19 @@ images, query image, demo text, query text, special tokens, other) and, for nove
 of the query's class against that of a demo of the other class (`matching_demo_image`, `other_demo_image`, per
 demo). Records are appended to a JSON-lines file as each chunk finishes, their per-head arrays to columnar files
 beside it (`evaluation.store`); a rerun with the same file skips what is already there, so a crash or Ctrl-C loses
-no finished episode. Records carry a fingerprint of the weights
-("weights"): a model retrained under the same name gets new records, never the old model's.
+no finished episode. A record is reused only when everything that made it matches (`provenance`): it carries the
+weights' fingerprint, the prompt writer's digest, the task's content digest, the episode pool, seed, style,
+instruction, metric, generation length, capture, shots and the intervention's artifact digest, and a digest of
+all of them ("setup") that is part of its key. A run with other settings into the same file computes its own
+records beside the old ones; `attn_report` refuses such a folder (its `manifest.json` names the settings).
 
 Tasks are procedural names or benchmark folders (`truemicl:PATH/TASK`, `vlicl:PATH/TASK`: `tasks.query_episodes`).
 Each task is scored by a metric (`evaluation.metrics`; `RunConfig.metric`, default per task: teacher-forced for the
 procedural tasks, VL-ICL's rules for vlicl:, normalised exact match for truemicl:): teacher-forced scores the gold
 answer in one forward pass; every other metric scores a greedy generation (`scoring.generate_answers`) and the
 attention is read at the last prompt token, the row that produces the first answer token. The metric, prompt style
-and instruction are recorded in every record and are part of what a rerun matches.
+and instruction are recorded in every record and are part of what a rerun matches. "prediction" is the text the
+metric scored (the whole generation; teacher-forced: the first greedy token).
 
 Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retrieved-<k>-shot",
 "shuffled-answers". Any condition can take an intervention: "<condition>+<name>" runs it inside
@@ -36,6 +40,7 @@ format: each batch is prepared once and run once, the forward pass that scores i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,13 +51,14 @@ from tqdm.auto import tqdm
 
 from ..core import Loaded, within
 from ..core.episode import STYLES
+from ..core.provenance import digest, file_digest, folder_digest, intervention_fingerprint
 from ..measure import score_and_capture
-from ..tasks import check_task, matching_demos, query_episodes, retrieval_episodes
+from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
-from .metrics import METRICS, correct, default_metric, first_line
+from .metrics import METRICS, correct, default_metric
 from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
 from .store import (
-    SETUP,
+    RECORD_KEY,
     append_records,
     attach_heads,
     compact_heads,
@@ -63,7 +69,10 @@ from .store import (
     record_key,
     shard_file,
     shard_files,
+    writing,
 )
+
+_GENERATOR = file_digest(Path(__file__).parent.parent / "tasks" / "synthetic.py")  # the procedural tasks' source
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,10 @@ class RunConfig:
     shard: tuple[int, int] = (0, 1)  # (rank, world): this process runs every world-th batch job, from the rank-th
 
     def __post_init__(self):
+        for name, least in (("n", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"RunConfig({name}={value!r}): give a whole number >= {least}")
         rank, world = self.shard
         if not 0 <= rank < world:
             raise ValueError(f"shard {rank}/{world}: the rank must be in 0..{world - 1}")
@@ -111,7 +124,9 @@ def weights_fingerprint(model) -> str:
 def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConfig | None = None,
         results: str | Path | None = None, interventions: dict[str, Callable] | None = None) -> list[dict]:
     """Score `loaded` on `config.n` seeded query episodes per task under each condition (see module docstring);
-    records are appended to `results` (JSON lines) as each batch finishes, and a rerun skips what is there.
+    records are appended to `results` (JSON lines) as each batch finishes, and a rerun skips what is there, but only
+    the records whose provenance (`provenance`: every setting, the weights, the task's content, the shots, the
+    intervention's artifact) matches this run's. One process writes a results file at a time.
 
     Sharded (`config.shard = (rank, world)`, world > 1): this process runs batch jobs rank, rank + world, … and
     appends them to its own shard file beside `results` (`shard_file`), skipping what `results` or an earlier
@@ -119,6 +134,10 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
     (`merge_shards`), so running the same command unsharded after the shards collects them."""
     cfg = config or RunConfig()
     interventions = interventions or {}
+    if not tasks:
+        raise ValueError("no tasks given: name at least one (micl_probe.tasks.task_names() lists them)")
+    if not conditions:
+        raise ValueError("no conditions given: name at least one, e.g. ['zero-shot', 'no-image', '4-shot']")
     for task in tasks:
         check_task(task)
     for c in conditions:
@@ -129,59 +148,84 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
     rank, world = cfg.shard
     if world > 1 and results is None:
         raise ValueError("a sharded run writes a shard file beside its results file: pass results=")
+    target = shard_file(results, rank, world) if results and world > 1 else results
+    with writing(target) if target else contextlib.nullcontext():
+        return _run(loaded, tasks, conditions, cfg, results, target, interventions)
+
+
+def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig, interventions: dict,
+               weights: str | None = None) -> dict:
+    """What determines a task's records besides the condition, the index and the shots: the weights, the prompt's
+    writer (chat template or declared format, digested), the task's content (a folder's files, or the procedural
+    generator's source), the episode pool (the most demos any condition draws: it changes every drawn episode), the
+    seed, style, instruction, metric, generation length (generated metrics only), whether and how the attention is
+    captured, and each intervention's artifact (`core.provenance.tagged`)."""
+    metric = cfg.metric or default_metric(task)
+    folder = parse_task(task) if ":" in task else None
+    return {"weights": weights or weights_fingerprint(loaded.model), "prompt_format": loaded.prompt_format,
+            "task_content": folder_digest(folder.folder) if folder else f"procedural:{_GENERATOR}",
+            "pool": pool_size(conditions)[1], "seed": cfg.seed, "style": cfg.style, "instruction": cfg.instruction,
+            "metric": metric, "max_new_tokens": None if metric == "teacher-forced" else cfg.max_new_tokens,
+            "capture": "nnsight" if cfg.attention else None,
+            "interventions": {c: intervention_fingerprint(interventions[parse_condition(c)[1]])
+                              for c in conditions if parse_condition(c)[1]}}
+
+
+def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list[dict]:
+    rank, world = cfg.shard
     if results:
         results.parent.mkdir(parents=True, exist_ok=True)
     if results and world == 1:
         merge_shards(results)
     done = done_keys(results)
     if world > 1:  # this shard's own file, and those of earlier runs split another way (not being written now)
-        for other in [shard_file(results, rank, world)] + [f for f in shard_files(results) if
-                                                            not f.name.endswith(f"of{world}{results.suffix}")]:
+        for other in [target] + [f for f in shard_files(results) if
+                                 not f.name.endswith(f"of{world}{results.suffix}")]:
             done |= done_keys(other)
-        results = shard_file(results, rank, world)
-    if results:
-        end_line(results)
+    if target:
+        end_line(target)
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
-    setup_of = {t: {"metric": cfg.metric or default_metric(t), "style": cfg.style, "instruction": cfg.instruction}
-                for t in tasks}
+    prov = {t: provenance(loaded, t, conditions, cfg, interventions, weights) for t in tasks}
     draw = {"instruction": cfg.instruction, "style": cfg.style}
     base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw) for t in tasks}
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
-    records = []
+    records, wanted = [], set()
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, len(base_of[t]), cfg.batch_size)]
-    jobs = jobs[rank::world]  # the same batches as one process would run: the same numbers
-    for task, cond, start in tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not cfg.progress, mininterval=1):
-        setup = setup_of[task]
-        base = base_of[task]
-        idx = [i for i in range(start, min(len(base), start + cfg.batch_size))
-               if record_key({"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
-                              **setup}) not in done]
-        if not idx:
-            continue
+    for n_job, (task, cond, start) in enumerate(tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not cfg.progress,
+                                                     mininterval=1)):
         base_cond, _, name = cond.partition("+")
-        intervention = interventions.get(name) if name else None
         pool = None
         if base_cond.startswith("retrieved-"):
             k = int(base_cond.split("-")[1])
             if (task, k) not in retrieved:
                 retrieved[task, k] = retrieval_episodes(task, k, cfg.n, **draw)
             pool = retrieved[task, k]
-        eps = [pool[i] if pool is not None else condition_episode(base[i], base_cond, k_default) for i in idx]
-        chunk = _score_chunk(loaded, eps, intervention, setup["metric"], cfg, task)
-        for r, i, ep in zip(chunk, idx, eps):
-            r.update({"model": loaded.name, "weights": weights, "task": task, "condition": cond, "index": i,
-                      "answer": ep.query.answer, "shots": ep.shots, **setup})
-        if results:
-            append_records(results, chunk)  # per-head arrays into the columnar files, the rest as JSON lines
+        fields = {k: v for k, v in prov[task].items() if k != "interventions"}
+        fields["intervention"] = prov[task]["interventions"].get(cond)
+        todo = []
+        for i in range(start, min(len(base_of[task]), start + cfg.batch_size)):
+            ep = pool[i] if pool is not None else condition_episode(base_of[task][i], base_cond, k_default)
+            r = {"model": loaded.name, "task": task, "condition": cond, "index": i, "shots": ep.shots, **fields}
+            r["setup"] = digest({k: v for k, v in r.items() if k not in RECORD_KEY})
+            wanted.add(record_key(r))
+            if record_key(r) not in done and n_job % world == rank:  # the same batches as one process: same numbers
+                todo.append((r, ep))
+        if not todo:
+            continue
+        eps = [ep for _, ep in todo]
+        chunk = _score_chunk(loaded, eps, interventions.get(name) if name else None, fields["metric"], cfg, task)
+        for r, (key, ep) in zip(chunk, todo):
+            r.update({**key, "answer": ep.query.answer})
+        if target:
+            append_records(target, chunk)  # per-head arrays into the columnar files, the rest as JSON lines
         records.extend(chunk)
-    if results:
-        compact_heads(results)
-        records = [r for r in load_records(results) if r["model"] == loaded.name and r.get("weights") == weights
-                   and r["task"] in tasks and r["condition"] in conditions and r["index"] < cfg.n
-                   and all(r.get(k, v) == setup_of[r["task"]][k] for k, v in SETUP.items())]
-        attach_heads(results, records)  # the per-head arrays of these records only
-    return sorted(records, key=lambda r: (tasks.index(r["task"]), conditions.index(r["condition"]), r["index"]))
+    if target:
+        compact_heads(target)
+        records = [r for r in load_records(target) if record_key(r) in wanted] if target.is_file() else []
+        attach_heads(target, records)  # the per-head arrays of these records only
+    order = {(t, c): n for n, (t, c) in enumerate((t, c) for t in tasks for c in conditions)}
+    return sorted(records, key=lambda r: (order[r["task"], r["condition"]], r["index"]))
 
 
 def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:
@@ -204,7 +248,7 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
             am, _ = score_and_capture(loaded, batch, intervention=intervention)
         with within(intervention, batch.layouts) as kwargs:
             texts = generate_answers(loaded, batch, cfg.max_new_tokens, **kwargs)
-        chunk = [{"correct": correct(metric, t, ep.query.answer, task), "prediction": first_line(t)}
+        chunk = [{"correct": correct(metric, t, ep.query.answer, task), "prediction": t}  # the text scored
                  for t, ep in zip(texts, eps)]
     if am is not None:
         _add_attention(chunk, am, eps)

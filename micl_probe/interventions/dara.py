@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from ..core import ROLE, Loaded, TokenLayout
+from ..core.provenance import digest, tagged
 from .fitting import FitConfig, episode_batches, fit, frozen, query_labels
 
 NAME = "micl_probe_dara"
@@ -136,7 +137,8 @@ class DARA(nn.Module):
 
     def on(self, model, kernel: str = "sdpa"):
         """`layouts -> context manager`: this DARA as a per-batch intervention (harness conditions, scoring)."""
-        return lambda layouts: self.applied(model, layouts, kernel=kernel)
+        return tagged(lambda layouts: self.applied(model, layouts, kernel=kernel),
+                      digest("dara", self.log_alpha, list(self.layers), self.mode, kernel))
 
     def save(self, path: str | Path, **meta) -> None:
         from safetensors.torch import save_file
@@ -273,7 +275,7 @@ def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=None, kernel: str
     def factory(a):
         return lambda layouts: fixed_alpha(loaded, layouts[0].n_images - 1, a, layers).applied(
             loaded.model, layouts, kernel=kernel)
-    return {f"alpha={a:g}": factory(a) for a in alphas}
+    return {f"alpha={a:g}": tagged(factory(a), digest("alpha", a, layers, kernel)) for a in alphas}
 
 
 def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=None, mode: str = "logit",

@@ -19,6 +19,7 @@ import itertools
 import torch
 
 from ..core import Loaded
+from ..core.provenance import folder_digest, tagged
 from .fitting import FitConfig, any_shot_batches, episode_batches, fit, icl_labels, query_labels
 
 OBJECTIVES = ("query", "any-shot")
@@ -85,4 +86,4 @@ def lora_intervention(loaded: Loaded, path: str):
         finally:
             peft_model.base_model.disable_adapter_layers()
 
-    return active
+    return tagged(active, folder_digest(path, full=(".json", ".safetensors", ".bin")))

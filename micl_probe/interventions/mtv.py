@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, PreparedBatch
+from ..core.provenance import digest, tagged
 
 
 # --- the artifact ----------------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ def extract(loaded: Loaded, episode_stream, n_prompts: int = 100, batch_size: in
 
 def injection(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, every_token: bool = False):
     """`layouts -> context manager`: `inject` as a per-batch intervention (harness conditions, count_correct)."""
-    return lambda layouts: inject(loaded, means, mask, layouts, every_token=every_token)
+    return tagged(lambda layouts: inject(loaded, means, mask, layouts, every_token=every_token),
+                  digest("mtv", means, mask.to(torch.bool), every_token))
 
 
 @contextlib.contextmanager

@@ -11,10 +11,10 @@ PNG inlined as a data URI.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from pathlib import Path
 
+from ..core.provenance import dumps, write_atomic
 from ..evaluation.statistics import Accuracy
 from ..evaluation.verdicts import IMITATES, INCONCLUSIVE, READS, RULE
 from ..tasks import chance
@@ -216,8 +216,7 @@ def write_report(out: Path, records: list[dict], settings: dict, seconds: float,
     for stem, fig in figures.items():
         plots.save(fig, out / stem)
     results = {"settings": settings, "seconds": round(seconds, 1), "verdict_rule": RULE} | summary
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_atomic(out / "results.json", dumps(results, indent=1))  # strict JSON: NaN as null
     md = report_markdown(summary, settings, seconds, list(figures))
-    (out / "report.md").write_text(md)
-    (out / "report.html").write_text(report_html(md, out))
-    return out / "report.html"
+    write_atomic(out / "report.md", md)
+    return write_atomic(out / "report.html", report_html(md, out))

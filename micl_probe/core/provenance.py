@@ -1,0 +1,141 @@
+"""What made a number: content digests of settings, tensors, folders and artifacts, the versions in use, and the
+tag that lets an intervention say what it is.
+
+    digest({"seed": 0, "shots": 4}, tensor)      # a short stable hash of settings and tensors
+    folder_digest("/data/VL-ICL/clevr")          # a task folder's content
+    tagged(factory, digest(...))                 # an intervention factory that knows which artifact it runs
+    versions()                                   # {"micl_probe": …, "torch": …, "transformers": …, "python": …}
+
+The harness keys every record by these (`evaluation.harness`), so a record is reused only when everything that made
+it matches; artifacts (DARA, task vectors) store them beside their tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import uuid
+from pathlib import Path
+
+import torch
+
+FINGERPRINT = "fingerprint"  # the attribute an intervention factory carries: what it runs, as a digest
+
+
+def digest(*parts) -> str:
+    """A 16-hex-digit hash of settings (JSON-able values, keys sorted), tensors (dtype, shape and bytes) and
+    strings, in order."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(f"tensor{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def folder_digest(folder: str | Path, full: tuple[str, ...] = (".json", ".jsonl", ".txt")) -> str:
+    """A folder's content: every file's relative path and size, and the bytes of its text files (`full`: the
+    support and query lists, where answers and file names live). Images are hashed by path and size only, so a
+    benchmark folder of gigabytes hashes in a moment; an image edited in place at the same size is not seen."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        h.update(f"{rel}\0{path.stat().st_size}\0".encode())
+        if path.suffix.lower() in full:
+            h.update(file_digest(path).encode())
+    return h.hexdigest()[:16]
+
+
+def tagged(factory, fingerprint: str):
+    """`factory` (a `layouts -> context manager` intervention) carrying `fingerprint`: the harness keys records of
+    conditions run under it by this, so records of another artifact are never reused."""
+    setattr(factory, FINGERPRINT, fingerprint)
+    return factory
+
+
+def intervention_fingerprint(factory) -> str:
+    """The fingerprint `tagged` gave `factory`; for an untagged one (a user's own), a fresh id each call: its records
+    are never reused, since nothing says what it runs."""
+    return getattr(factory, FINGERPRINT, None) or f"untagged-{uuid.uuid4().hex[:12]}"
+
+
+def versions() -> dict:
+    import importlib.metadata
+
+    import transformers
+
+    try:
+        ours = importlib.metadata.version("micl_probe")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        ours = "source"
+    return {"micl_probe": ours, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """`values`, or ValueError naming `what` when any is NaN or infinite."""
+    if values.is_floating_point() and not torch.isfinite(values).all():
+        bad = int((~torch.isfinite(values)).sum())
+        raise ValueError(f"{what}: {bad} of {values.numel()} values are NaN or infinite; retrain with a smaller "
+                         "learning rate (or check the inputs it was computed from)")
+    return values
+
+
+def finite_number(value, what: str) -> float:
+    """`value` as a float, or ValueError naming `what` unless it is a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def strict_json(value):
+    """`value` with every NaN or infinity as None (JSON's null), so `json.dumps(..., allow_nan=False)` writes strict
+    JSON that every parser reads."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps(value, **kw) -> str:
+    """Strict JSON (NaN and infinities as null)."""
+    return json.dumps(strict_json(value), allow_nan=False, **kw)
+
+
+def artifact_paths(path: str | Path) -> tuple[Path, Path]:
+    """(PATH.json, PATH.safetensors) of an artifact saved at `path`: a name with dots keeps them ("dara_v0.1" ->
+    dara_v0.1.json), and a path given with either suffix names the same pair."""
+    path = Path(path)
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` whole or not at all (a temporary file beside it, renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
