@@ -51,6 +51,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -60,12 +61,11 @@ import torch
 
 from .core import load, placement
 from .core.episode import STYLES
-from .core.errors import UsageError, one_line_errors
+from .core.errors import Parser, UsageError, device_problem, one_line_errors
 from .core.loading import organism_problem
-from .core.provenance import artifact_paths, folder_digest, versions
+from .core.provenance import artifact_paths, folder_digest, setting_mismatches, versions, weights_fingerprint
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
-from .evaluation.harness import weights_fingerprint
 from .evaluation.metrics import METRICS
 from .evaluation.store import check_manifest, write_manifest
 from .organisms import shipped
@@ -77,7 +77,7 @@ DEFAULT_CONDITIONS = ["zero-shot", "no-image", "4-shot"]
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m micl_probe.attn_report", description=__doc__,
+    ap = Parser(prog="python -m micl_probe.attn_report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", help="hub ids, local folders or organism:NAME "
                     "(default: every shipped organism)")
@@ -131,9 +131,11 @@ def check(args) -> None:
             check_task(task)
         except ValueError as e:
             raise UsageError(f"--tasks: {e}") from None
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: this machine has no CUDA device torch can use (torch "
-                         f"{torch.__version__}); run on --device cpu or install a CUDA build of torch")
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: give a whole number >= 0")
+    problem = device_problem(args.device)
+    if problem:
+        raise UsageError(f"--device {args.device}: {problem}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out} is a file: name a folder (it is created if missing)")
     if args.shard is not None:
@@ -163,11 +165,11 @@ def check(args) -> None:
         raise UsageError(f"--lora {args.lora}: no adapter_config.json there (the folder a peft adapter was saved to: "
                          "python -m micl_probe.train lora|icl-tune --out FOLDER)")
     for path in ([args.dara] if args.dara else []) + (args.mtv or []):
-        missing = [s for s in (".json", ".safetensors") if not Path(path).with_suffix(s).is_file()]
+        missing = [str(p) for p in artifact_paths(path) if not p.is_file()]
         if missing:
             flag = "--dara" if path == args.dara else "--mtv"
-            raise UsageError(f"{flag} {path}: no {' or '.join(path + m for m in missing)} (the path given to "
-                             "DARA.save / TaskVector.save)")
+            raise UsageError(f"{flag} {path}: no {' or '.join(missing)} (the path given to DARA.save / "
+                             "TaskVector.save)")
     for m in args.model or []:
         problem = organism_problem(m.removeprefix("organism:")) if m.startswith("organism:") else None
         if problem:
@@ -179,11 +181,20 @@ def interventions_for(loaded, args) -> dict:
     from .interventions import DARA, TaskVector, alpha_sweep, injection, lora_intervention
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
+    made = []
     if args.dara:
-        found["dara"] = DARA.load(args.dara, loaded).on(loaded.model, kernel="eager")
+        dara = DARA.load(args.dara, loaded)
+        found["dara"] = dara.on(loaded.model, kernel="eager")
+        made.append(("--dara", dara.meta))
     if args.mtv:
-        means, heads = (TaskVector.load(p, loaded) for p in args.mtv)
+        means, heads = (TaskVector.load(p, loaded, kind) for p, kind in zip(args.mtv, ("mtv", "mtv_mask")))
         found["mtv"] = injection(loaded, means.mean, heads.values)
+        made.append(("--mtv", means.meta))
+    for flag, meta in made:  # another task, style or instruction is allowed: said in one line
+        for task in args.tasks:
+            said = setting_mismatches(meta, task=task, style=args.prompt_style, instruction=args.instruction)
+            if said:
+                print(f"warning: {flag} was made for {', '.join(said)}", file=sys.stderr)
     if args.lora:
         found["lora"] = lora_intervention(loaded, args.lora)
     return found

@@ -50,6 +50,10 @@ class Exploration:
 def explore(loaded: Loaded, episode: Episode, rows="answer", show: bool | None = None) -> Exploration:
     """The attention of `rows` (default: the answer position) over `episode`'s prompt and images; shown at once in
     a notebook (`show=None`), or not (`show=False`)."""
+    if not isinstance(episode, Episode):
+        hint = ": explore shows one episode, e.g. explore(loaded, episodes[0])" if isinstance(episode, (list, tuple)) \
+            else ""
+        raise TypeError(f"explore takes one Episode, got a {type(episode).__name__}{hint}")
     batch = loaded.prepare_batch([episode])
     maps, attention = maps_and_attention(loaded, batch, rows)
     layout, ids = batch.layouts[0], batch.inputs["input_ids"][0].tolist()

@@ -24,16 +24,18 @@ A mistake in the flags ends in one line naming the flag and its fix (exit code 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
-import json
+import math
 from pathlib import Path
 
 import torch
 
 from .core import load, placement
 from .core.episode import STYLES
-from .core.errors import UsageError, one_line_errors
+from .core.errors import Parser, UsageError, device_problem, one_line_errors
 from .core.loading import organism_problem
+from .core.provenance import artifact_paths, dumps, made_for, unwritable, write_atomic
 from .interventions import FitConfig, extract, locate, train_dara, train_lora
 from .tasks import check_task, task_stream
 
@@ -41,7 +43,7 @@ COMMANDS = ("dara", "lora", "mtv", "icl-tune")
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m micl_probe.train", description=__doc__,
+    ap = Parser(prog="python -m micl_probe.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=COMMANDS, help="what to train")
     ap.add_argument("--model", required=True, help="hub id, local folder or organism:NAME")
@@ -81,17 +83,22 @@ def check(args) -> None:
                              ("--steps", args.steps, 1), ("--rank", args.rank, 1), ("--n-prompts", args.n_prompts, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} {value}: give at least {low}")
-    if args.lr is not None and not args.lr > 0:
-        raise UsageError(f"--lr {args.lr}: give a learning rate > 0")
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: this machine has no CUDA device torch can use; run on --device "
-                         "cpu or install a CUDA build of torch")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr {args.lr}: give a finite learning rate > 0")
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: give a whole number >= 0")
+    problem = device_problem(args.device)
+    if problem:
+        raise UsageError(f"--device {args.device}: {problem}")
     problem = organism_problem(args.model.removeprefix("organism:")) if args.model.startswith("organism:") else None
     if problem:
         raise UsageError(f"--model {args.model}: {problem}")
     out = Path(args.out)
     if args.command in ("lora", "icl-tune") and out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: a LoRA adapter is written to a folder")
+    problem = unwritable(out if args.command in ("lora", "icl-tune") else out.parent)
+    if problem:
+        raise UsageError(f"--out {out}: {problem}; choose a folder you can write to")
 
 
 def train(args) -> list[Path]:
@@ -100,11 +107,12 @@ def train(args) -> list[Path]:
     cfg = FitConfig(steps=args.steps or 200, lr=args.lr, batch=args.batch, seed=args.seed, style=args.prompt_style,
                     instruction=args.instruction)
     out, task = Path(args.out), args.task[0]
-    made = {"model": args.model, "task": task, "shots": args.shots}
+    made = made_for(loaded, task=task, shots=args.shots, style=args.prompt_style, instruction=args.instruction,
+                    training={"command": args.command, **dataclasses.asdict(cfg)})
     if args.command == "dara":
         dara, history = train_dara(loaded, task, args.shots, args.layers, args.mode, cfg)
         dara.save(out, **made, history=history)
-        return [out.with_suffix(".json"), out.with_suffix(".safetensors")]
+        return list(artifact_paths(out))
     if args.command in ("lora", "icl-tune"):
         any_shot = args.command == "icl-tune"
         peft_model, history = train_lora(loaded, args.task if any_shot else task, args.shots,
@@ -112,8 +120,7 @@ def train(args) -> list[Path]:
                                          args.rank or (8 if any_shot else 4), cfg,
                                          objective="any-shot" if any_shot else "query")
         peft_model.save_pretrained(out)
-        (out / "micl_probe_training.json").write_text(json.dumps({**made, "tasks": args.task,
-                                                                  "command": args.command, "history": history}))
+        write_atomic(out / "micl_probe_training.json", dumps({**made, "tasks": args.task, "history": history}))
         return [out]
     # mtv: means from k-shot prompts of the support split, heads by REINFORCE on zero-shot ones, best on "val"
     draw = {"instruction": args.instruction, "style": args.prompt_style}
@@ -135,7 +142,7 @@ def main(argv=None):
         paths = train(args)
     flag = {"dara": "--dara", "lora": "--lora", "icl-tune": "--lora", "mtv": "--mtv"}[args.command]
     cond = {"dara": "dara", "lora": "lora", "icl-tune": "lora", "mtv": "mtv"}[args.command]
-    shown = " ".join(str(p.with_suffix("")) if p.suffix else str(p) for p in paths[: 2 if cond == "mtv" else 1])
+    shown = " ".join(str(p.with_name(p.name.removesuffix(".json"))) for p in paths[: 2 if cond == "mtv" else 1])
     print(f"wrote {', '.join(map(str, paths))}\nrun it: python -m micl_probe.attn_report --model {args.model} "
           f"--tasks {' '.join(args.task)} --conditions no-image {args.shots}-shot "
           f"{'zero' if cond == 'mtv' else args.shots}-shot+{cond} {flag} {shown}")

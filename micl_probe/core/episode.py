@@ -35,16 +35,24 @@ STYLES = ("turns", "single")
 
 
 def _as_image(x: Any) -> Image.Image:
-    accepted = "a PIL.Image or an HxW / HxWxC uint8 numpy array"
+    accepted = "a PIL.Image or an HxW / HxWx1 / HxWx3 / HxWx4 uint8 numpy array"
     if isinstance(x, Image.Image):
+        if 0 in x.size:
+            raise ValueError(f"an image of {x.size[0]}x{x.size[1]} pixels has nothing to look at: give one of at "
+                             "least 1x1")
         return x
     if isinstance(x, np.ndarray):
         if x.dtype != np.uint8:
             raise TypeError(f"an image must be {accepted}; got a {x.dtype} array: convert it, e.g. "
                             "(x * 255).clip(0, 255).astype(np.uint8) for values in [0, 1]")
+        if x.ndim == 3 and x.shape[-1] == 1:
+            x = x[..., 0]  # one channel: grey
+        if x.ndim == 3 and x.shape[-1] not in (3, 4):
+            hint = ": channels first? use x.transpose(1, 2, 0)" if x.shape[0] in (1, 3, 4) else ""
+            raise TypeError(f"an image must be {accepted}; got an array of shape {x.shape}{hint}")
         if x.ndim not in (2, 3):
             raise TypeError(f"an image must be {accepted}; got an array of shape {x.shape}")
-        return Image.fromarray(x)
+        return _as_image(Image.fromarray(np.ascontiguousarray(x)))
     if isinstance(x, (str, Path)):
         raise TypeError(f"an image must be {accepted}; got the path {str(x)!r}: open it first, "
                         "PIL.Image.open(path).convert('RGB')")
@@ -69,7 +77,7 @@ class Demo:
 
     def __post_init__(self):
         object.__setattr__(self, "images", _images(self.images))
-        if not self.question.strip():
+        if not isinstance(self.question, str) or not self.question.strip():
             raise ValueError("a demonstration needs a non-empty question")
         if not str(self.answer).strip():
             raise ValueError("a demonstration needs a non-empty answer")
@@ -85,8 +93,11 @@ class Query:
 
     def __post_init__(self):
         object.__setattr__(self, "images", _images(self.images))
-        if not self.question.strip():
+        if not isinstance(self.question, str) or not self.question.strip():
             raise ValueError("the query needs a non-empty question")
+        if self.answer is not None and not str(self.answer).strip():
+            raise ValueError("the query's gold answer is empty: give the answer text, or answer=None when there is "
+                             "none to score")
 
 
 @dataclass(frozen=True)

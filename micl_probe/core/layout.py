@@ -114,7 +114,7 @@ class TokenLayout:
 
     @classmethod
     def from_spans(cls, input_ids, spans: dict[str, list[tuple[int, int]]], image_token_id: int | None = None,
-                   answer_position: int | None = None) -> TokenLayout:
+                   answer_position: int | None = None, attention_mask=None) -> TokenLayout:
         """A layout for a prompt you built yourself (your own tokenizer, template or model), from token spans.
 
             layout = TokenLayout.from_spans(input_ids, {"demo0.image": [(1, 17)], "demo0.question": [(17, 21)],
@@ -126,9 +126,24 @@ class TokenLayout:
         template, special (or the key "special" alone). Each image span is one image (prompt order gives the image
         index). Positions no span names are template text owned by nobody. With `image_token_id`, the image spans
         must be exactly the positions of that id (checked). `answer_position`: the row whose logits give the
-        first answer token (default: just before a "query.answer" span, else the last position)."""
-        ids = torch.as_tensor(input_ids).reshape(-1)
+        first answer token (default: just before a "query.answer" span, else the last position that is not padding).
+        `attention_mask` ([seq] or [1, seq], 0 at padding): its zeros are marked as padding (never measured); a
+        span may not cover them."""
+        ids = torch.as_tensor(input_ids)
+        if ids.dim() > 2 or ids.dim() == 2 and ids.shape[0] != 1 or ids.dim() == 0:
+            raise ValueError(f"from_spans takes one prompt's input_ids ([seq] or [1, seq]), got shape "
+                             f"{tuple(ids.shape)}: build one layout per row (input_ids[b])")
+        ids = ids.reshape(-1)
         seq = ids.numel()
+        pad = torch.zeros(seq, dtype=torch.bool)
+        if attention_mask is not None:
+            mask = torch.as_tensor(attention_mask).reshape(-1)
+            if mask.numel() != seq:
+                raise ValueError(f"attention_mask has {mask.numel()} positions, input_ids {seq}: give this row's mask")
+            pad = mask == 0
+        if not isinstance(spans, dict):
+            raise TypeError(f"spans must be a dict of '<owner>.<role>' -> [(start, end), …], got "
+                            f"{type(spans).__name__}")
         owner = torch.full((seq,), NONE, dtype=torch.long)
         role = torch.full((seq,), ROLE["template"], dtype=torch.long)
         image_index = torch.full((seq,), -1, dtype=torch.long)
@@ -146,11 +161,18 @@ class TokenLayout:
                 o = int(who[4:])
             else:
                 raise ValueError(f"span {key!r}: owner {who!r} must be demo<i>, query or none")
+            if not isinstance(ranges, (list, tuple)) or not all(
+                    isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                         for x in r) for r in ranges):
+                raise ValueError(f"span {key!r}: give a list of (start, end) pairs of whole numbers, e.g. "
+                                 f"[(1, 17)], not {ranges!r}")
             for start, end in ranges:
                 if not 0 <= start < end <= seq:
                     raise ValueError(f"span {key!r} ({start}, {end}) is outside the prompt of {seq} tokens")
                 if taken[start:end].any():
                     raise ValueError(f"span {key!r} ({start}, {end}) overlaps another span")
+                if pad[start:end].any():
+                    raise ValueError(f"span {key!r} ({start}, {end}) covers padding (attention_mask 0)")
                 taken[start:end] = True
                 owner[start:end], role[start:end] = o, ROLE[what]
                 if what == "image":
@@ -166,9 +188,17 @@ class TokenLayout:
         demos = sorted({int(o) for o in owner.tolist() if o >= 0})
         if demos != list(range(len(demos))):
             raise ValueError(f"demos must be numbered 0..k-1 in the spans; got {demos}")
+        role[pad] = ROLE["pad"]
+        real = (~pad).nonzero().flatten()
+        if not real.numel():
+            raise ValueError("the attention_mask marks every position as padding")
         if answer_position is None:
             answer = ((owner == QUERY) & (role == ROLE["answer"])).nonzero().flatten()
-            answer_position = int(answer[0]) - 1 if answer.numel() else seq - 1
+            answer_position = int(answer[0]) - 1 if answer.numel() else int(real[-1])
+        if isinstance(answer_position, bool) or not isinstance(answer_position, int) or \
+                not 0 <= answer_position < seq or pad[answer_position]:
+            raise ValueError(f"answer_position {answer_position!r}: give a position of the prompt (0..{seq - 1}) "
+                             "that is not padding")
         return cls(owner, role, image_index, len(demos), len(images), answer_position)
 
     @classmethod

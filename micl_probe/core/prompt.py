@@ -86,6 +86,14 @@ class PreparedBatch:
         if ids.dim() != 2 or ids.shape[0] != len(layouts) or any(len(lay) != ids.shape[1] for lay in layouts):
             raise ValueError(f"input_ids {tuple(ids.shape)} need one layout per row of the same length; got "
                              f"{len(layouts)} layout(s) of {[len(lay) for lay in layouts]} tokens")
+        mask = inputs.get("attention_mask")
+        if mask is not None:
+            for b, lay in enumerate(layouts):
+                unmarked = ((mask[b].cpu() == 0) & (lay.role != ROLE["pad"])).nonzero().flatten()
+                if unmarked.numel():
+                    raise ValueError(f"row {b} is padded (attention_mask 0 at positions {unmarked[:5].tolist()}) but "
+                                     "its layout does not say so: pass attention_mask=inputs['attention_mask'][b] "
+                                     "to TokenLayout.from_spans")
         answers = [ids[b, lay.query_answer_positions()] if lay.query_answer_positions().numel() else None
                    for b, lay in enumerate(layouts)]
         return cls(dict(inputs), layouts, answers, [""] * len(layouts), [None] * len(layouts))
@@ -139,16 +147,32 @@ def _messages(episode: Episode, with_answer: bool) -> list[_Message]:
     return messages + answer
 
 
+def _reserved(adapter: Adapter, processor) -> list[str]:
+    """Strings a question or answer may not contain: the image placeholders (first), then every special or added
+    token of the tokenizer (the processor's, else none), each of which would be read as its token, not as text."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    first = [m for m in dict.fromkeys([adapter.chat.image.strip(), getattr(processor, "image_token", None) or ""]) if m]
+    more = list(getattr(tokenizer, "all_special_tokens", []) or [])
+    more += [t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+             if getattr(t, "special", False)]
+    for name in ("boi_token", "eoi_token", "video_token", "image_token", "fake_image_token", "global_image_token"):
+        more.append(getattr(processor, name, None) or "")
+    return first + [m for m in dict.fromkeys(more) if m and m not in first and len(m) > 1]
+
+
 def render(episode: Episode, adapter: Adapter, with_answer: bool = False, processor=None) -> Prompt:
     """Write `episode` as tagged pieces: through the checkpoint's own chat template when `processor` carries one
     (`processor.chat_template`), else in the adapter's declared `ChatFormat` (the organisms, processors without a
     template)."""
+    marks = _reserved(adapter, processor)
     for owner, text in [(i, t) for i, d in enumerate(episode.demos) for t in (d.question, d.answer)] + \
             [(QUERY, episode.query.question), (QUERY, episode.query.answer or "")]:
-        for mark in {adapter.chat.image.strip(), getattr(processor, "image_token", None)} - {None, ""}:
+        for mark in marks:
             if mark in str(text):
-                raise ValueError(f"text of {'query' if owner == QUERY else f'demo {owner}'} contains the image "
-                                 f"placeholder {mark!r}; that would add a placeholder with no image")
+                what = "image placeholder" if mark in marks[:2] else "special token"
+                raise ValueError(f"text of {'query' if owner == QUERY else f'demo {owner}'} contains the {what} "
+                                 f"{mark!r}, which the model would read as that token, not as text: remove it "
+                                 "from the question or answer")
     messages = _messages(episode, with_answer)
     if getattr(processor, "chat_template", None):
         pieces = _from_template(messages, processor, adapter, add_generation_prompt=not with_answer)

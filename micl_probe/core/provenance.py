@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,6 +72,55 @@ def intervention_fingerprint(factory) -> str:
     """The fingerprint `tagged` gave `factory`; for an untagged one (a user's own), a fresh id each call: its records
     are never reused, since nothing says what it runs."""
     return getattr(factory, FINGERPRINT, None) or f"untagged-{uuid.uuid4().hex[:12]}"
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> str:
+    """A short hash of the model's parameters: records of a retrained model under the same name are not reused. It
+    hashes each parameter's name, shape, dtype, the bytes of 64 evenly spaced values and its float64 sum rounded to
+    8 significant digits (any edit shows; the rounding keeps the hash independent of how the sum is parallelised:
+    thread count, device), so every process of a sharded run computes the same one."""
+    h = hashlib.sha1()
+    for name, p in model.named_parameters():
+        flat = p.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 64)][:64]
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum(dtype=torch.float64)):.7e}".encode())
+        h.update(sample.float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def made_for(loaded, **extra) -> dict:
+    """What an artifact (DARA factors, a task vector, a LoRA adapter) records about the model it was made for, plus
+    `extra` (task, shots, prompt style, instruction, training settings)."""
+    adapter = loaded.adapter
+    return {"model": loaded.name or type(loaded.model).__name__, "weights": weights_fingerprint(loaded.model),
+            "family": adapter.family, "n_layers": adapter.n_layers(loaded.model), **extra}
+
+
+def check_made_for(meta: dict, loaded, what: str) -> None:
+    """ValueError (one line) when the artifact described by `meta` was made for another model than `loaded`: other
+    weights under another name. The same name with other weights (retrained, or loaded in another dtype) warns."""
+    weights = meta.get("weights")
+    if not weights or weights == weights_fingerprint(loaded.model):
+        return
+    if meta.get("model") == loaded.name:
+        warnings.warn(f"{what} was made for {meta.get('model')} with other weights ({weights}; now "
+                      f"{weights_fingerprint(loaded.model)}: retrained, or another dtype); its effect may differ",
+                      stacklevel=3)
+        return
+    raise ValueError(f"{what} was made for {meta.get('model')!r}, not {loaded.name!r} (other weights): train one "
+                     f"for this model (python -m micl_probe.train … --model {loaded.name})")
+
+
+def setting_mismatches(meta: dict, **now) -> list[str]:
+    """The settings an artifact was made under that differ from `now` (task, prompt style, instruction …), one
+    phrase each: using it there is allowed, but the user should know."""
+    said = []
+    for key, value in now.items():
+        made = meta.get(key)
+        if made is not None and value is not None and made != value:
+            said.append(f"{key} {made!r} (used with {value!r})")
+    return said
 
 
 def versions() -> dict:
@@ -139,3 +189,20 @@ def write_atomic(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def unwritable(folder: str | Path) -> str | None:
+    """Why files cannot be written into `folder` (or the folders that would be made for it), or None: checked
+    before hours of work, by writing and removing a probe file in its nearest existing ancestor (nothing is
+    created)."""
+    folder = Path(folder).absolute()
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    probe = existing / f".micl_probe_write_check_{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"cannot write in {existing} ({e.strerror or e})"
+    return None

@@ -41,17 +41,15 @@ format: each batch is prepared once and run once, the forward pass that scores i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, within
 from ..core.episode import STYLES
-from ..core.provenance import digest, file_digest, folder_digest, intervention_fingerprint
+from ..core.provenance import digest, file_digest, folder_digest, intervention_fingerprint, weights_fingerprint
 from ..measure import score_and_capture
 from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
@@ -104,21 +102,6 @@ class RunConfig:
             raise ValueError(f"unknown prompt style {self.style!r}; styles: {', '.join(STYLES)}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-
-
-@torch.no_grad()
-def weights_fingerprint(model) -> str:
-    """A short hash of the model's parameters: records of a retrained model under the same name are not reused. It
-    hashes each parameter's name, shape, dtype, the bytes of 64 evenly spaced values and its float64 sum rounded to
-    8 significant digits (any edit shows; the rounding keeps the hash independent of how the sum is parallelised:
-    thread count, device), so every process of a sharded run computes the same one."""
-    h = hashlib.sha1()
-    for name, p in model.named_parameters():
-        flat = p.detach().flatten()
-        sample = flat[:: max(1, flat.numel() // 64)][:64]
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum(dtype=torch.float64)):.7e}".encode())
-        h.update(sample.float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConfig | None = None,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import string
+from pathlib import PurePath
 
 METRICS = ("teacher-forced", "exact", "number", "contains", "option", "vlicl")
 GENERATED = METRICS[1:]  # metrics that score a generated answer
@@ -39,6 +40,13 @@ _OPTION = re.compile(r"(?<![A-Za-z])\(?([A-Z])[).:]?(?![A-Za-z])")
 def default_metric(task: str) -> str:
     source = task.partition(":")[0] if ":" in task else ""
     return {"vlicl": "vlicl", "truemicl": "exact"}.get(source, "teacher-forced")
+
+
+def folder_name(task: str) -> str:
+    """The task folder's name of a folder task ("vlicl:/d/VL-ICL/matching_mi", "vlicl:matching_mi",
+    "vlicl:./matching_mi/" -> "matching_mi"); a procedural task's own name."""
+    path = task.partition(":")[2] if ":" in task else task
+    return PurePath(path.rstrip("/\\") or path).name
 
 
 def first_line(text: str) -> str:
@@ -79,7 +87,11 @@ def vlicl_correct(prediction: str, gold: str, task_name: str) -> bool:
     """VL-ICL Bench's verdict for `task_name` (the folder name: operator_induction, matching_mi, …)."""
     prediction = _vlicl_cut(prediction)
     if task_name == "matching_mi":
-        return ("yes" in prediction.lower()) == (str(gold).lower() == "yes")
+        want = normalise(str(gold))
+        if want not in ("yes", "no"):
+            raise ValueError(f"matching_mi's gold answers are yes or no, got {gold!r}: fix that item of the task's "
+                             "query.json")
+        return ("yes" in prediction.lower()) == (want == "yes")
     if "operator_induction" in task_name:
         m = re.search(r"\d+", prediction)
         prediction = m.group() if m else ""
@@ -100,6 +112,6 @@ def correct(metric: str, prediction: str, gold: str, task: str = "") -> bool:
         got, want = option_letter(prediction), option_letter(str(gold))
         return got is not None and got == want
     if metric == "vlicl":
-        return vlicl_correct(prediction, gold, task.rstrip("/").rsplit("/", 1)[-1])
+        return vlicl_correct(prediction, gold, folder_name(task))
     raise ValueError(f"unknown metric {metric!r}; metrics: {', '.join(METRICS)}"
                      + (" (teacher-forced scores logits, not text)" if metric == "teacher-forced" else ""))

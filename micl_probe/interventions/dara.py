@@ -44,7 +44,17 @@ import torch
 from torch import nn
 
 from ..core import ROLE, Loaded, TokenLayout
-from ..core.provenance import digest, tagged
+from ..core.provenance import (
+    artifact_paths,
+    check_made_for,
+    digest,
+    dumps,
+    finite,
+    finite_number,
+    made_for,
+    tagged,
+    write_atomic,
+)
 from .fitting import FitConfig, episode_batches, fit, frozen, query_labels
 
 NAME = "micl_probe_dara"
@@ -65,6 +75,10 @@ class DARA(nn.Module):
         super().__init__()
         if mode not in ("logit", "post"):
             raise ValueError(f"mode must be 'logit' or 'post', got {mode!r}")
+        bad = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or x < 0]
+        if bad or not layers:
+            raise ValueError(f"layers {list(layers)}: give one or more decoder layer numbers >= 0 (negative numbers "
+                             "are not counted from the end)")
         self.layers = tuple(layers)
         self.mode = mode
         self.log_alpha = nn.Parameter(torch.zeros(len(self.layers), n_heads, n_images))  # [layer slot, head, image]
@@ -78,8 +92,8 @@ class DARA(nn.Module):
     def set_alpha(self, value, index=...) -> DARA:
         """Set alpha[index] = value (a number or tensor > 0); e.g. `dara.set_alpha(3.0, (0, 1, 0))`."""
         value = torch.as_tensor(value, dtype=self.log_alpha.dtype, device=self.log_alpha.device)
-        if (value <= 0).any():
-            raise ValueError("DARA factors must be > 0")
+        if not torch.isfinite(value).all() or (value <= 0).any():
+            raise ValueError(f"DARA factors must be finite numbers > 0, got {value.tolist()}")
         self.log_alpha[index] = value.log()
         return self
 
@@ -90,16 +104,17 @@ class DARA(nn.Module):
         model, adapter = loaded.model, loaded.adapter
         attention = adapter.attention_layers(model)
         layers = (attention[0],) if layers is None else tuple(layers)
-        bad = [x for x in layers if not 0 <= x < adapter.n_layers(model)]
+        n = adapter.n_layers(model)
+        bad = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < n]
         if bad:
-            raise ValueError(f"layers {bad} outside the decoder's {adapter.n_layers(model)} layers")
+            raise ValueError(f"layers {bad} outside the decoder's {n} layers: give layer numbers 0..{n - 1} "
+                             "(negative numbers are not counted from the end)")
         linear = [x for x in layers if x not in attention]
         if linear:
             raise ValueError(f"layers {linear} of this {adapter.family} model are linear-attention layers, with no "
                              f"attention to reallocate; choose among its attention layers {attention}")
         dara = cls(adapter.n_heads(model), n_images, layers, mode)
-        dara.meta = {"family": adapter.family, "n_layers": adapter.n_layers(model),
-                     "model": loaded.name or type(model).__name__}
+        dara.meta = made_for(loaded)
         return dara.to(loaded.device)
 
     @property
@@ -141,23 +156,35 @@ class DARA(nn.Module):
                       digest("dara", self.log_alpha, list(self.layers), self.mode, kernel))
 
     def save(self, path: str | Path, **meta) -> None:
+        """PATH.safetensors (the factors) + PATH.json (layers, mode, the model it was made for, and `meta`: task,
+        shots, prompt style, instruction, training settings). A name with dots keeps them; NaN or infinite
+        factors are refused."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"log_alpha": self.log_alpha.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
+        info_path, tensor_path = artifact_paths(path)
+        log_alpha = finite(self.log_alpha.detach().cpu().contiguous(), f"DARA factors for {info_path.stem}")
         info = {"layers": list(self.layers), "mode": self.mode, "shape": list(self.alpha.shape),
                 **getattr(self, "meta", {}), **meta}
-        path.with_suffix(".json").write_text(json.dumps(info, indent=1))
+        info_path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"log_alpha": log_alpha}, str(tensor_path))
+        write_atomic(info_path, dumps(info, indent=1))
 
     @classmethod
     def load(cls, path: str | Path, loaded: Loaded | None = None) -> DARA:
-        """Load factors; with `loaded`, check they were made for its layer and head counts."""
+        """Load factors; with `loaded`, check they were made for it: its layer and head counts, and its weights
+        (another model: ValueError; the same name with other weights: a warning)."""
         from safetensors.torch import load_file
 
-        path = Path(path)
-        info = json.loads(path.with_suffix(".json").read_text())
-        log_alpha = load_file(str(path.with_suffix(".safetensors")))["log_alpha"]
+        info_path, tensor_path = artifact_paths(path)
+        for f in (info_path, tensor_path):
+            if not f.is_file():
+                raise FileNotFoundError(f"no {f}: give the path DARA.save was given (python -m micl_probe.train dara "
+                                        "--out PATH writes PATH.json and PATH.safetensors)")
+        info = json.loads(info_path.read_text())
+        tensors = load_file(str(tensor_path))
+        if "log_alpha" not in tensors or "layers" not in info or "mode" not in info:
+            raise ValueError(f"{tensor_path} holds no DARA factors (is it a task vector? pass it to --mtv)")
+        log_alpha = finite(tensors["log_alpha"], f"DARA factors {tensor_path}")
         if loaded is not None:
             n_layers, n_heads = loaded.adapter.n_layers(loaded.model), loaded.adapter.n_heads(loaded.model)
             if log_alpha.shape[1] != n_heads or max(info["layers"]) >= n_layers or \
@@ -165,6 +192,7 @@ class DARA(nn.Module):
                 raise ValueError(f"DARA factors saved for a model with {info.get('n_layers')} layers and "
                                  f"{log_alpha.shape[1]} heads ({info.get('model')}); this model has {n_layers} layers "
                                  f"and {n_heads} heads")
+            check_made_for(info, loaded, f"DARA {info_path.stem}")
         dara = cls(log_alpha.shape[1], log_alpha.shape[2], tuple(info["layers"]), info["mode"])
         with torch.no_grad():
             dara.log_alpha.copy_(log_alpha)
@@ -275,6 +303,9 @@ def alpha_sweep(loaded: Loaded, alphas=(0.5, 2.0, 4.0), layers=None, kernel: str
     def factory(a):
         return lambda layouts: fixed_alpha(loaded, layouts[0].n_images - 1, a, layers).applied(
             loaded.model, layouts, kernel=kernel)
+    for a in alphas:
+        if finite_number(a, "an alpha") <= 0:
+            raise ValueError(f"alpha {a}: factors must be finite numbers > 0")
     return {f"alpha={a:g}": tagged(factory(a), digest("alpha", a, layers, kernel)) for a in alphas}
 
 

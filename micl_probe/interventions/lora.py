@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+from pathlib import Path
 
 import torch
 
 from ..core import Loaded
-from ..core.provenance import folder_digest, tagged
+from ..core.provenance import check_made_for, folder_digest, tagged
 from .fitting import FitConfig, any_shot_batches, episode_batches, fit, icl_labels, query_labels
 
 OBJECTIVES = ("query", "any-shot")
@@ -75,6 +77,9 @@ def lora_intervention(loaded: Loaded, path: str):
     The adapter's layers are added to `loaded.model` once, switched off; the context switches them on."""
     from peft import PeftModel
 
+    made = Path(path) / "micl_probe_training.json"
+    if made.is_file():
+        check_made_for(json.loads(made.read_text()), loaded, f"LoRA adapter {path}")
     peft_model = loaded.cached(f"lora:{path}", lambda: PeftModel.from_pretrained(loaded.model, path))
     peft_model.base_model.disable_adapter_layers()
 

@@ -30,10 +30,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, PreparedBatch
-from ..core.provenance import digest, tagged
-
+from ..core.provenance import (
+    artifact_paths,
+    check_made_for,
+    digest,
+    dumps,
+    finite,
+    made_for,
+    tagged,
+    write_atomic,
+)
 
 # --- the artifact ----------------------------------------------------------------------------------------
+KINDS = ("mtv", "mtv_mask", "function_vector", "task_vector")
 @dataclass
 class TaskVector:
     """A saved vector with its metadata: MTV means [layer, head, d_head], a function vector [d_model], a task
@@ -43,35 +52,56 @@ class TaskVector:
     kind: str  # "mtv" | "mtv_mask" | "function_vector" | "task_vector"
     meta: dict = field(default_factory=dict)  # model, family, task, n_shots, n_prompts, seed, layer, heads …
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown TaskVector kind {self.kind!r}; kinds: {', '.join(KINDS)}")
+        if not isinstance(self.values, torch.Tensor):
+            raise TypeError(f"TaskVector values must be a torch.Tensor, got {type(self.values).__name__}")
+        finite(self.values, f"{self.kind} values")
+
     @property
     def mean(self) -> torch.Tensor:
         return self.values
 
     def save(self, path: str | Path) -> None:
+        """PATH.safetensors (the values) + PATH.json (kind, shape, the model it was made for, task, shots …). A name
+        with dots keeps them."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"values": self.values.contiguous().float() if self.values.dtype != torch.bool
-                   else self.values.to(torch.uint8)}, str(path.with_suffix(".safetensors")))
-        path.with_suffix(".json").write_text(json.dumps({"kind": self.kind, "shape": list(self.values.shape),
-                                                         **self.meta}, indent=1))
+        info_path, tensor_path = artifact_paths(path)
+        info_path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"values": finite(self.values, f"{self.kind} {info_path.stem}").contiguous().float()
+                   if self.values.dtype != torch.bool else self.values.to(torch.uint8)}, str(tensor_path))
+        write_atomic(info_path, dumps({"kind": self.kind, "shape": list(self.values.shape), **self.meta}, indent=1))
 
     @classmethod
-    def load(cls, path: str | Path, loaded=None) -> TaskVector:
-        """Load; with `loaded`, check the artifact was made for a model of the same layer/head/width shape."""
+    def load(cls, path: str | Path, loaded=None, kind: str | None = None) -> TaskVector:
+        """Load; with `loaded`, check the artifact was made for a model of the same layer/head/width shape (and its
+        weights: another model is refused, the same name with other weights warns); `kind`: the kind expected."""
         from safetensors.torch import load_file
 
-        path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
-        values = load_file(str(path.with_suffix(".safetensors")))["values"]
-        kind = meta.pop("kind")
+        info_path, tensor_path = artifact_paths(path)
+        for f in (info_path, tensor_path):
+            if not f.is_file():
+                raise FileNotFoundError(f"no {f}: give the path TaskVector.save was given (python -m micl_probe.train "
+                                        "mtv --out PATH writes PATH_means.* and PATH_heads.*)")
+        meta = json.loads(info_path.read_text())
+        tensors = load_file(str(tensor_path))
+        if "values" not in tensors or "kind" not in meta:
+            raise ValueError(f"{tensor_path} holds no task vector (is it DARA factors? pass it to --dara)")
+        values = tensors["values"]
+        found = meta.pop("kind")
+        if kind is not None and found != kind:
+            raise ValueError(f"{info_path} is a {found!r}, where a {kind!r} is expected"
+                             + (" (MEANS then HEADS: swap the two paths)" if {found, kind} == {"mtv", "mtv_mask"}
+                                else ""))
         meta.pop("shape", None)
-        if kind == "mtv_mask":
+        if found == "mtv_mask":
             values = values.bool()
-        tv = cls(values, kind, meta)
+        tv = cls(values, found, meta)
         if loaded is not None:
             tv.check(loaded)
+            check_made_for(meta, loaded, f"{found} {info_path.stem}")
         return tv
 
     def check(self, loaded) -> None:
@@ -127,7 +157,7 @@ def extract(loaded: Loaded, episode_stream, n_prompts: int = 100, batch_size: in
         bar.update(len(b))
     bar.close()
     ep = b.episodes[0]
-    info = {"model": loaded.name, "family": loaded.adapter.family, "n_prompts": count,
+    info = {**made_for(loaded), "n_prompts": count,
             "n_shots": getattr(ep, "shots", b.layouts[0].n_demos), "task": getattr(ep, "task", "custom"),
             **(meta or {})}
     return TaskVector(total / count, "mtv", info)

@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, within
+from ..core.provenance import artifact_paths, dumps, write_atomic
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
 PARTS = ("demo_image", "query_image", "demo_text", "query_text", "special", "other")  # see where_it_looks
@@ -129,21 +130,19 @@ class AttentionMass:
         """`path.safetensors` (mass) + `path.json` (segments, rows, metadata)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"mass": self.mass.contiguous()}, str(path.with_suffix(".safetensors")))
-        path.with_suffix(".json").write_text(json.dumps(
-            {"segments": self.segments, "rows": self.rows, "row_positions": self.row_positions, "meta": self.meta},
-            indent=1))
+        info_path, tensor_path = artifact_paths(path)  # a name with dots keeps them
+        info_path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"mass": self.mass.contiguous()}, str(tensor_path))
+        write_atomic(info_path, dumps({"segments": self.segments, "rows": self.rows,
+                                       "row_positions": self.row_positions, "meta": self.meta}, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> AttentionMass:
         from safetensors.torch import load_file
 
-        path = Path(path)
-        d = json.loads(path.with_suffix(".json").read_text())
-        return cls(load_file(str(path.with_suffix(".safetensors")))["mass"], d["segments"], d["rows"],
-                   d["row_positions"], d["meta"])
+        info_path, tensor_path = artifact_paths(path)
+        d = json.loads(info_path.read_text())
+        return cls(load_file(str(tensor_path))["mass"], d["segments"], d["rows"], d["row_positions"], d["meta"])
 
 
 # --- rows and segments -----------------------------------------------------------------------------------
@@ -294,6 +293,9 @@ def _boot_bridge(loaded: Loaded):
     from transformer_lens.model_bridge import TransformerBridge
 
     model = loaded.model
+    if getattr(loaded.processor, "tokenizer", None) is None:
+        raise ValueError("the transformer_lens backend needs the model's processor (with its tokenizer) to build "
+                         "its bridge: Loaded(model, processor, adapter) with the processor, or use backend='nnsight'")
     twin = _twin(model)
     twin.config.architectures = [type(model).__name__]
     try:
@@ -398,8 +400,17 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
                         f"adapter_for(model)) for a model you hold), got {type(loaded).__name__}")
     if isinstance(episodes, Episode):
         episodes = [episodes]
-    if not isinstance(episodes, PreparedBatch) and not list(episodes):
-        raise ValueError("no episodes given: pass an Episode, a non-empty list of them, or a PreparedBatch")
+    accepted = "an Episode, a list of them (micl_probe.sample_episodes(task, shots, n)) or a PreparedBatch"
+    if not isinstance(episodes, (PreparedBatch, list, tuple)):
+        raise TypeError(f"capture_attention takes {accepted}, got {type(episodes).__name__}"
+                        + (f": sample_episodes({episodes!r}, shots=4, n=10) draws a task's" if isinstance(episodes, str)
+                           else ""))
+    if not isinstance(episodes, PreparedBatch):
+        if not episodes:
+            raise ValueError(f"no episodes given: pass {accepted}")
+        wrong = next((e for e in episodes if not isinstance(e, Episode)), None)
+        if wrong is not None:
+            raise TypeError(f"capture_attention takes {accepted}; the list holds a {type(wrong).__name__}")
     if isinstance(episodes, PreparedBatch):
         return _capture(loaded, [episodes], list(episodes.episodes), rows, backend, False, meta, intervention)
     batches = (loaded.prepare_batch([e]) for e in episodes)

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, get_adapter, load_processor
-from ..core.errors import UsageError, one_line_errors
+from ..core.errors import Parser, UsageError, one_line_errors
 from ..core.loading import RETIRED_ORGANISMS
 from ..evaluation import count_correct
 from ..interventions.fitting import icl_labels
@@ -163,7 +163,8 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(prog="python -m micl_probe.organisms.train", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", required=True, help=f"one of {', '.join(sorted(RECIPES))}")
     ap.add_argument("--steps", type=int, help="override the number of steps (a staged recipe's total, split "
                     "in its stages' proportions)")

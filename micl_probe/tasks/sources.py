@@ -10,6 +10,8 @@ or any other string, written as it is before the first demo. `style`: "turns" | 
 
 from __future__ import annotations
 
+from pathlib import PurePath
+
 import numpy as np
 
 from ..core.episode import Episode
@@ -31,7 +33,8 @@ def check_task(task: str) -> None:
 def task_labels(tasks: list[str]) -> dict[str, str]:
     """{task: a short name for tables and figures}: a folder task as source:TASK (the full spec where two would
     share a name), a procedural task as itself."""
-    short = {t: f"{t.partition(':')[0]}:{t.rstrip('/').rsplit('/', 1)[-1]}" if ":" in t else t for t in tasks}
+    short = {t: f"{t.partition(':')[0]}:{PurePath(t.partition(':')[2].rstrip('/') or '.').name}" if ":" in t else t
+             for t in tasks}
     clash = {v for v in short.values() if list(short.values()).count(v) > 1}
     return {t: t if v in clash else v for t, v in short.items()}
 
