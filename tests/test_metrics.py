@@ -91,3 +91,15 @@ def test_an_interventions_kwargs_reach_every_generated_token():
     assert text.startswith(first) and text != plain
     with torch.no_grad():
         assert (loaded.model(**batch.inputs).logits[0, -1] - logits).abs().max() > 1e-3
+
+
+def test_vlicl_rules_and_labels_whatever_the_path_form():
+    from micl_probe.evaluation.metrics import correct
+    from micl_probe.tasks import task_labels
+    for task in ("vlicl:matching_mi", "vlicl:./matching_mi/", "vlicl:/data/VL-ICL/matching_mi"):
+        assert correct("vlicl", "Yes, they match", "yes", task)  # the yes/no rule, not exact match
+        assert not correct("vlicl", "No.", "Yes", task)
+        assert task_labels([task]) == {task: "vlicl:matching_mi"}
+    assert correct("vlicl", "yes", "Yes.", "vlicl:matching_mi")  # a gold written with a capital and a period
+    with pytest.raises(ValueError, match="yes or no"):
+        correct("vlicl", "yes", "maybe", "vlicl:matching_mi")

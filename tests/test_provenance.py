@@ -2,10 +2,10 @@
 its run (manifest.json) and refuses another's, results files are strict JSON and recover from lost parts, and one
 process writes a results file at a time."""
 
+import contextlib
 import dataclasses
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -170,16 +170,23 @@ def test_sharded_rerun_with_nothing_left_merges(loaded, tmp_path):
     assert len(run(loaded, TASKS, ["zero-shot", "2-shot"], BASE, results=path)) == 6 and _lines(path) == 6
 
 
-def _report(*flags, out):
-    cmd = [sys.executable, "-m", "micl_probe.attn_report", "--model", "organism:true-micl", "--tasks", "clock_math",
-           "--n", "2", "--out", str(out), *flags]
-    return subprocess.run(cmd, capture_output=True, text=True)
+def _report(*flags, out) -> tuple[int, str]:
+    """(exit code, stderr) of attn_report run in this process."""
+    from micl_probe.attn_report import main
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            main(["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "2", "--out", str(out),
+                  *map(str, flags)])
+    except SystemExit as e:
+        return e.code, err.getvalue()
+    return 0, err.getvalue()
 
 
 def test_report_folder_has_a_manifest_and_refuses_other_settings(tmp_path):
     out = tmp_path / "rep"
-    done = _report(out=out)
-    assert done.returncode == 0, done.stderr
+    code, err = _report(out=out)
+    assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["seed"] == 0 and manifest["finished"] and manifest["versions"]["torch"]
     assert manifest["model_fingerprints"]["organism:true-micl"]["weights"]
@@ -187,7 +194,41 @@ def test_report_folder_has_a_manifest_and_refuses_other_settings(tmp_path):
     before = (out / "results.jsonl").read_text()
     for flags, named in ((["--seed", "1"], "seed: 0 there, 1 now"), (["--no-attention"], "attention"),
                          (["--max-new-tokens", "3"], "max_new_tokens")):
-        refused = _report(*flags, out=out)
-        assert refused.returncode == 2 and named in refused.stderr and len(refused.stderr.splitlines()) == 1
+        code, err = _report(*flags, out=out)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and named in errors[0], err
     assert (out / "results.jsonl").read_text() == before  # nothing written by a refused run
-    assert _report("--n", "3", out=out).returncode == 0  # more queries of the same run: resumed and extended
+    assert _report("--n", "3", out=out)[0] == 0  # more queries of the same run: resumed and extended
+    assert _lines(out / "results.jsonl") == 9
+
+
+def test_prediction_is_the_text_scored(loaded, tmp_path):
+    from micl_probe.evaluation.metrics import correct
+    cfg = dataclasses.replace(BASE, metric="contains", attention=False, max_new_tokens=6)
+    records = run(loaded, TASKS, ["2-shot"], cfg, results=tmp_path / "r.jsonl")
+    assert all(correct("contains", r["prediction"], r["answer"]) == r["correct"] for r in records)
+    assert any("\n" in r["prediction"] or len(r["prediction"]) > len(r["answer"]) for r in records)
+
+
+def test_shard_commands_rerun_with_nothing_left(tmp_path, capsys):
+    from micl_probe.attn_report import main
+    argv = ["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "2", "--conditions", "zero-shot",
+            "2-shot", "--out", str(tmp_path / "rep")]
+    for shard in ("0/2", "1/2"):
+        main(argv + ["--shard", shard])
+    main(argv)  # merges and reports
+    main(argv + ["--shard", "1/2"])  # a finished shard again: nothing to do, no error
+    main(argv)
+    assert _lines(tmp_path / "rep" / "results.jsonl") == 4
+
+
+def test_a_failed_first_report_leaves_no_folder(tmp_path, monkeypatch):
+    import micl_probe.attn_report as report
+
+    def broken(*a, **kw):
+        raise ValueError("an item of the task is broken")
+    monkeypatch.setattr(report, "run", broken)
+    with pytest.raises(SystemExit):
+        report.main(["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "1", "--out",
+                     str(tmp_path / "rep")])
+    assert not (tmp_path / "rep").exists()

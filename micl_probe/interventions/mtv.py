@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import Loaded, PreparedBatch
+from ..core import Episode, Loaded, PreparedBatch
 from ..core.provenance import (
     artifact_paths,
     check_made_for,
@@ -320,7 +320,13 @@ def answer_logits(loaded: Loaded, episode, means: torch.Tensor, masks: torch.Ten
                   ) -> tuple[torch.Tensor, int]:
     """(logits[n, vocab] at one prompt's answer position under each of `masks` [n, layer, head], the gold first
     answer token): the prefix shared (`last_token_logits`) where the cache allows, else the whole prompt run for
-    each group of `chunk` masks (a hybrid decoder)."""
+    each group of `chunk` masks (a hybrid decoder). `episode`: an Episode with its gold answer (a custom
+    `PreparedBatch` carries no answer to score: `locate` and CIE take episodes)."""
+    if not isinstance(episode, Episode):
+        raise TypeError(f"head selection scores each prompt's gold answer, so it takes Episodes, got a "
+                        f"{type(episode).__name__}; custom PreparedBatches work with extract and inject")
+    if not episode.query.answer:
+        raise ValueError("head selection scores the query's gold answer: give each episode's Query an answer")
     b = loaded.prepare_batch([episode])
     target = int(b.answer_ids[0][0])
     if shares_prefix(loaded):
