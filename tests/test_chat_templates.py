@@ -9,20 +9,55 @@ from micl_probe.testing import cached_tiny, noise_episode, tiny_loaded
 from micl_probe.testing.templates import CHAT_TEMPLATES, with_template
 
 
-def _conversation(ep, with_answer):
-    """The episode as the messages a user would hand to `apply_chat_template` (written here independently)."""
+def _conversation(ep, with_answer, string_assistant=False):
+    """The episode as the messages a user would hand to `apply_chat_template` (written here independently);
+    `string_assistant`: answers as plain strings (a template that prints the content as it stands)."""
     messages = []
     for i, d in enumerate(ep.demos):
         lead = [{"type": "text", "text": ep.instruction + "\n"}] if i == 0 and ep.instruction else []
         messages.append({"role": "user", "content": lead + [{"type": "image"}] * len(d.images)
                          + [{"type": "text", "text": d.question}]})
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": d.answer}]})
+        messages.append({"role": "assistant", "content": d.answer if string_assistant
+                         else [{"type": "text", "text": d.answer}]})
     lead = [{"type": "text", "text": ep.instruction + "\n"}] if not ep.demos and ep.instruction else []
     messages.append({"role": "user", "content": lead + [{"type": "image"}] * len(ep.query.images)
                      + [{"type": "text", "text": ep.query.question}]})
     if with_answer:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": ep.query.answer}]})
+        messages.append({"role": "assistant", "content": ep.query.answer if string_assistant
+                         else [{"type": "text", "text": ep.query.answer}]})
     return messages
+
+
+def _checkpoint_flow(ep, with_answer: bool, processor) -> list[int]:
+    """The prompt's ids as a user of the checkpoint gets them: the conversation (images inline) through
+    `apply_chat_template(tokenize=True)`, assistant turns written as the template reads them (a plain string where it
+    prints the content as it stands: GLM-4.1V)."""
+    string_assistant = "msg.content }}" in processor.chat_template  # GLM-4.1V's `{{ msg.content }}`
+    turns = [x for d in ep.demos for x in (("user", d.images, d.question), ("assistant", (), d.answer))]
+    turns += [("user", ep.query.images, ep.query.question)]
+    turns += [("assistant", (), ep.query.answer)] if with_answer else []
+    messages = []
+    for role, images, text in turns:
+        content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": text}]
+        messages.append({"role": role, "content": text if role == "assistant" and string_assistant else content})
+    out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
+                                        add_generation_prompt=not with_answer)
+    return out["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("with_answer", [False, True])
+@pytest.mark.parametrize("shots", [0, 2])
+@pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
+def test_prompt_ids_are_the_checkpoints_own(name, shots, with_answer):
+    """Token ids, not only text: BOS once (Gemma 3 and Idefics3 write it in the template), assistant turns as the
+    template reads them (GLM-4.1V), images passed as the processor groups them (LLaVA-OneVision's multi-image
+    mode)."""
+    model, processor = cached_tiny(CHAT_TEMPLATES[name][0])
+    processor = with_template(processor, name)
+    ep = noise_episode(shots)
+    ours = prepare(ep, processor, adapter_for(model), model=model, with_answer=with_answer)
+    assert ours.inputs["input_ids"][0].tolist() == _checkpoint_flow(ep, with_answer, processor)
+    assert "'type'" not in ours.text  # no part list printed as text
 
 
 @pytest.mark.parametrize("with_answer", [False, True])
@@ -32,7 +67,8 @@ def test_prompt_is_the_templates_output(name, shots, with_answer):
     model, processor = cached_tiny(CHAT_TEMPLATES[name][0])
     processor = with_template(processor, name)
     ep = dataclasses.replace(noise_episode(shots), instruction="Answer briefly.")
-    expected = processor.apply_chat_template(_conversation(ep, with_answer), tokenize=False,
+    string_assistant = "msg.content }}" in processor.chat_template
+    expected = processor.apply_chat_template(_conversation(ep, with_answer, string_assistant), tokenize=False,
                                              add_generation_prompt=not with_answer)
     assert render(ep, adapter_for(model), with_answer=with_answer, processor=processor).text == expected
 
@@ -73,3 +109,23 @@ def test_template_layout_owners():
     assert "You are a helpful assistant." in tok.decode(ids[lay.owner == NONE])
     assert tok.decode(ids[lay.positions(owner=1, role="template")]).count("assistant") == 1
     assert tok.decode(ids[lay.positions(owner=QUERY)]).endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
+def test_the_separator_belongs_to_the_answer_in_both_paths(name):
+    """An answer whose leading space is a token of its own ("zq" -> ' ', 'z', 'q' here): the template path and the
+    declared format both count the space as the answer's (it is what the model emits first), so teacher forcing
+    scores it and the answer position is the token before it in both."""
+    model, processor = cached_tiny(CHAT_TEMPLATES[name][0])
+    processor = with_template(processor, name)
+    base = noise_episode(2)
+    ep = dataclasses.replace(base, query=dataclasses.replace(base.query, answer="zq"))
+    tok = processor.tokenizer
+    answers = []
+    for use_template in (True, False):
+        p = prepare(ep, processor, adapter_for(model), model=model, with_answer=True, use_template=use_template)
+        ids = p.inputs["input_ids"][0]
+        answer = [tok.decode([int(i)]) for i in ids[p.layout.query_answer_positions()]]
+        assert "".join(answer).strip() == "zq" and p.layout.answer_position == p.layout.query_answer_positions()[0] - 1
+        answers.append(answer)
+    assert answers[0] == answers[1], f"template {answers[0]} vs declared {answers[1]}"

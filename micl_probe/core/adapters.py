@@ -189,7 +189,7 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
             pack_config=("vision_feature_select_strategy",),
             notes="LLaVA-NeXT: anyres tiling, variable image-token count incl. row newlines; chat format of the "
                   "Mistral checkpoints (pass chat= for Vicuna/Llama-3 ones)."),
-    Adapter("llava_onevision", ("llava_onevision",), _ONEVISION, patch_layout="anyres",
+    Adapter("llava_onevision", ("llava_onevision",), _ONEVISION, patch_layout="anyres", nest_images=True,
             pack_config=("vision_aspect_ratio",),
             notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
     Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False, patch_layout="merged",

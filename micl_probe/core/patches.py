@@ -147,15 +147,22 @@ def _anyres(model, adapter, positions: torch.Tensor, image_size) -> tuple[tuple[
                                                  grid_pinpoints=cfg.image_grid_pinpoints,
                                                  patch_size=cfg.vision_config.image_size)
     side = cfg.vision_config.image_size // cfg.vision_config.patch_size
-    marker = torch.ones(n_patches, side * side, 1)
-    marker[0] = 0.0  # the base image; 1: high-resolution tiles
     kwargs = {name: getattr(cfg, name) for name in adapter.pack_config}  # family facts, from the adapter
-    with torch.no_grad():
-        packed = model.model.pack_image_features([marker], image_size[None], image_newline=torch.tensor([2.0]),
-                                                 **kwargs)[0]
-    codes = torch.cat(packed if isinstance(packed, (list, tuple)) else [packed]).flatten().round().long()
-    if codes.numel() != positions.numel():
-        raise ValueError(f"the model packs {codes.numel()} tokens for this image; the prompt has {positions.numel()}")
+    counts = []
+    # tiled (one image in the prompt), or the base image alone (OneVision's multi-image prompts: no tiles)
+    for n in dict.fromkeys([n_patches, 1]):
+        marker = torch.ones(n, side * side, 1)
+        marker[0] = 0.0  # the base image; 1: high-resolution tiles
+        with torch.no_grad():
+            packed = model.model.pack_image_features([marker], image_size[None], image_newline=torch.tensor([2.0]),
+                                                     **kwargs)[0]
+        codes = torch.cat(packed if isinstance(packed, (list, tuple)) else [packed]).flatten().round().long()
+        counts.append(codes.numel())
+        if codes.numel() == positions.numel():
+            break
+    else:
+        raise ValueError(f"the model packs {' or '.join(map(str, counts))} tokens for this image; the prompt has "
+                         f"{positions.numel()}")
     base = positions[codes == 0]
     tiles = [Tile(_square(base), FULL, "base")]
     rows, row = [], []

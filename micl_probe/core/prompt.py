@@ -186,9 +186,9 @@ def _from_format(messages: list[_Message], chat) -> list[Piece]:
     """Pieces in a declared ChatFormat: {user}{items}{user_end}{assistant} per user message,
     {answer_sep}{answer}{assistant_end} per assistant message."""
     pieces = [Piece(chat.system, NONE, "template")]
-    for m in messages:
-        if m.role == "user":
-            pieces.append(Piece(chat.user, m.owner, "template"))
+    for k, m in enumerate(messages):
+        if m.role == "user":  # the first turn's header is nobody's, as in the template path (it cannot be told
+            pieces.append(Piece(chat.user, m.owner if k else NONE, "template"))  # from a system prompt there)
         for kind, owner, text in m.items:
             text = chat.image if kind == "image" else chat.answer_sep + text if m.role == "assistant" else text
             pieces.append(Piece(text, owner, kind))
@@ -197,10 +197,34 @@ def _from_format(messages: list[_Message], chat) -> list[Piece]:
     return pieces
 
 
+_PROBE = "micl_probe_content_probe"
+
+
+def _string_roles(apply) -> set[str]:
+    """The roles whose text-only content the chat template wants as a plain string, decided by rendering: a
+    template that prints `message.content` as it stands (GLM-4.1V's assistant turns) writes a list of parts as
+    Python's repr, "[{'type': 'text', …}]"; one that reads `content[0]['text']` (LLaVA) needs the list."""
+    strings = set()
+    for role in ("assistant", "system"):
+        turn = {"role": role, "content": [{"type": "text", "text": _PROBE}]}
+        user = {"role": "user", "content": [{"type": "text", "text": "q"}]}
+        conversation = [user, turn] if role == "assistant" else [turn, user]
+        try:
+            text = apply(conversation, tokenize=False, add_generation_prompt=False)
+        except Exception:  # noqa: BLE001 - a template that refuses the list form (or the role): try the string
+            text = None
+        if text is None or _PROBE not in text or f"'{_PROBE}'" in text:
+            strings.add(role)
+    return strings
+
+
 def _from_template(messages: list[_Message], processor, adapter: Adapter, add_generation_prompt: bool) -> list[Piece]:
     """Pieces of the text `processor.apply_chat_template` renders: each message's span is found by rendering the
     conversation up to it (templates render prefixes of a conversation as prefixes of its text), and inside a span
     each image marker and text item by search, in order; what lies between is template text."""
+    apply = processor.apply_chat_template
+    as_string = _string_roles(apply)
+
     def content(m):  # consecutive text items join into one text entry (templates may pad each entry)
         out = []
         for kind, _, text in m.items:
@@ -210,10 +234,11 @@ def _from_template(messages: list[_Message], processor, adapter: Adapter, add_ge
                 out[-1]["text"] += text
             else:
                 out.append({"type": "text", "text": text})
+        if m.role in as_string and all(part["type"] == "text" for part in out):
+            return {"role": m.role, "content": "".join(part["text"] for part in out)}
         return {"role": m.role, "content": out}
 
     conversation = [content(m) for m in messages]
-    apply = processor.apply_chat_template
     text = apply(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
     ends = []
     for k in range(1, len(conversation) + 1):
@@ -241,6 +266,9 @@ def _from_template(messages: list[_Message], processor, adapter: Adapter, add_ge
                 if i < 0:
                     raise ValueError(f"the chat template did not render the text {stripped[:40]!r} verbatim")
                 item = stripped
+                if kind == "answer":  # the spaces before an answer are its separator: the answer's, as in a
+                    while i > max(cursor[lane], start) and text[i - 1] == " ":  # declared format's answer_sep
+                        i, item = i - 1, " " + item
             found.append((i, i + len(item), kind, owner))
             cursor[lane] = i + len(item)
         found.sort()
@@ -272,7 +300,8 @@ def encode(prompts: list[Prompt], processor, adapter: Adapter, max_positions: in
     images = adapter.images_arg([list(p.images) for p in prompts])
     side = {"padding_side": padding_side} if padding_side else {}
     enc = processor(text=[p.text for p in prompts], images=images, return_tensors="pt", padding=len(prompts) > 1,
-                    return_offsets_mapping=True, return_text_replacement_offsets=True, **side)
+                    return_offsets_mapping=True, return_text_replacement_offsets=True,
+                    **side, **_special_tokens(prompts, processor))
     offsets = enc.pop("offset_mapping").tolist()  # [batch, seq] (start, end) in each expanded text
     seq = enc["input_ids"].shape[1]
     if max_positions is not None and seq > max_positions:
@@ -294,6 +323,13 @@ def encode(prompts: list[Prompt], processor, adapter: Adapter, max_positions: in
     return enc, layouts
 
 
+def _special_tokens(prompts: list[Prompt], processor) -> dict:
+    """{"add_special_tokens": False} when the rendered text already starts with the tokenizer's BOS (a template
+    that writes it, as Gemma 3's and Idefics3's do): BOS once, as `apply_chat_template(tokenize=True)` does."""
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    return {"add_special_tokens": False} if bos and all(p.text.startswith(bos) for p in prompts) else {}
+
+
 def _probe_replacements(prompt: Prompt, processor, adapter: Adapter, image_id: int) -> list[dict]:
     """What `return_text_replacement_offsets` reports, for a processor that does not (Idefics2): each placeholder's
     span in the prompt and in the expanded text, and its image-token count. The processor is run on growing prefixes
@@ -307,7 +343,7 @@ def _probe_replacements(prompt: Prompt, processor, adapter: Adapter, image_id: i
         end = at + len(placeholder)
         cut = end + 1 if end < len(prompt.text) and not prompt.text.startswith(placeholder, end) else end
         probe = processor(text=[prompt.text[:cut]], images=adapter.images_arg([list(prompt.images[: i + 1])]),
-                          return_tensors="pt", return_offsets_mapping=True)
+                          return_tensors="pt", return_offsets_mapping=True, **_special_tokens([prompt], processor))
         growth = int(probe["offset_mapping"][0, :, 1].max()) - cut  # the expanded prefix's length - the prefix's
         n_image = int((probe["input_ids"][0] == image_id).sum())
         out.append({"span": (at, end), "new_span": (at + grown, end + growth), "n_image_tokens": n_image - counted})

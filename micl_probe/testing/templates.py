@@ -9,7 +9,12 @@ processor writes them:
 name -> (family of the tiny model that plays the checkpoint, template). Sources: llava-hf/llava-1.5-7b-hf and
 llava-hf/llava-v1.6-vicuna-7b-hf (same template), llava-hf/llava-v1.6-mistral-7b-hf (its assistant turn ends with the
 literal text `<\\s> `, not the `</s>` token), llava-hf/llava-onevision-qwen2-*-ov-hf (note the space after the role),
-Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct (default system prompt), HuggingFaceM4/Idefics3-8B-Llama3.
+Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct (default system prompt), HuggingFaceM4/Idefics3-8B-Llama3,
+google/gemma-3-*-it (its template writes <bos> itself; copy: transformers'
+tests/models/gemma3/test_processing_gemma3.py),
+zai-org/GLM-4.1V-9B-Thinking (prints an assistant turn's content as it is: a string, never a list of parts; copy:
+the "official_chat_template" recorded for Glm4vProcessor in a public renderer-snapshot fixture; the same text is in
+sglang's test_jinja_template_utils.py).
 """
 
 from __future__ import annotations
@@ -66,6 +71,36 @@ _IDEFICS3 = (
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+_GEMMA3 = (
+    "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n{%- endif -%}\n{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n    {%- if (message['role'] == 'assistant') -%}\n        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n        {%- set role = message['role'] -%}\n    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n        {%- endfor -%}\n    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n    {%- endif -%}\n    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n{%- if add_generation_prompt -%}\n    {{'<start_of_turn>model\n'}}\n{%- endif -%}\n"
+)
+_GLM4V = (
+    "[gMASK]<sop>\n{%- for msg in messages %}\n    {%- if msg.role == 'system' %}\n<|system|>\n{{ msg.content }}\n"
+    "    {%- elif msg.role == 'user' %}\n<|user|>{{ '\\n' }}\n\n        {%- if msg.content is string %}\n"
+    "{{ msg.content }}\n        {%- else %}\n            {%- for item in msg.content %}\n"
+    "                {%- if item.type == 'video' or 'video' in item %}\n<|begin_of_video|><|video|><|end_of_video|>\n"
+    "                {%- elif item.type == 'image' or 'image' in item %}\n<|begin_of_image|><|image|><|end_of_image|>\n"
+    "                {%- elif item.type == 'text' %}\n{{ item.text }}\n                {%- endif %}\n"
+    "            {%- endfor %}\n        {%- endif %}\n    {%- elif msg.role == 'assistant' %}\n"
+    "        {%- if msg.metadata %}\n<|assistant|>{{ msg.metadata }}\n{{ msg.content }}\n        {%- else %}\n"
+    "<|assistant|>\n{{ msg.content }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
     "llava-1.5": ("llava", _LLAVA),
@@ -75,6 +110,8 @@ CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
     "qwen2-vl": ("qwen2_vl", _QWEN2_VL),
     "qwen2.5-vl": ("qwen2_5_vl", _QWEN2_VL),
     "idefics3": ("idefics3", _IDEFICS3),
+    "gemma-3": ("gemma3", _GEMMA3),
+    "glm-4.1v": ("glm4v", _GLM4V),
 }
 
 
