@@ -103,6 +103,8 @@ def parse(argv=None):
                          "(default: %(default)s)")
     ap.add_argument("--instruction", default="nothing", help="task instruction: nothing, concise or detailed "
                     "(VL-ICL's own, for vlicl: tasks) or any text (default: %(default)s)")
+    ap.add_argument("--system", default="", help="a system message, written by the chat template's system turn "
+                    "(default: none; the declared formats of --no-template have no system turn)")
     ap.add_argument("--no-template", action="store_true", help="write prompts in the adapter's declared chat "
                     "format even where the processor carries a chat template")
     ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")
@@ -214,7 +216,7 @@ def example_patch_maps(loaded, args) -> tuple:
 
     k, k_max = pool_size(args.conditions)
     task = args.tasks[0]
-    episode = query_episodes(task, k_max, 1, args.seed, args.instruction, args.prompt_style)[0]
+    episode = query_episodes(task, k_max, 1, args.seed, args.instruction, args.prompt_style, args.system)[0]
     episode = condition_episode(episode, f"{k}-shot")
     maps = patch_maps(loaded, episode)
     return maps, top_heads(maps), f"{task}, {k}-shot, query episode 0"
@@ -274,8 +276,8 @@ def run_settings(args) -> dict:
             "task_content": {t: folder_digest(parse_task(t).folder) for t in args.tasks if ":" in t},
             "conditions": args.conditions, "seed": args.seed, "dtype": args.dtype, "metric": args.metric or "per task",
             "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "instruction": args.instruction,
-            "chat_template": not args.no_template, "attention": not args.no_attention, "alphas": args.alphas,
-            "artifacts": artifacts}
+            "system": args.system, "chat_template": not args.no_template, "attention": not args.no_attention,
+            "alphas": args.alphas, "artifacts": artifacts}
 
 
 def _report(args, rank: int, world: int, dist) -> Path | None:
@@ -289,11 +291,11 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     settings = {"models": models, "tasks": args.tasks, "conditions": args.conditions, "n": args.n,
                 "seed": args.seed, "device": args.device or "cpu", "metric": args.metric or "per task",
-                "prompt_style": args.prompt_style, "instruction": args.instruction,
+                "prompt_style": args.prompt_style, "instruction": args.instruction, "system": args.system,
                 "chat_template": not args.no_template}
     config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention,
                        metric=args.metric, max_new_tokens=args.max_new_tokens, style=args.prompt_style,
-                       instruction=args.instruction)
+                       instruction=args.instruction, system=args.system)
     device = args.device
     if dist is not None and device == "cuda":  # one GPU a process
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"

@@ -28,7 +28,7 @@ def _conversation(ep, with_answer, string_assistant=False):
     return messages
 
 
-def _checkpoint_flow(ep, with_answer: bool, processor) -> list[int]:
+def _checkpoint_flow(ep, with_answer: bool, processor, system: str = "") -> list[int]:
     """The prompt's ids as a user of the checkpoint gets them: the conversation (images inline) through
     `apply_chat_template(tokenize=True)`, assistant turns written as the template reads them (a plain string where it
     prints the content as it stands: GLM-4.1V)."""
@@ -36,10 +36,12 @@ def _checkpoint_flow(ep, with_answer: bool, processor) -> list[int]:
     turns = [x for d in ep.demos for x in (("user", d.images, d.question), ("assistant", (), d.answer))]
     turns += [("user", ep.query.images, ep.query.question)]
     turns += [("assistant", (), ep.query.answer)] if with_answer else []
+    turns = ([("system", (), system)] if system else []) + turns
     messages = []
     for role, images, text in turns:
         content = [{"type": "image", "image": im} for im in images] + [{"type": "text", "text": text}]
-        messages.append({"role": role, "content": text if role == "assistant" and string_assistant else content})
+        plain = role in ("assistant", "system") and string_assistant
+        messages.append({"role": role, "content": text if plain else content})
     out = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt",
                                         add_generation_prompt=not with_answer)
     return out["input_ids"][0].tolist()
@@ -51,13 +53,15 @@ def _checkpoint_flow(ep, with_answer: bool, processor) -> list[int]:
 def test_prompt_ids_are_the_checkpoints_own(name, shots, with_answer):
     """Token ids, not only text: BOS once (Gemma 3 and Idefics3 write it in the template), assistant turns as the
     template reads them (GLM-4.1V), images passed as the processor groups them (LLaVA-OneVision's multi-image
-    mode)."""
+    mode), with and without a system message."""
     model, processor = cached_tiny(CHAT_TEMPLATES[name][0])
     processor = with_template(processor, name)
-    ep = noise_episode(shots)
-    ours = prepare(ep, processor, adapter_for(model), model=model, with_answer=with_answer)
-    assert ours.inputs["input_ids"][0].tolist() == _checkpoint_flow(ep, with_answer, processor)
-    assert "'type'" not in ours.text  # no part list printed as text
+    for system in ("", "Answer with one word."):  # a system message: the template's own system turn
+        ep = dataclasses.replace(noise_episode(shots), system=system)
+        ours = prepare(ep, processor, adapter_for(model), model=model, with_answer=with_answer)
+        assert ours.inputs["input_ids"][0].tolist() == _checkpoint_flow(ep, with_answer, processor, system)
+        assert "'type'" not in ours.text  # no part list printed as text
+        assert not system or ours.layout.segments()["none.template"].numel() > 3  # the system text: nobody's
 
 
 @pytest.mark.parametrize("with_answer", [False, True])
@@ -129,3 +133,24 @@ def test_the_separator_belongs_to_the_answer_in_both_paths(name):
         assert "".join(answer).strip() == "zq" and p.layout.answer_position == p.layout.query_answer_positions()[0] - 1
         answers.append(answer)
     assert answers[0] == answers[1], f"template {answers[0]} vs declared {answers[1]}"
+
+
+@pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
+def test_single_style_keeps_images_beside_their_question_or_says_why_not(name):
+    model, processor = cached_tiny(CHAT_TEMPLATES[name][0])
+    processor = with_template(processor, name)
+    ep = noise_episode(2).with_style("single")
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prompt = render(ep, adapter_for(model), processor=processor)
+    owners = [p.owner if p.owner >= 0 else 99 for p in prompt.pieces if p.kind in ("image", "question")]
+    in_order = owners == sorted(owners)
+    assert in_order != any("before its text" in str(w.message) for w in caught)  # in order, or a warning says so
+
+
+def test_a_system_message_needs_a_template():
+    model, processor = cached_tiny("llava")
+    ep = dataclasses.replace(noise_episode(1), system="Be brief.")
+    with pytest.raises(ValueError, match="system message needs the processor's chat template"):
+        render(ep, adapter_for(model), processor=None)

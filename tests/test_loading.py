@@ -5,11 +5,14 @@ from micl_probe import load
 from micl_probe.testing import noise_episode, tiny_loaded
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "llava_onevision"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "llava_onevision", "smolvlm"])
 def test_load_from_local_folder_offline(tmp_path, family, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = tiny_loaded(family)
     model, processor = loaded.model, loaded.processor
+    if family == "smolvlm":  # saved with its published chat template: loads and prompts without torchvision
+        from micl_probe.testing.templates import with_template
+        processor = with_template(processor, "smolvlm2")
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded = load(str(tmp_path))

@@ -103,3 +103,13 @@ def test_vlicl_rules_and_labels_whatever_the_path_form():
     assert correct("vlicl", "yes", "Yes.", "vlicl:matching_mi")  # a gold written with a capital and a period
     with pytest.raises(ValueError, match="yes or no"):
         correct("vlicl", "yes", "maybe", "vlicl:matching_mi")
+
+
+def test_thinking_models_are_scored_on_the_answer_after_the_reasoning():
+    from micl_probe.evaluation.metrics import final_answer
+    glm = "<think>The hand points at 3, so 3 + 4 = 7... or 8?</think><answer><|begin_of_box|>7<|end_of_box|></answer>"
+    assert final_answer(glm) == "7" and correct("exact", glm, "7") and not correct("exact", glm, "8")
+    qwen = "Let me see, 8 is wrong.\n</think>\n\nThe answer is 7."
+    assert correct("number", qwen, "7")
+    assert not correct("contains", "<think>7 or 8, I need more tokens to", "7")  # stopped while thinking
+    assert correct("exact", "7", "7")  # no thinking: the text as it is

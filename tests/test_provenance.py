@@ -116,16 +116,18 @@ def test_task_folder_content_is_part_of_the_key(tmp_path):
     assert _lines(path) == 4
 
 
-def test_template_or_declared_format_is_part_of_the_key(tmp_path):
+def test_template_declared_format_and_system_message_are_part_of_the_key(tmp_path):
     loaded = tiny_loaded("llava")
     loaded = dataclasses.replace(loaded, processor=with_template(loaded.processor, "llava-1.5"), _cache={})
     args = dict(tasks=TASKS, conditions=["zero-shot"], config=dataclasses.replace(BASE, attention=False))
     path = tmp_path / "r.jsonl"
     run(loaded, **args, results=path)
     templated = loaded.prompt_format
+    run(loaded, **(args | {"config": dataclasses.replace(args["config"], system="Be brief.")}), results=path)
+    assert _lines(path) == 6  # a system message: new records
     loaded.use_template = False
     run(loaded, **args, results=path)
-    assert loaded.prompt_format != templated and _lines(path) == 6
+    assert loaded.prompt_format != templated and _lines(path) == 9
 
 
 def test_lost_parts_and_tmp_leftovers_are_recovered(loaded, tmp_path):

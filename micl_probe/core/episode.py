@@ -10,10 +10,11 @@
     episode.with_style("single")      # every demo in one user turn, as VL-ICL Bench writes its prompts
 
 The query's gold answer is kept on the episode for scoring and is never rendered into a prompt (unless a scorer asks
-for teacher forcing). An episode may carry a task `instruction` (written once, before the first demo) and a prompt
-`style`: "turns" (default: one user turn + one assistant turn per demo) or "single" (VL-ICL Bench's layout: the
-instruction, then every demo as "{images}{question}\nAnswer: {answer}\n" and the query as
-"{images}{question}\nAnswer:" in ONE user turn; the model answers in the assistant turn).
+for teacher forcing). An episode may carry a task `instruction` (written once, before the first demo), a `system`
+message (the chat template's system turn) and a prompt `style`: "turns" (default: one user turn + one assistant turn
+per demo) or "single" (VL-ICL Bench's layout: the instruction, then every demo as
+"{images}{question}\nAnswer: {answer}\n" and the query as "{images}{question}\nAnswer:" in ONE user turn; the model
+answers in the assistant turn).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class Episode:
     meta: Mapping[str, Any] = field(default_factory=dict)
     instruction: str = ""  # task instruction written once before the first demo ("" for none)
     style: str = "turns"  # "turns" (a chat turn per demo) | "single" (VL-ICL: all demos in one user turn)
+    system: str = ""  # a system message, written by the chat template's system turn ("" for none)
 
     def __post_init__(self):
         object.__setattr__(self, "demos", tuple(self.demos))
@@ -157,9 +159,10 @@ class Episode:
         keep = sorted(sorted(range(self.shots), key=lambda i: -sims[i])[:k])
         return self._with(f"retrieved-{k}-shot", demos=tuple(self.demos[i] for i in keep))
 
-    def with_style(self, style: str, instruction: str | None = None) -> Episode:
-        """The same episode written in prompt style `style` (and with `instruction`, when given)."""
-        return replace(self, style=style, instruction=self.instruction if instruction is None else instruction)
+    def with_style(self, style: str, instruction: str | None = None, system: str | None = None) -> Episode:
+        """The same episode written in prompt style `style` (and with `instruction` and `system`, when given)."""
+        return replace(self, style=style, instruction=self.instruction if instruction is None else instruction,
+                       system=self.system if system is None else system)
 
     def without_demo_images(self) -> Episode:
         """Demos keep question and answer but lose their images (TrueMICL's 'no-image' control)."""
@@ -187,6 +190,7 @@ class Episode:
             "meta": dict(self.meta),
             "instruction": self.instruction,
             "style": self.style,
+            "system": self.system,
             "demos": [{"images": imgs(d.images), "question": d.question, "answer": d.answer} for d in self.demos],
             "query": {"images": imgs(self.query.images), "question": self.query.question,
                       "answer": self.query.answer},
@@ -200,7 +204,7 @@ class Episode:
         return cls(demos=tuple(Demo(imgs(x["images"]), x["question"], x["answer"]) for x in d["demos"]),
                    query=Query(imgs(d["query"]["images"]), d["query"]["question"], d["query"].get("answer")),
                    task=d.get("task", "unnamed"), meta=d.get("meta", {}), instruction=d.get("instruction", ""),
-                   style=d.get("style", "turns"))
+                   style=d.get("style", "turns"), system=d.get("system", ""))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))

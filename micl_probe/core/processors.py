@@ -7,6 +7,7 @@ byte-level BPE tokenizer in code (for the organisms and the tiny test models; no
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, corpus: list[s
                                    extra_special_tokens=extra, model_max_length=4096)
 
 
+class NoVideo:
+    """The video sub-processor of an image-only processor: it has the defaults a chat template reads (SmolVLM's
+    `num_frames`, `fps`: none) and takes no videos."""
+
+    num_frames = None
+    fps = None
+
+    def __call__(self, *args, **kwargs):
+        raise ValueError("this processor was built without its video part (torchvision is missing): images only")
+
+
 def image_only(processor_cls: type) -> type:
     """`processor_cls` without its video sub-processor.
 
@@ -46,7 +58,34 @@ def image_only(processor_cls: type) -> type:
     def get_attributes(cls):
         return [a for a in processor_cls.get_attributes() if a != "video_processor"]
 
-    return type(processor_cls.__name__, (processor_cls,), {"get_attributes": get_attributes, "__module__": __name__})
+    members = {"get_attributes": get_attributes, "__module__": __name__}
+    video = inspect.signature(processor_cls.__init__).parameters.get("video_processor")
+    if video is not None and video.default is inspect.Parameter.empty:  # a parent that requires one (SmolVLM)
+        members["__init__"] = _without_video_argument(processor_cls)
+    return type(processor_cls.__name__, (processor_cls,), members)
+
+
+def _without_video_argument(processor_cls: type):
+    """An `__init__` for the image-only subclass of a processor whose `__init__` requires `video_processor`: the
+    parent's own keyword arguments but that one (HF's from_dict and to_dict read them from the code object and the
+    signature), the parent called with video_processor=None, then a `NoVideo` stand-in (SmolVLM's
+    apply_chat_template reads its frame defaults)."""
+    params = [p for p in list(inspect.signature(processor_cls.__init__).parameters.values())[1:]
+              if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "video_processor"]
+    defaults = {p.name: None if p.default is p.empty else p.default for p in params}
+
+    def finish(self, named: dict, kwargs: dict):
+        kwargs.setdefault("video_processor", None)
+        processor_cls.__init__(self, **named, **kwargs)
+        if getattr(self, "video_processor", None) is None:
+            self.video_processor = NoVideo()
+
+    names = [p.name for p in params]
+    source = (f"def __init__(self, {''.join(f'{n}=_defaults[{n!r}], ' for n in names)}**kwargs):\n"
+              f"    _finish(self, {{{', '.join(f'{n!r}: {n}' for n in names)}}}, kwargs)\n")
+    namespace = {"_defaults": defaults, "_finish": finish}
+    exec(source, namespace)  # a real parameter list: what from_dict reads from __code__
+    return namespace["__init__"]
 
 
 def load_processor(path: str):

@@ -18,6 +18,7 @@ expansion of that placeholder; prompt length <= the model's context; placeholder
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -126,6 +127,7 @@ def _messages(episode: Episode, with_answer: bool) -> list[_Message]:
     q = episode.query
     if with_answer and q.answer is None:
         raise ValueError("with_answer=True needs a query with a gold answer")
+    system = [_Message("system", NONE, (("template", NONE, episode.system),), NONE)] if episode.system.strip() else []
     instruction = [("template", NONE, episode.instruction.strip() + "\n")] if episode.instruction.strip() else []
     demos = [(i, d.images, d.question, d.answer) for i, d in enumerate(episode.demos)]
     answer = [_Message("assistant", QUERY, (("answer", QUERY, q.answer),), QUERY)] if with_answer else []
@@ -136,8 +138,8 @@ def _messages(episode: Episode, with_answer: bool) -> list[_Message]:
                                                              ("template", owner, "\nAnswer:")]
             if ans is not None:
                 items += [("answer", owner, " " + str(ans)), ("template", owner, "\n")]
-        return [_Message("user", NONE, tuple(items), QUERY)] + answer
-    messages = []
+        return system + [_Message("user", NONE, tuple(items), QUERY)] + answer
+    messages = list(system)
     for t, (owner, images, question, ans) in enumerate(demos + [(QUERY, q.images, q.question, None)]):
         lead = instruction if t == 0 else []
         items = tuple(lead + [("image", owner, "")] * len(images) + [("question", owner, question)])
@@ -176,10 +178,25 @@ def render(episode: Episode, adapter: Adapter, with_answer: bool = False, proces
     messages = _messages(episode, with_answer)
     if getattr(processor, "chat_template", None):
         pieces = _from_template(messages, processor, adapter, add_generation_prompt=not with_answer)
+        if episode.style == "single" and _reordered(pieces):
+            warnings.warn(f"{type(processor).__name__}'s chat template writes every image of a turn before its "
+                          "text, so in style 'single' the demos' images all stand before the first question (VL-ICL "
+                          "puts each demo's images before its question): use style 'turns', or the adapter's "
+                          "declared format (use_template=False, --no-template), for VL-ICL's layout", stacklevel=2)
+    elif episode.system.strip():
+        raise ValueError(f"a system message needs the processor's chat template; {adapter.family}'s declared "
+                         "format has no system turn (load a processor with a chat template, or leave system empty)")
     else:
         pieces = _from_format(messages, adapter.chat)
     answer = next((p.text for p in reversed(pieces) if p.kind == "answer"), None) if with_answer else None
     return Prompt(tuple(p for p in pieces if p.text), episode.images, answer)
+
+
+def _reordered(pieces: list[Piece]) -> bool:
+    """Whether a turn's images were moved away from their question: the owners of image and question pieces, in
+    prompt order, go back to an earlier demo (demo 1's image before demo 0's question)."""
+    order = [len(pieces) if p.owner == QUERY else p.owner for p in pieces if p.kind in ("image", "question")]
+    return any(b < a for a, b in zip(order, order[1:]))
 
 
 def _from_format(messages: list[_Message], chat) -> list[Piece]:
@@ -249,9 +266,16 @@ def _from_template(messages: list[_Message], processor, adapter: Adapter, add_ge
                          "messages as a prefix of the whole; pass use_template=False to use the adapter's ChatFormat")
     markers = [m for m in (adapter.chat.image, adapter.chat.image.strip(), processor.image_token) if m]
     pieces, start = [], 0
-    for m, end in zip(messages, ends):
+    first_user = next(k for k, m in enumerate(messages) if m.role == "user")
+    carried: tuple = ()
+    for k, (m, end) in enumerate(zip(messages, ends)):
+        items = carried + m.items
+        if m.role == "system" and any(text.find(t.strip(), start, end) < 0 for _, _, t in m.items):
+            carried = m.items  # a template that writes the system text into the first user turn (Gemma 3)
+            continue
+        carried = ()
         found, cursor = [], {"image": start, "text": start}
-        for kind, owner, item in m.items:
+        for kind, owner, item in items:
             lane = "image" if kind == "image" else "text"
             if kind == "image":
                 at = [(text.find(mk, cursor[lane], end), mk) for mk in markers]
@@ -272,7 +296,7 @@ def _from_template(messages: list[_Message], processor, adapter: Adapter, add_ge
             found.append((i, i + len(item), kind, owner))
             cursor[lane] = i + len(item)
         found.sort()
-        lead_owner = NONE if not pieces else m.owner
+        lead_owner = NONE if k <= first_user else m.owner  # what precedes the first turn's items: nobody's
         for a, b, kind, owner in found:
             if a < start:
                 raise ValueError("the chat template's rendering of a message overlaps its items")

@@ -86,6 +86,7 @@ class RunConfig:
     max_new_tokens: int = 16  # generation length for the generated-answer metrics
     style: str = "turns"  # prompt style: "turns" (a chat turn per demo) | "single" (VL-ICL's one user turn)
     instruction: str = "nothing"  # nothing | concise | detailed (VL-ICL's, for vlicl: tasks) | any text
+    system: str = ""  # a system message (the chat template's system turn; "" for none)
     shard: tuple[int, int] = (0, 1)  # (rank, world): this process runs every world-th batch job, from the rank-th
 
     def __post_init__(self):
@@ -141,13 +142,14 @@ def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig,
     """What determines a task's records besides the condition, the index and the shots: the weights, the prompt's
     writer (chat template or declared format, digested), the task's content (a folder's files, or the procedural
     generator's source), the episode pool (the most demos any condition draws: it changes every drawn episode), the
-    seed, style, instruction, metric, generation length (generated metrics only), whether and how the attention is
-    captured, and each intervention's artifact (`core.provenance.tagged`)."""
+    seed, style, instruction, system message, metric, generation length (generated metrics only), whether and how the
+    attention is captured, and each intervention's artifact (`core.provenance.tagged`)."""
     metric = cfg.metric or default_metric(task)
     folder = parse_task(task) if ":" in task else None
     return {"weights": weights or weights_fingerprint(loaded.model), "prompt_format": loaded.prompt_format,
             "task_content": folder_digest(folder.folder) if folder else f"procedural:{_GENERATOR}",
             "pool": pool_size(conditions)[1], "seed": cfg.seed, "style": cfg.style, "instruction": cfg.instruction,
+            "system": cfg.system,
             "metric": metric, "max_new_tokens": None if metric == "teacher-forced" else cfg.max_new_tokens,
             "capture": "nnsight" if cfg.attention else None,
             "interventions": {c: intervention_fingerprint(interventions[parse_condition(c)[1]])
@@ -170,7 +172,7 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
     prov = {t: provenance(loaded, t, conditions, cfg, interventions, weights) for t in tasks}
-    draw = {"instruction": cfg.instruction, "style": cfg.style}
+    draw = {"instruction": cfg.instruction, "style": cfg.style, "system": cfg.system}
     base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw) for t in tasks}
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
     records, wanted = [], set()

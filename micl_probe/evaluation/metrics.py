@@ -16,6 +16,11 @@
 |                 | lower-case exact match; the first integer for the operator tasks (so "-3" is read as "3", as  |
 |                 | VL-ICL does); for matching_mi "yes" right iff "yes" is in the answer, "no" iff it is not      |
 
+Thinking models (GLM-4.1V-Thinking, the Qwen3-VL Thinking checkpoints): every generated metric reads the answer after
+the reasoning (`final_answer`: after `</think>`, inside `<answer>…</answer>`); give them room to finish thinking
+(a `max_new_tokens` in the hundreds or more). Teacher-forced scoring does not fit them: their first answer token is
+`<think>`.
+
 `default_metric(task)`: teacher-forced for the procedural tasks (the organisms answer in their trained format),
 vlicl for `vlicl:` tasks, exact for `truemicl:` tasks. Everything but teacher-forced scores a greedy generation.
 """
@@ -98,8 +103,29 @@ def vlicl_correct(prediction: str, gold: str, task_name: str) -> bool:
     return prediction.lower() == str(gold).lower()
 
 
+_ANSWER = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
+_BOX = re.compile(r"<\|(?:begin|end)_of_box\|>")
+
+
+def final_answer(text: str) -> str:
+    """The answer a thinking model gives after its reasoning: the text after the last `</think>` (none while the
+    thinking block is still open: the generation stopped inside it), inside `<answer>…</answer>` when the model
+    writes those tags (GLM-4.1V-Thinking), without GLM's `<|begin_of_box|>` markers. Other text is returned as is."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    elif text.lstrip().startswith("<think>"):
+        return ""
+    found = _ANSWER.search(text)
+    if found:
+        text = found.group(1)
+    return _BOX.sub("", text)
+
+
 def correct(metric: str, prediction: str, gold: str, task: str = "") -> bool:
-    """Is `prediction` (generated text) right for `gold` under `metric` (see the table above)?"""
+    """Is `prediction` (generated text) right for `gold` under `metric` (see the table above)? A thinking model's
+    reasoning is skipped first (`final_answer`)."""
+    if metric in GENERATED:
+        prediction = final_answer(prediction)
     if metric == "exact":
         return normalise(first_line(prediction)) == normalise(str(gold))
     if metric == "number":

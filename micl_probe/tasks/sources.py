@@ -44,28 +44,28 @@ def demos_per_shot(task: str) -> int:
     return folder.demos_per_shot if folder else 1
 
 
-def _styled(episodes: list[Episode], style: str, instruction: str | None) -> list[Episode]:
-    return [e.with_style(style, instruction) for e in episodes]
+def _styled(episodes: list[Episode], style: str, instruction: str | None, system: str = "") -> list[Episode]:
+    return [e.with_style(style, instruction, system) for e in episodes]
 
 
 def query_episodes(task: str, shots: int, n: int, seed: int = 0, instruction: str = "nothing",
-                   style: str = "turns") -> list[Episode]:
+                   style: str = "turns", system: str = "") -> list[Episode]:
     """`n` query episodes of `task` with `shots` shots each (a folder task may hold fewer queries: all of them)."""
     folder = parse_task(task) if ":" in task else None
     if folder is not None:
-        return _styled(folder_episodes(folder, shots, n, seed, instruction), style, None)
+        return _styled(folder_episodes(folder, shots, n, seed, instruction), style, None, system)
     text = "" if instruction in LEVELS else instruction
-    return _styled(sample_episodes(task, shots, n, seed=seed, split="query"), style, text)
+    return _styled(sample_episodes(task, shots, n, seed=seed, split="query"), style, text, system)
 
 
-def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", style: str = "turns"
-                       ) -> list[Episode] | None:
+def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", style: str = "turns",
+                       system: str = "") -> list[Episode] | None:
     """For a folder task, each query with the k most similar items of the whole support set; None for a procedural
     task (its retrieved-k condition picks among each episode's own demos: `Episode.with_retrieved_shots`)."""
     folder = parse_task(task) if ":" in task else None
     if folder is None:
         return None
-    return _styled(retrieved_episodes(folder, k, n, instruction), style, None)
+    return _styled(retrieved_episodes(folder, k, n, instruction), style, None, system)
 
 
 def task_stream(task: str, shots: int, split: str = "support", seed: int = 0, instruction: str = "nothing",

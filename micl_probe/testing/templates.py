@@ -14,7 +14,9 @@ google/gemma-3-*-it (its template writes <bos> itself; copy: transformers'
 tests/models/gemma3/test_processing_gemma3.py),
 zai-org/GLM-4.1V-9B-Thinking (prints an assistant turn's content as it is: a string, never a list of parts; copy:
 the "official_chat_template" recorded for Glm4vProcessor in a public renderer-snapshot fixture; the same text is in
-sglang's test_jinja_template_utils.py).
+sglang's test_jinja_template_utils.py), HuggingFaceTB/SmolVLM-Instruct and SmolVLM2 (+ a video branch; copies:
+transformers' tests/models/smolvlm/test_processing_smolvlm.py and processing_smolvlm.py's DEFAULT_CHAT_TEMPLATE; its
+generation prompt "Assistant:" has no trailing space, so the answer's space is the answer's).
 """
 
 from __future__ import annotations
@@ -101,6 +103,16 @@ _GLM4V = (
     "<|assistant|>\n{{ msg.content }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+_SMOLVLM = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+_SMOLVLM2 = _SMOLVLM.replace(
+    "{% endif %}{% endfor %}<end_of_utterance>",
+    "{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}{% endfor %}<end_of_utterance>")
 
 CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
     "llava-1.5": ("llava", _LLAVA),
@@ -112,6 +124,8 @@ CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
     "idefics3": ("idefics3", _IDEFICS3),
     "gemma-3": ("gemma3", _GEMMA3),
     "glm-4.1v": ("glm4v", _GLM4V),
+    "smolvlm": ("smolvlm", _SMOLVLM),
+    "smolvlm2": ("smolvlm", _SMOLVLM2),
 }
 
 
