@@ -18,6 +18,7 @@ expansion of that placeholder; prompt length <= the model's context; placeholder
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, replace
 
@@ -235,6 +236,15 @@ def _string_roles(apply) -> set[str]:
     return strings
 
 
+def _render_or_none(apply, conversation) -> str | None:
+    """The conversation's text without a generation prompt, or None where the template refuses a part of one (a
+    system message alone: Qwen3.5 wants a user turn)."""
+    try:
+        return apply(conversation, tokenize=False, add_generation_prompt=False)
+    except Exception:  # noqa: BLE001 - jinja's TemplateError and whatever a template raises
+        return None
+
+
 def _from_template(messages: list[_Message], processor, adapter: Adapter, add_generation_prompt: bool) -> list[Piece]:
     """Pieces of the text `processor.apply_chat_template` renders: each message's span is found by rendering the
     conversation up to it (templates render prefixes of a conversation as prefixes of its text), and inside a span
@@ -257,19 +267,18 @@ def _from_template(messages: list[_Message], processor, adapter: Adapter, add_ge
 
     conversation = [content(m) for m in messages]
     text = apply(conversation, tokenize=False, add_generation_prompt=add_generation_prompt)
-    ends = []
-    for k in range(1, len(conversation) + 1):
-        prefix = apply(conversation[:k], tokenize=False, add_generation_prompt=False)
-        ends.append(len(prefix) if text.startswith(prefix) else None)
-    if None in ends:
-        raise ValueError(f"{type(processor).__name__}'s chat template does not render a conversation's first "
-                         "messages as a prefix of the whole; pass use_template=False to use the adapter's ChatFormat")
+    prefixes = [_render_or_none(apply, conversation[:k]) for k in range(1, len(conversation) + 1)]
+    # a message ends where the conversation up to it ends; a template that writes a turn differently when it is the
+    # last one (Qwen3.5: an empty think block on an assistant turn after the last user turn) leaves it unknown here:
+    # then it ends after its last item and the template text that follows it in both renderings
+    ends = [len(prefix) if prefix is not None and text.startswith(prefix) else None for prefix in prefixes]
     markers = [m for m in (adapter.chat.image, adapter.chat.image.strip(), processor.image_token) if m]
     pieces, start = [], 0
     first_user = next(k for k, m in enumerate(messages) if m.role == "user")
     carried: tuple = ()
     for k, (m, end) in enumerate(zip(messages, ends)):
         items = carried + m.items
+        known, end = end is not None, len(text) if end is None else end
         if m.role == "system" and any(text.find(t.strip(), start, end) < 0 for _, _, t in m.items):
             carried = m.items  # a template that writes the system text into the first user turn (Gemma 3)
             continue
@@ -296,6 +305,11 @@ def _from_template(messages: list[_Message], processor, adapter: Adapter, add_ge
             found.append((i, i + len(item), kind, owner))
             cursor[lane] = i + len(item)
         found.sort()
+        if not known:
+            last_item = text[found[-1][0]:found[-1][1]].strip()
+            prefix = prefixes[k] or ""
+            tail = prefix[prefix.rfind(last_item) + len(last_item):] if last_item in prefix else ""
+            end = found[-1][1] + len(os.path.commonprefix([tail, text[found[-1][1]:]]))
         lead_owner = NONE if k <= first_user else m.owner  # what precedes the first turn's items: nobody's
         for a, b, kind, owner in found:
             if a < start:

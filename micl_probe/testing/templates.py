@@ -16,12 +16,17 @@ zai-org/GLM-4.1V-9B-Thinking (prints an assistant turn's content as it is: a str
 the "official_chat_template" recorded for Glm4vProcessor in a public renderer-snapshot fixture; the same text is in
 sglang's test_jinja_template_utils.py), HuggingFaceTB/SmolVLM-Instruct and SmolVLM2 (+ a video branch; copies:
 transformers' tests/models/smolvlm/test_processing_smolvlm.py and processing_smolvlm.py's DEFAULT_CHAT_TEMPLATE; its
-generation prompt "Assistant:" has no trailing space, so the answer's space is the answer's).
+generation prompt "Assistant:" has no trailing space, so the answer's space is the answer's); in chat_templates/:
+HuggingFaceM4/idefics2-8b (its processor_config.json, quoted in several public fine-tuning scripts),
+Qwen/Qwen3-VL-*-Instruct (and its MoE) and Qwen/Qwen3.5-* (a thinking template: its generation prompt opens
+"<think>\n", and a final assistant turn is written after an empty think block), copied from a public collection of
+GGUF-embedded templates (the same Jinja the checkpoints' chat_template.json carries).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 _LLAVA = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
@@ -127,6 +132,12 @@ CHAT_TEMPLATES: dict[str, tuple[str, str]] = {
     "smolvlm": ("smolvlm", _SMOLVLM),
     "smolvlm2": ("smolvlm", _SMOLVLM2),
 }
+# the longer ones as files beside this module (chat_templates/NAME.jinja)
+_FILES = {"idefics2": "idefics2", "qwen3-vl": "qwen3_vl", "qwen3-vl-moe": "qwen3_vl_moe", "qwen3.5": "qwen3_5",
+          "qwen3.5-moe": "qwen3_5_moe"}
+for _name, _family in _FILES.items():
+    CHAT_TEMPLATES[_name] = (_family, (Path(__file__).parent / "chat_templates" /
+                                       f"{_name.removesuffix('-moe')}.jinja").read_text())
 
 
 def with_template(processor, name: str):
