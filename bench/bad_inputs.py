@@ -184,6 +184,8 @@ CASES: dict[str, Callable[[Path], object]] = {
     "Query: empty question": lambda w: _query(question=" "),
     "prepare: a question holding the image placeholder": lambda w: organism().prepare(
         __import__("dataclasses").replace(_episode(), query=_query(question="What is <image>?"))),
+    "prepare: a system message without a chat template": lambda w: organism().prepare(
+        __import__("dataclasses").replace(_episode(), system="Be brief.")),
     "from_spans: [2, seq] input": lambda w: _spans(input_ids=torch.arange(20).reshape(2, 10)),
     "from_spans: a bare tuple": lambda w: _spans(spans={"query.image": (1, 5)}),
     "from_spans: float bounds": lambda w: _spans(spans={"query.image": [(1.0, 5.0)]}),
@@ -208,6 +210,8 @@ CASES: dict[str, Callable[[Path], object]] = {
     "load: unknown organism": lambda w: _api("load")("organism:nothing"),
     "load: a folder without config.json": lambda w: _api("load")(str(w)),
     # the command lines
+    "attn_report --system on a model without a chat template": lambda w: _report("--system", "Be brief.", "--out",
+                                                                                 w / "rep"),
     "attn_report --dtype x": lambda w: _report("--dtype", "x", "--out", w / "rep"),
     "attn_report --prompt-style x": lambda w: _report("--prompt-style", "x", "--out", w / "rep"),
     "attn_report --device gpu": lambda w: _report("--device", "gpu", "--out", w / "rep"),
@@ -261,6 +265,8 @@ EXPECT = {
     "Query: an image path": "open it first", "Query: empty gold answer": "gold answer is empty",
     "Query: empty question": "non-empty question",
     "prepare: a question holding the image placeholder": "image placeholder",
+    "prepare: a system message without a chat template": "system message needs",
+    "attn_report --system on a model without a chat template": "system message needs",
     "from_spans: [2, seq] input": "one layout per row", "from_spans: a bare tuple": "(start, end) pairs",
     "from_spans: float bounds": "(start, end) pairs", "from_spans: answer_position past the prompt": "answer_position",
     "from_spans: unknown role": "role 'picture'",

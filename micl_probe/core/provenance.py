@@ -182,6 +182,24 @@ def artifact_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
 
 
+def read_artifact(path: str | Path, tensor: str, info_keys: tuple[str, ...], saved_by: str, other: str
+                  ) -> tuple[dict, torch.Tensor, Path]:
+    """(the JSON, the tensor named `tensor`, the JSON's path) of an artifact saved at `path` (`artifact_paths`); one
+    line naming the fix when a file is missing (`saved_by`: what writes it) or it holds another kind of artifact
+    (`other`: where that one goes)."""
+    from safetensors.torch import load_file
+
+    info_path, tensor_path = artifact_paths(path)
+    for f in (info_path, tensor_path):
+        if not f.is_file():
+            raise FileNotFoundError(f"no {f}: give the path {saved_by} was given")
+    info = json.loads(info_path.read_text())
+    tensors = load_file(str(tensor_path))
+    if tensor not in tensors or any(k not in info for k in info_keys):
+        raise ValueError(f"{tensor_path} holds no {tensor} ({other})")
+    return info, tensors[tensor], info_path
+
+
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write `text` to `path` whole or not at all (a temporary file beside it, renamed over it)."""
     path = Path(path)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +51,7 @@ from ..core.provenance import (
     finite,
     finite_number,
     made_for,
+    read_artifact,
     tagged,
     write_atomic,
 )
@@ -173,18 +173,10 @@ class DARA(nn.Module):
     def load(cls, path: str | Path, loaded: Loaded | None = None) -> DARA:
         """Load factors; with `loaded`, check they were made for it: its layer and head counts, and its weights
         (another model: ValueError; the same name with other weights: a warning)."""
-        from safetensors.torch import load_file
-
-        info_path, tensor_path = artifact_paths(path)
-        for f in (info_path, tensor_path):
-            if not f.is_file():
-                raise FileNotFoundError(f"no {f}: give the path DARA.save was given (python -m micl_probe.train dara "
-                                        "--out PATH writes PATH.json and PATH.safetensors)")
-        info = json.loads(info_path.read_text())
-        tensors = load_file(str(tensor_path))
-        if "log_alpha" not in tensors or "layers" not in info or "mode" not in info:
-            raise ValueError(f"{tensor_path} holds no DARA factors (is it a task vector? pass it to --mtv)")
-        log_alpha = finite(tensors["log_alpha"], f"DARA factors {tensor_path}")
+        info, log_alpha, info_path = read_artifact(
+            path, "log_alpha", ("layers", "mode"), "DARA.save (python -m micl_probe.train dara --out PATH writes "
+            "PATH.json and PATH.safetensors)", "DARA factors: is it a task vector? pass it to --mtv")
+        log_alpha = finite(log_alpha, f"DARA factors {info_path.with_suffix('.safetensors')}")
         if loaded is not None:
             n_layers, n_heads = loaded.adapter.n_layers(loaded.model), loaded.adapter.n_heads(loaded.model)
             if log_alpha.shape[1] != n_heads or max(info["layers"]) >= n_layers or \

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from ..core.provenance import (
     dumps,
     finite,
     made_for,
+    read_artifact,
     tagged,
     write_atomic,
 )
@@ -78,18 +78,9 @@ class TaskVector:
     def load(cls, path: str | Path, loaded=None, kind: str | None = None) -> TaskVector:
         """Load; with `loaded`, check the artifact was made for a model of the same layer/head/width shape (and its
         weights: another model is refused, the same name with other weights warns); `kind`: the kind expected."""
-        from safetensors.torch import load_file
-
-        info_path, tensor_path = artifact_paths(path)
-        for f in (info_path, tensor_path):
-            if not f.is_file():
-                raise FileNotFoundError(f"no {f}: give the path TaskVector.save was given (python -m micl_probe.train "
-                                        "mtv --out PATH writes PATH_means.* and PATH_heads.*)")
-        meta = json.loads(info_path.read_text())
-        tensors = load_file(str(tensor_path))
-        if "values" not in tensors or "kind" not in meta:
-            raise ValueError(f"{tensor_path} holds no task vector (is it DARA factors? pass it to --dara)")
-        values = tensors["values"]
+        meta, values, info_path = read_artifact(
+            path, "values", ("kind",), "TaskVector.save (python -m micl_probe.train mtv --out PATH writes "
+            "PATH_means.* and PATH_heads.*)", "task vector values: is it DARA factors? pass it to --dara")
         found = meta.pop("kind")
         if kind is not None and found != kind:
             raise ValueError(f"{info_path} is a {found!r}, where a {kind!r} is expected"
