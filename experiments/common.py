@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from micl_probe import load
+from micl_probe.core.provenance import dumps, write_atomic
 from micl_probe.evaluation import Accuracy
 from micl_probe.viz import plots
 
@@ -23,7 +23,7 @@ def acc(verdicts) -> dict:
 def write_outputs(out: Path, stem: str, results: dict, figures: dict, markdown: str) -> None:
     """`out/<stem>_results.json`, every figure {name: figure} as PNG + PDF, and `out/<stem>_table.md`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}_results.json").write_text(json.dumps(results, indent=1))
+    write_atomic(out / f"{stem}_results.json", dumps(results, indent=1))  # strict JSON: NaN as null
     for name, fig in figures.items():
         plots.save(fig, out / name)
     (out / f"{stem}_table.md").write_text(markdown)

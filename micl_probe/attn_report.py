@@ -334,6 +334,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     label = task_labels(args.tasks)  # folder tasks by a short name in tables and figures (settings keep the paths)
     records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]
     settings["metrics"] = {r["task"]: r.get("metric", "teacher-forced") for r in records}
+    settings["provenance"] = {"versions": manifest["versions"], "models": manifest["model_fingerprints"]}
     page = write_report(out, records, settings, time.time() - t0, summarise(records), patches)
     write_manifest(out, manifest | {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     print(f"report: {page}")

@@ -191,7 +191,10 @@ def test_report_folder_has_a_manifest_and_refuses_other_settings(tmp_path):
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["seed"] == 0 and manifest["finished"] and manifest["versions"]["torch"]
-    assert manifest["model_fingerprints"]["organism:true-micl"]["weights"]
+    weights = manifest["model_fingerprints"]["organism:true-micl"]["weights"]
+    page = (out / "report.md").read_text()
+    assert "## What made these numbers" in page and f"weights {weights}" in page
+    assert f"torch {torch.__version__}" in page
     json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
     before = (out / "results.jsonl").read_text()
     for flags, named in ((["--seed", "1"], "seed: 0 there, 1 now"), (["--no-attention"], "attention"),

@@ -152,6 +152,19 @@ def _metrics_text(metrics: dict) -> str:
     return "; ".join(f"{task}: {METRIC_NAMES.get(m, m)}" for task, m in metrics.items())
 
 
+def provenance_markdown(settings: dict) -> list[str]:
+    """What made the numbers: versions and each model's fingerprints (the whole record is manifest.json)."""
+    made = settings.get("provenance")
+    if not made:
+        return []
+    versions = ", ".join(f"{k} {v}" for k, v in made["versions"].items())
+    models = "; ".join(f"{m}: weights {f['weights']}, prompts {f['prompt_format']}" for m, f in made["models"].items())
+    return ["## What made these numbers", "",
+            f"{versions}. {models}. Every setting, artifact digest and the run's start and end are in "
+            "`manifest.json`; every record in `results.jsonl` carries its own (`setup` digests them), and a rerun "
+            "reuses only records whose settings all match.", ""]
+
+
 def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[str]) -> str:
     conditions = settings["conditions"]
     table = summary["accuracy"]
@@ -183,7 +196,7 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
                 summary.get("partly_measured") and stem.startswith("fig_heads_"):
             caption += " Blank layers: a hybrid decoder's linear-attention layers, which have no attention to measure."
         md += [f"![{caption}]({stem}.png)", ""]
-    return "\n".join(md) + "\n"
+    return "\n".join(md + provenance_markdown(settings)) + "\n"
 
 
 def report_html(markdown: str, folder: Path) -> str:
