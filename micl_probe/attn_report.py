@@ -63,7 +63,14 @@ from .core import load, placement
 from .core.episode import STYLES
 from .core.errors import Parser, UsageError, device_problem, one_line_errors
 from .core.loading import organism_problem
-from .core.provenance import artifact_paths, folder_digest, setting_mismatches, versions, weights_fingerprint
+from .core.provenance import (
+    artifact_paths,
+    file_digest,
+    folder_digest,
+    setting_mismatches,
+    versions,
+    weights_fingerprint,
+)
 from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
 from .evaluation.metrics import METRICS
@@ -263,8 +270,6 @@ def report(args) -> Path | None:
 def run_settings(args) -> dict:
     """Everything in the flags that determines the report's numbers (what `manifest.json` records and a rerun into
     the same folder must match; --n may grow or shrink: the records of the common queries are the same)."""
-    from .core.provenance import file_digest
-
     artifacts = {}
     for flag, paths in (("dara", [args.dara] if args.dara else []), ("mtv", args.mtv or [])):
         artifacts[flag] = [{"path": p, **{s: file_digest(q) for s, q in zip(("json", "safetensors"),
@@ -281,18 +286,15 @@ def run_settings(args) -> dict:
 
 
 def _report(args, rank: int, world: int, dist) -> Path | None:
-    models = args.model or [f"organism:{name}" for name in shipped()]
+    fixed = run_settings(args)
+    models = fixed["models"]
     if not models:
         raise UsageError("no shipped organism found; pass --model or train one with "
                          "python -m micl_probe.organisms.train --recipe true-micl")
     out = Path(args.out)
-    fixed = run_settings(args)
     check_manifest(out, fixed)  # a folder of another run: one line, before anything is loaded or written
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    settings = {"models": models, "tasks": args.tasks, "conditions": args.conditions, "n": args.n,
-                "seed": args.seed, "device": args.device or "cpu", "metric": args.metric or "per task",
-                "prompt_style": args.prompt_style, "instruction": args.instruction, "system": args.system,
-                "chat_template": not args.no_template}
+    settings = {**fixed, "n": args.n, "device": args.device or "cpu"}  # the page's: the run's, with what may vary
     config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention,
                        metric=args.metric, max_new_tokens=args.max_new_tokens, style=args.prompt_style,
                        instruction=args.instruction, system=args.system)

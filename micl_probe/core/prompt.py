@@ -226,12 +226,8 @@ def _string_roles(apply) -> set[str]:
     for role in ("assistant", "system"):
         turn = {"role": role, "content": [{"type": "text", "text": _PROBE}]}
         user = {"role": "user", "content": [{"type": "text", "text": "q"}]}
-        conversation = [user, turn] if role == "assistant" else [turn, user]
-        try:
-            text = apply(conversation, tokenize=False, add_generation_prompt=False)
-        except Exception:  # noqa: BLE001 - a template that refuses the list form (or the role): try the string
-            text = None
-        if text is None or _PROBE not in text or f"'{_PROBE}'" in text:
+        text = _render_or_none(apply, [user, turn] if role == "assistant" else [turn, user])
+        if text is None or _PROBE not in text or f"'{_PROBE}'" in text:  # refused, dropped or printed as a list
             strings.add(role)
     return strings
 

@@ -137,23 +137,20 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
         return _run(loaded, tasks, conditions, cfg, results, target, interventions)
 
 
-def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig, interventions: dict,
-               weights: str | None = None) -> dict:
-    """What determines a task's records besides the condition, the index and the shots: the weights, the prompt's
-    writer (chat template or declared format, digested), the task's content (a folder's files, or the procedural
-    generator's source), the episode pool (the most demos any condition draws: it changes every drawn episode), the
-    seed, style, instruction, system message, metric, generation length (generated metrics only), whether and how the
-    attention is captured, and each intervention's artifact (`core.provenance.tagged`)."""
+def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig, weights: str | None = None) -> dict:
+    """What determines a task's records besides the condition, its intervention, the index and the shots: the
+    weights, the prompt's writer (chat template or declared format, digested), the task's content (a folder's files,
+    or the procedural generator's source), the episode pool (the most demos any condition draws: it changes every
+    drawn episode), the seed, style, instruction, system message, metric, generation length (generated metrics
+    only) and whether the attention is captured."""
     metric = cfg.metric or default_metric(task)
     folder = parse_task(task) if ":" in task else None
     return {"weights": weights or weights_fingerprint(loaded.model), "prompt_format": loaded.prompt_format,
             "task_content": folder_digest(folder.folder) if folder else f"procedural:{_GENERATOR}",
             "pool": pool_size(conditions)[1], "seed": cfg.seed, "style": cfg.style, "instruction": cfg.instruction,
-            "system": cfg.system,
-            "metric": metric, "max_new_tokens": None if metric == "teacher-forced" else cfg.max_new_tokens,
-            "capture": "nnsight" if cfg.attention else None,
-            "interventions": {c: intervention_fingerprint(interventions[parse_condition(c)[1]])
-                              for c in conditions if parse_condition(c)[1]}}
+            "system": cfg.system, "metric": metric,
+            "max_new_tokens": None if metric == "teacher-forced" else cfg.max_new_tokens,
+            "capture": "nnsight" if cfg.attention else None}
 
 
 def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list[dict]:
@@ -171,14 +168,16 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
         end_line(target)
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
-    prov = {t: provenance(loaded, t, conditions, cfg, interventions, weights) for t in tasks}
+    prov = {t: provenance(loaded, t, conditions, cfg, weights) for t in tasks}
+    artifact = {c: intervention_fingerprint(interventions[parse_condition(c)[1]]) if parse_condition(c)[1] else None
+                for c in conditions}  # each intervention's artifact (`core.provenance.tagged`)
     draw = {"instruction": cfg.instruction, "style": cfg.style, "system": cfg.system}
     base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw) for t in tasks}
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
     records, wanted = [], set()
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, len(base_of[t]), cfg.batch_size)]
-    for n_job, (task, cond, start) in enumerate(tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not cfg.progress,
-                                                     mininterval=1)):
+    jobs = jobs[rank::world]  # the same batches as one process would run: the same numbers
+    for task, cond, start in tqdm(jobs, desc=f"evaluate {loaded.name}", disable=not cfg.progress, mininterval=1):
         base_cond, _, name = cond.partition("+")
         pool = None
         if base_cond.startswith("retrieved-"):
@@ -186,15 +185,14 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
             if (task, k) not in retrieved:
                 retrieved[task, k] = retrieval_episodes(task, k, cfg.n, **draw)
             pool = retrieved[task, k]
-        fields = {k: v for k, v in prov[task].items() if k != "interventions"}
-        fields["intervention"] = prov[task]["interventions"].get(cond)
+        fields = {**prov[task], "intervention": artifact[cond]}
         todo = []
         for i in range(start, min(len(base_of[task]), start + cfg.batch_size)):
             ep = pool[i] if pool is not None else condition_episode(base_of[task][i], base_cond, k_default)
             r = {"model": loaded.name, "task": task, "condition": cond, "index": i, "shots": ep.shots, **fields}
             r["setup"] = digest({k: v for k, v in r.items() if k not in RECORD_KEY})
             wanted.add(record_key(r))
-            if record_key(r) not in done and n_job % world == rank:  # the same batches as one process: same numbers
+            if record_key(r) not in done:
                 todo.append((r, ep))
         if not todo:
             continue

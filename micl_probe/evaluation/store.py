@@ -183,10 +183,10 @@ def append_records(results: Path, chunk: list[dict]) -> None:
 def compact_heads(results: Path, after: int = COMPACT_AFTER) -> None:
     """Fold the parts of a heads folder into one file once there are more than `after` (one part a chunk would
     otherwise leave thousands): streamed part by part, the new file complete before the old parts go."""
-    folder = heads_dir(results)
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    parts = [Path(p) for p in _parts(results)]
     if len(parts) <= after:
         return
+    folder = heads_dir(results)
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(str(parts[0]))
