@@ -53,6 +53,7 @@ from ..core.provenance import digest, file_digest, folder_digest, intervention_f
 from ..measure import score_and_capture
 from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
+from .frames import Records
 from .metrics import METRICS, correct, default_metric
 from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
 from .store import (
@@ -106,7 +107,7 @@ class RunConfig:
 
 
 def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConfig | None = None,
-        results: str | Path | None = None, interventions: dict[str, Callable] | None = None) -> list[dict]:
+        results: str | Path | None = None, interventions: dict[str, Callable] | None = None) -> Records:
     """Score `loaded` on `config.n` seeded query episodes per task under each condition (see module docstring);
     records are appended to `results` (JSON lines) as each batch finishes, and a rerun skips what is there, but only
     the records whose provenance (`provenance`: every setting, the weights, the task's content, the shots, the
@@ -208,7 +209,7 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
         records = [r for r in load_records(target) if record_key(r) in wanted] if target.is_file() else []
         attach_heads(target, records)  # the per-head arrays of these records only
     order = {(t, c): n for n, (t, c) in enumerate((t, c) for t in tasks for c in conditions)}
-    return sorted(records, key=lambda r: (order[r["task"], r["condition"]], r["index"]))
+    return Records(sorted(records, key=lambda r: (order[r["task"], r["condition"]], r["index"])), source=target)
 
 
 def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:

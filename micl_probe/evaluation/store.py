@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.provenance import dumps
+from .frames import Records, results_file
 
 RECORD_KEY = ("model", "task", "condition", "index")  # with the weights and the setup: what makes a record unique
 HEAD_ARRAYS = ("visual_share_by_head", "demo_image_by_head")  # [layer][head] per record: in the columnar files
@@ -70,11 +71,15 @@ def _problem(r) -> str | None:
     return f"{', '.join(repr(k) for k in bad)} not a string" if bad else None
 
 
-def load_records(results: str | Path, heads: bool = False) -> list[dict]:
-    """The records of a results file, one per key (the last line of a repeated key), read line by line; a line that is
-    not a record is skipped with a warning naming it (and recomputed by a rerun). `heads`: attach the per-head
-    arrays as numpy [layer, head] arrays, read from the columnar files for these records only."""
-    results = Path(results)
+def load_records(results: str | Path, heads: bool = False) -> Records:
+    """The records of a results file (or of the results.jsonl in a report folder), one per key (the last line of a
+    repeated key), read line by line; a line that is not a record is skipped with a warning naming it (and
+    recomputed by a rerun). `heads`: attach the per-head arrays as numpy [layer, head] arrays, read from the
+    columnar files for these records only. A `Records` list: `.to_frame()`, `.heads_frame()` (pandas)."""
+    results = results_file(results)
+    if not results.is_file():
+        raise FileNotFoundError(f"{results}: no results file there (a report folder holds results.jsonl; "
+                                "python -m micl_probe.attn_report --out FOLDER writes one)")
     by_key, skipped = {}, []
     with results.open() as lines:
         for number, line in enumerate(lines, 1):
@@ -97,7 +102,7 @@ def load_records(results: str | Path, heads: bool = False) -> list[dict]:
                       "recomputed by a rerun", stacklevel=2)
     if heads:
         attach_heads(results, records)
-    return records
+    return Records(records, source=results)
 
 
 def attach_heads(results: Path, records: list[dict]) -> None:

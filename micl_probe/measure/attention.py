@@ -38,6 +38,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -51,6 +52,17 @@ PARTS = ("demo_image", "query_image", "demo_text", "query_text", "special", "oth
 # --- the result ------------------------------------------------------------------------------------------
 @dataclass
 class AttentionMass:
+    """Attention mass of chosen rows (the answer position by default) on every segment of MICL prompts.
+
+    `mass` has dimensions [episode, layer, head, segment] (`dims`), a segment being an owner and a role
+    ("demo0.image", "query.question", "special"; `segments` names them in prompt order). Every row sums to 1 over
+    the segments. The views reduce the last dimension: a view that returns one number per [episode, layer, head]
+    returns a tensor (`visual_share`, `text_share`, `special_share`, `role_mass`); a view with a new last dimension
+    returns (tensor, names of that dimension) (`demo_image_share`, `where_it_looks`, `owner_role_table`).
+    `to_frame(view)` gives any of them as a long pandas DataFrame with named columns. Made by
+    `capture_attention`; `save`/`load` round-trip it."""
+
+    dims = ("episode", "layer", "head", "segment")
     mass: torch.Tensor  # [episode, layer, head, segment] float32, rows averaged; a segment absent from an episode = 0;
     #                     a layer without softmax attention (hybrid decoders) = NaN, see meta["layers_measured"]
     segments: list[str]  # segment names, canonical order
@@ -125,6 +137,35 @@ class AttentionMass:
         out = torch.zeros(*self.mass.shape[:3], len(PARTS))
         out.index_add_(3, torch.tensor(index, dtype=torch.long), self.mass)
         return out, PARTS
+
+    def to_frame(self, view: str = "mass"):
+        """A pandas DataFrame in long form, one row per episode x layer x head x name of the view's last dimension:
+        columns episode, layer, head, the dimension's name ("segment" for "mass", with its owner and role; "part"
+        for "where_it_looks"; "image" for "demo_image_share"), value, and each episode's task/shot/condition where
+        `meta` lists them. `view`: "mass" (the default), "where_it_looks" or "demo_image_share"."""
+        import pandas as pd
+
+        views = {"mass": lambda: (self.mass, self.segments, "segment"),
+                 "where_it_looks": lambda: (*self.where_it_looks(), "part"),
+                 "demo_image_share": lambda: (*self.demo_image_share(), "image")}
+        if view not in views:
+            raise ValueError(f"view {view!r}: use one of {', '.join(views)}")
+        values, names, dim = views[view]()
+        e, layers, heads, n = values.shape
+        grid = np.stack(np.meshgrid(np.arange(e), np.arange(layers), np.arange(heads), np.arange(n), indexing="ij"),
+                        -1).reshape(-1, 4)
+        df = pd.DataFrame({"episode": grid[:, 0], "layer": grid[:, 1], "head": grid[:, 2],
+                           dim: np.asarray(list(names), dtype=object)[grid[:, 3]],
+                           "value": values.float().reshape(-1).numpy()})
+        if dim == "segment":
+            split = [("all", "special") if s == "special" else tuple(s.split(".")) for s in names]
+            df["owner"] = np.asarray([o for o, _ in split], dtype=object)[grid[:, 3]]
+            df["role"] = np.asarray([r for _, r in split], dtype=object)[grid[:, 3]]
+        for key, column in (("tasks", "task"), ("shots", "shots"), ("conditions", "condition")):
+            per_episode = self.meta.get(key)
+            if isinstance(per_episode, list) and len(per_episode) == e:
+                df[column] = np.asarray(per_episode, dtype=object)[grid[:, 0]]
+        return df
 
     def save(self, path: str | Path) -> None:
         """`path.safetensors` (mass) + `path.json` (segments, rows, metadata)."""
