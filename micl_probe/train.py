@@ -47,7 +47,8 @@ def parse(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=COMMANDS, help="what to train")
     ap.add_argument("--model", required=True, help="hub id, local folder or organism:NAME")
-    ap.add_argument("--task", nargs="+", required=True, help="task(s): procedural names or truemicl:PATH/TASK, "
+    ap.add_argument("--task", nargs="+", required=True, help="task(s): procedural names (<task>@<rule> under one "
+                    "fixed rule, e.g. clock_math@blue: what a task vector carries), or truemicl:PATH/TASK, "
                     "vlicl:PATH/TASK (several only for icl-tune)")
     ap.add_argument("--out", required=True, help="artifact path (see the table above)")
     ap.add_argument("--shots", type=int, default=4, help="demos a prompt (icl-tune: up to this many) (default: 4)")

@@ -125,3 +125,22 @@ def test_shortcut_questions_state_the_rule():
         true = sample_episodes(name, 1, 1)[0]
         short = sample_episodes(name + "_shortcut", 1, 1)[0]
         assert true.query.question == task.question != short.query.question == task.shortcut_question
+
+
+def test_a_task_under_one_fixed_rule_is_the_rule_stream():
+    """'clock_math@blue' draws the same queries as `rule_episodes` (what the MTV experiment evaluates on) and trains
+    on `rule_stream`; a rule the task lacks is one line naming its rules."""
+    import itertools
+
+    from micl_probe.tasks import check_task, query_episodes, rule_episodes, rule_stream, task_stream
+
+    mine = query_episodes("clock_math@blue", 4, 5, seed=3)
+    theirs = rule_episodes("clock_math", "blue", 4, 5, "query", 3)
+    assert [e.query.answer for e in mine] == [e.query.answer for e in theirs]
+    assert {e.meta["rule"] for e in mine} == {"blue"}
+    trained = [e.query.answer for e in itertools.islice(task_stream("palindrome@mirror", 2, "support", 1), 4)]
+    assert trained == [e.query.answer for e in itertools.islice(rule_stream("palindrome", "mirror", 2, "support", 1),
+                                                                 4)]
+    for bad, said in (("clock_math@green", "its rules: red, blue"), ("novel_binding@bound", "bound anew")):
+        with pytest.raises(ValueError, match=said):
+            check_task(bad)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.episode import Episode
 from .folders import LEVELS, FolderError, folder_episodes, folder_stream, parse_task, retrieved_episodes
-from .synthetic import SPLIT_SEEDS, make_episode, sample_episodes, task_names
+from .synthetic import SPLIT_SEEDS, make_episode, rule_episodes, rule_stream, sample_episodes, split_rule, task_names
 
 
 def check_task(task: str) -> None:
@@ -25,9 +25,13 @@ def check_task(task: str) -> None:
         if parse_task(task) is None:
             raise FolderError(f"task {task!r}: a folder task is truemicl:PATH/TASK or vlicl:PATH/TASK")
         return
+    if "@" in task:
+        split_rule(task)
+        return
     if task not in task_names() + task_names(shortcut=True):
-        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(task_names())} (each also as <task>_shortcut), "
-                         "or a benchmark folder as truemicl:PATH/TASK or vlicl:PATH/TASK")
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(task_names())} (each also as <task>_shortcut, or "
+                         "<task>@<rule> under one fixed rule), or a benchmark folder as truemicl:PATH/TASK or "
+                         "vlicl:PATH/TASK")
 
 
 def task_labels(tasks: list[str]) -> dict[str, str]:
@@ -55,7 +59,10 @@ def query_episodes(task: str, shots: int, n: int, seed: int = 0, instruction: st
     if folder is not None:
         return _styled(folder_episodes(folder, shots, n, seed, instruction), style, None, system)
     text = "" if instruction in LEVELS else instruction
-    return _styled(sample_episodes(task, shots, n, seed=seed, split="query"), style, text, system)
+    base, rule = split_rule(task)
+    drawn = rule_episodes(base, rule, shots, n, "query", seed) if rule else sample_episodes(task, shots, n, seed=seed,
+                                                                                             split="query")
+    return _styled(drawn, style, text, system)
 
 
 def retrieval_episodes(task: str, k: int, n: int, instruction: str = "nothing", style: str = "turns",
@@ -79,7 +86,12 @@ def task_stream(task: str, shots: int, split: str = "support", seed: int = 0, in
         return
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
-    rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     text = "" if instruction in LEVELS else instruction
+    base, rule = split_rule(task)
+    if rule:  # one fixed rule: what a task vector is extracted for
+        for episode in rule_stream(base, rule, shots, split, seed):
+            yield episode.with_style(style, text)
+        return
+    rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     while True:
         yield make_episode(task, shots, rng).with_style(style, text)

@@ -274,10 +274,26 @@ SHORTCUT_SUFFIX = "_shortcut"
 SPLIT_SEEDS = {"support": 0, "query": 1_000_003, "train": 2_000_003, "val": 3_000_017}
 
 
+def split_rule(name: str) -> tuple[str, str | None]:
+    """"clock_math@minute" -> ("clock_math", "minute"): a procedural task under one fixed rule; else (name, None).
+    ValueError (one line) for a rule the task does not have."""
+    if ":" in name or "@" not in name:
+        return name, None
+    base, _, rule = name.partition("@")
+    task = TASKS.get(base)
+    if task is None:
+        raise ValueError(f"unknown task {base!r} in {name!r}; tasks: {', '.join(task_names())}")
+    if base == "novel_binding" or rule not in task.rules:
+        have = "none (its names are bound anew in every episode)" if base == "novel_binding" else \
+            ", ".join(task.rules)
+        raise ValueError(f"task {name!r}: {base} has no rule {rule!r}; its rules: {have}")
+    return base, rule
+
+
 def chance(name: str) -> float | None:
     """The accuracy of a uniform guess among task `name`'s answers (None for a task micl_probe does not generate,
     e.g. one loaded from a dataset folder)."""
-    base = name.removesuffix(SHORTCUT_SUFFIX)
+    base = name.partition("@")[0].removesuffix(SHORTCUT_SUFFIX) if ":" not in name else name
     if base not in TASKS:
         return None
     task = TASKS[base]
