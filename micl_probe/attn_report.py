@@ -48,6 +48,7 @@ before anything is written.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -65,6 +66,7 @@ from .core.errors import Parser, UsageError, device_problem, one_line_errors
 from .core.loading import organism_problem
 from .core.provenance import (
     artifact_paths,
+    digest,
     file_digest,
     folder_digest,
     setting_mismatches,
@@ -170,6 +172,15 @@ def check(args) -> None:
         elif name and name not in given:
             raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv, +lora or "
                              "+alpha=<a>")
+    used = {parse_condition(c)[1] for c in args.conditions}
+    for name, flag in (("dara", "--dara"), ("mtv", "--mtv"), ("lora", "--lora")):
+        if getattr(args, name) and name not in used:
+            raise UsageError(f"{flag} is given but no condition runs it: add a condition such as 4-shot+{name} to "
+                             "--conditions (or drop the flag)")
+    unused = [a for a in args.alphas if f"alpha={a:g}" not in used]
+    if unused:
+        raise UsageError(f"--alphas {' '.join(f'{a:g}' for a in unused)}: no condition runs it; add e.g. "
+                         f"4-shot+alpha={unused[0]:g} to --conditions (or drop it)")
     if args.lora and not (Path(args.lora) / "adapter_config.json").is_file():
         raise UsageError(f"--lora {args.lora}: no adapter_config.json there (the folder a peft adapter was saved to: "
                          "python -m micl_probe.train lora|icl-tune --out FOLDER)")
@@ -185,20 +196,41 @@ def check(args) -> None:
             raise UsageError(f"--model {m}: {problem}")
 
 
-def interventions_for(loaded, args) -> dict:
-    """The named interventions the flags ask for, checked against `loaded`."""
+MADE_FOR = ("model", "family", "task", "shots", "style", "instruction", "rule", "n_prompts")  # shown in the report
+
+
+def described(path: str, meta: dict, content: str) -> dict:
+    """An artifact as the report's interventions table shows it: path, content digest, what it was made for (model,
+    task, shots, prompt style …) and how it was trained (command, steps, learning rate, steps run)."""
+    training = meta.get("training") or {}
+    trained = ", ".join(f"{k} {training[k]}" for k in ("command", "steps", "lr", "batch", "seed") if k in training)
+    if "steps_run" in meta:
+        trained += f"{', ' if trained else ''}ran {meta['steps_run']} steps"
+    return {"path": path, "digest": content,
+            "made_for": {k: meta[k] for k in MADE_FOR if meta.get(k) not in (None, "")},
+            "trained": trained or "not recorded (made outside python -m micl_probe.train)"}
+
+
+def interventions_for(loaded, args) -> tuple[dict, dict]:
+    """(the named interventions the flags ask for, checked against `loaded`; {name: `described` artifact})."""
     from .interventions import DARA, TaskVector, alpha_sweep, injection, lora_intervention
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
+    info = {f"alpha={a:g}": {"path": "–", "digest": "–", "made_for": {"model": "any"},
+                             "trained": f"none: a fixed factor {a:g} on every demo image in the first attention layer"}
+            for a in args.alphas}
     made = []
     if args.dara:
         dara = DARA.load(args.dara, loaded)
         found["dara"] = dara.on(loaded.model, kernel="eager")
         made.append(("--dara", dara.meta))
+        info["dara"] = described(args.dara, dara.meta, file_digest(artifact_paths(args.dara)[1]))
     if args.mtv:
         means, heads = (TaskVector.load(p, loaded, kind) for p, kind in zip(args.mtv, ("mtv", "mtv_mask")))
         found["mtv"] = injection(loaded, means.mean, heads.values)
         made.append(("--mtv", means.meta))
+        info["mtv"] = described(" + ".join(args.mtv), means.meta, digest(*(file_digest(artifact_paths(p)[1])
+                                                                           for p in args.mtv)))
     for flag, meta in made:  # another task, style or instruction is allowed: said in one line
         for task in args.tasks:
             said = setting_mismatches(meta, task=task, style=args.prompt_style, instruction=args.instruction)
@@ -206,7 +238,10 @@ def interventions_for(loaded, args) -> dict:
                 print(f"warning: {flag} was made for {', '.join(said)}", file=sys.stderr)
     if args.lora:
         found["lora"] = lora_intervention(loaded, args.lora)
-    return found
+        training = Path(args.lora) / "micl_probe_training.json"
+        meta = json.loads(training.read_text()) if training.is_file() else {}
+        info["lora"] = described(args.lora, meta, folder_digest(args.lora, full=(".json", ".safetensors", ".bin")))
+    return found, info
 
 
 def main(argv=None):
@@ -309,7 +344,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     for name in models:
         loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
-        interventions = interventions_for(loaded, args)  # checked against the model before anything is written
+        interventions, settings["interventions"] = interventions_for(loaded, args)  # checked before any writing
         manifest["model_fingerprints"][name] = {"weights": weights_fingerprint(loaded.model),
                                                 "prompt_format": loaded.prompt_format}
         check_manifest(out, {"model_fingerprints": manifest["model_fingerprints"]} | fixed)

@@ -131,6 +131,15 @@ def test_alpha_sweep_and_report_cli(loaded, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "## Where the answer looks" in md and "| organism:text-shortcut | 2-shot+alpha=2 |" in md
     assert "## Which heads predict a correct answer" in md and (out / "fig_heads_text-shortcut.png").is_file()
+    # the intervention is audited: what ran, and its effect against its base condition on the same queries
+    assert "## Interventions" in md and "| +alpha=2 | – | – | model any | none: a fixed factor 2" in md
+    assert "| organism:text-shortcut | outlier | 2-shot+alpha=2 | 2-shot |" in md
+    html = (out / "report.html").read_text()
+    assert "L3H2 for layer 3, head 2" in html and "<layer>" not in html  # no caption text read as an HTML tag
+    for stem in ("fig_looks_at", "fig_layer_share", "fig_demo_position", "fig_demo_heads_text-shortcut"):
+        assert (out / f"{stem}.png").is_file() and f"{stem}.png" in md, stem
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["interventions"]["alpha=2"]["trained"].startswith("none: a fixed factor 2")
     assert (out / "fig_patch_text-shortcut.png").is_file() and "fig_patch_text-shortcut.png" in md
     _check_in_browser(out / "report.html", tmp_path / "shot.png")
     other = DARA(n_heads=7, n_images=3)  # artifacts for another model are refused, in one line

@@ -46,7 +46,7 @@ def test_accuracy_bars_chance_zero_and_legend(records):
     ax = fig.axes[0]
     chance = [seg for coll in ax.collections for seg in getattr(coll, "get_segments", lambda: [])()
               if len(seg) == 2 and seg[0][1] == seg[1][1]]
-    assert any(abs(seg[0][1] - 1 / 6) < 1e-9 for seg in chance)
+    assert any(abs(seg[0][1] - 100 / 6) < 1e-9 for seg in chance)  # in %, as the tables
     assert "0" in [t.get_text() for t in ax.texts]  # organism:a scores 0 on clock math zero-shot
     assert [t.get_text() for t in ax.get_xticklabels()] == TASKS
 
@@ -64,3 +64,82 @@ def test_visual_share_bars_are_deterministic_and_keep_the_legend_off(records, tm
     second = plots.save(plots.visual_share_bars(records), tmp_path / "b")[0].read_bytes()
     assert first == second  # bootstrap intervals with a fixed seed
     _legend_clear_of_axes(plots.visual_share_bars(records))
+
+
+@pytest.fixture(scope="module")
+def attention_records():
+    """Records with the per-head demo-image arrays and each demo's image share (2 demos, 3 layers, 2 heads)."""
+    rng = np.random.default_rng(1)
+    out = []
+    for c in ("no-image", "2-shot", "2-shot+dara"):
+        for t in TASKS:
+            for i in range(8):
+                demo = rng.random((3, 2)) * 0.3 * (c != "no-image")
+                shares = {"demo0": float(rng.random() * 0.1), "demo1": float(rng.random() * 0.3),
+                          "query": float(rng.random() * 0.4)}
+                parts = rng.dirichlet(np.ones(6))
+                out.append({"model": "organism:a", "task": t, "condition": c, "index": i, "shots": 2,
+                            "correct": bool(rng.random() < 0.5), "visual_share": float(rng.random()),
+                            "visual_share_by_layer": (demo.mean(-1) + 0.2).tolist(), "demo_image_by_head": demo,
+                            "image_share": shares if c != "no-image" else {"demo0": 0.0, "demo1": 0.0, "query": 0.2},
+                            "looks_at": dict(zip(plots.PART_LABELS, parts.tolist()))})
+    return out
+
+
+def test_layer_figure_splits_demo_images_from_the_query_image(attention_records):
+    """The left panel's line is the demo images' share per layer (mean over heads, episodes), the right one the
+    query image's (images minus demo images), both in %."""
+    fig = plots.image_share_by_layer(attention_records)
+    left, right = fig.axes[0], fig.axes[1]
+    mine = [r for r in attention_records if r["condition"] == "2-shot"]
+    demo = 100 * np.mean([r["demo_image_by_head"].mean(-1) for r in mine], 0)
+    query = 100 * np.mean([np.array(r["visual_share_by_layer"]) - r["demo_image_by_head"].mean(-1) for r in mine], 0)
+    lines = lambda ax: [line for line in ax.lines if len(line.get_xdata()) == 3]  # noqa: E731
+    assert any(np.allclose(line.get_ydata(), demo) for line in lines(left))
+    assert any(np.allclose(line.get_ydata(), query) for line in lines(right))
+    assert "demo images" in left.get_title() and "query image" in right.get_title()
+    _legend_clear_of_axes(fig)
+
+
+def test_demo_position_figure_is_each_demos_image_share(attention_records):
+    fig = plots.demo_position(attention_records)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["organism:a, 2-shot", "organism:a, 2-shot+dara"]  # no-image: none
+    mine = [r for r in attention_records if r["condition"] == "2-shot" and r["task"] == TASKS[0]]
+    want = [100 * np.mean([r["image_share"][k] for r in mine]) for k in ("demo0", "demo1", "query")]
+    assert any(np.allclose(line.get_ydata(), want) for line in panels[0].lines)
+    assert [t.get_text() for t in panels[0].get_xticklabels()] == ["demo 1", "demo 2", "query"]
+
+
+def test_looks_at_bars_are_the_parts_in_percent(attention_records):
+    fig = plots.looks_at_bars(attention_records)
+    ax = fig.axes[0]
+    widths = {}
+    for patch in ax.patches:
+        widths.setdefault(round(patch.get_y() + patch.get_height() / 2), []).append(patch.get_width())
+    mine = [r for r in attention_records if r["condition"] == "2-shot"]
+    want = [100 * np.mean([r["looks_at"][p] for r in mine]) for p in plots.PART_LABELS]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert np.allclose(widths[labels.index("2-shot")], want) and np.isclose(sum(want), 100)
+
+
+def test_a_condition_has_one_colour_in_every_figure_and_report(attention_records, records):
+    """The colour of a condition depends on the condition only, not on which others a report has."""
+    assert plots.condition_colour("4-shot") == plots.condition_colour("4-shot")
+    assert len({plots.condition_colour(c) for c in ("zero-shot", "no-image", "2-shot", "4-shot", "8-shot",
+                                                      "4-shot+dara", "4-shot+mtv", "zero-shot+mtv")}) == 8
+    for recs in (records, [r for r in records if r["condition"] != "zero-shot"]):
+        fig = plots.accuracy_bars(recs)
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+        for handle, label in zip(handles, labels):
+            if label in CONDITIONS:
+                assert np.allclose(handle.patches[0].get_facecolor()[:3], plots.condition_colour(label))
+
+
+def test_demo_head_heatmap_has_a_labelled_colour_bar_in_percent(attention_records):
+    mine = [r for r in attention_records if r["condition"] == "2-shot"]
+    fig = plots.demo_image_heads(mine, "2-shot")
+    bar = fig.axes[-1]
+    assert "%" in bar.get_ylabel() and "demo images" in bar.get_ylabel()
+    want = 100 * np.mean([r["demo_image_by_head"] for r in mine if r["task"] == TASKS[0]], 0)
+    assert np.allclose(fig.axes[0].collections[0].get_array().reshape(want.shape), want)

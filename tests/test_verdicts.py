@@ -112,7 +112,9 @@ def test_chance_is_one_over_the_answers_the_generator_gives(name):
     (["--conditions", "4-shot+boost"], "unknown intervention 'boost'"),
     (["--conditions", "five-shot"], "unknown condition 'five-shot'"),
     (["--alphas", "nan"], "--alphas nan: factors must be finite numbers > 0"),
-    (["--dara", "nowhere/dara"], "--dara nowhere/dara: no nowhere/dara.json"),
+    (["--conditions", "4-shot+dara", "--dara", "nowhere/dara"], "--dara nowhere/dara: no nowhere/dara.json"),
+    (["--dara", "nowhere/dara"], "--dara is given but no condition runs it: add a condition such as 4-shot+dara"),
+    (["--conditions", "4-shot+alpha=2", "--alphas", "2", "3"], "--alphas 3: no condition runs it"),
     (["--model", "organism:nope"], "--model organism:nope: no shipped organism 'nope'; shipped: organism:"),
     (["--model", "/no/such/folder"], "cannot load '/no/such/folder'"),
     (["--tasks", "sudoku"], "--tasks: unknown task 'sudoku'; tasks: operator_induction, clock_math"),
@@ -156,3 +158,22 @@ def test_report_opens_with_the_verdicts(tmp_path):
     md = (out / "report.md").read_text()
     assert md.index("## Verdict") < md.index("## Accuracy and attention") and f"**{row['verdict']}**" in md
     assert "## Where the answer looks" not in md  # --no-attention: no attention tables
+    assert "nan" not in md and "attention not captured: --no-attention" in md  # no "vis nan" cells
+
+
+def test_heads_table_splits_right_from_wrong_and_says_no_test():
+    """A head whose demo-image attention goes with a wrong answer (rho < 0) is not listed as predicting a right one;
+    a cell where every answer is right (or wrong) says "no test", as its figure does, not "separated"."""
+    from micl_probe.viz.report import heads_markdown
+
+    base = {"model": "m", "task": "t", "condition": "4-shot", "n": 40, "spearman": {"rho": 0.1, "p": 0.5},
+            "logistic": {"slope": 0.2, "slope_se": 0.1, "separated": False}}
+    heads = [{"layer": 3, "head": 2, "rho": -0.45, "q": 0.01}, {"layer": 1, "head": 0, "rho": 0.5, "q": 0.01}]
+    md = heads_markdown([base | {"correct": 20, "heads": heads},
+                         base | {"task": "u", "correct": 40, "heads": [],
+                                 "logistic": {"slope": float("nan"), "slope_se": float("nan"), "separated": True}}])
+    (mixed,) = [line for line in md if line.startswith("| m | t |")]
+    cells = [c.strip() for c in mixed.split("|")]
+    assert cells[7] == "L1H0 (+0.50)" and cells[8] == "L3H2 (-0.45)"
+    (all_right,) = [line for line in md if line.startswith("| m | u |")]
+    assert "no test: all right" in all_right and "separated" not in all_right

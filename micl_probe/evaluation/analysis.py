@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats as sps
 
+from .compare import intervention_effects
 from .harness import accuracy_table
 from .statistics import wilson
 from .verdicts import verdicts
@@ -112,10 +113,11 @@ def right_demo(records: list[dict]) -> list[dict]:
 
 def summarise(records: list[dict]) -> dict:
     """Everything the report shows, computed from harness records: {"verdicts", "accuracy", "where_it_looks",
-    "right_demo", "heads", "partly_measured"} (the attention parts empty when the records carry no attention;
-    "partly_measured": {model: [layer, ...]} for hybrid decoders, whose other layers have no softmax attention)."""
+    "right_demo", "heads", "partly_measured", "interventions"} (the attention parts empty when the records carry no
+    attention; "interventions": `compare.intervention_effects`; "partly_measured": {model: [layer, ...]} for hybrid
+    decoders, whose other layers have no softmax attention)."""
     out = {"verdicts": verdicts(records), "accuracy": accuracy_table(records), "where_it_looks": {},
-           "right_demo": [], "heads": [], "partly_measured": {}}
+           "right_demo": [], "heads": [], "partly_measured": {}, "interventions": intervention_effects(records)}
     if records and "visual_share" in records[0]:
         for r in records:
             by_layer = r.get("visual_share_by_layer") or []

@@ -264,16 +264,19 @@ def _add_attention(chunk: list[dict], am, episodes) -> None:
 
 
 def accuracy_table(records: list[dict]) -> dict:
-    """{model: {task: {condition: {"correct": k, "n": n, "visual_share": mean}}}}"""
+    """{model: {task: {condition: {"correct": k, "n": n, "visual_share": mean, "demo_image": mean}}}}: the shares
+    are the answer row's on all image tokens and on the demo images (NaN where attention was not captured)."""
     table: dict = {}
     for r in records:
         cell = table.setdefault(r["model"], {}).setdefault(r["task"], {}).setdefault(
-            r["condition"], {"correct": 0, "n": 0, "visual_sum": 0.0})
+            r["condition"], {"correct": 0, "n": 0, "visual_sum": 0.0, "demo_sum": 0.0})
         cell["correct"] += int(r["correct"])
         cell["n"] += 1
         cell["visual_sum"] += r.get("visual_share", float("nan"))
+        cell["demo_sum"] += (r.get("looks_at") or {}).get("demo_image", float("nan"))
     for model in table.values():
         for task in model.values():
             for cell in task.values():
                 cell["visual_share"] = cell.pop("visual_sum") / cell["n"]
+                cell["demo_image"] = cell.pop("demo_sum") / cell["n"]
     return table

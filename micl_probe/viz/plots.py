@@ -21,6 +21,33 @@ ROLE_COLOURS = {"image": PALETTE[0], "image_markup": PALETTE[9], "question": PAL
                 "template": PALETTE[7], "special": PALETTE[3]}
 
 
+PART_COLOURS = {"demo_image": PALETTE[0], "query_image": PALETTE[9], "demo_text": PALETTE[1], "query_text": PALETTE[8],
+                "special": PALETTE[7], "other": "0.85"}
+PART_LABELS = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
+               "query_text": "query text", "special": "special tokens", "other": "other"}
+_BASE_COLOURS = {"zero-shot": PALETTE[7], "no-image": PALETTE[1], "shuffled-answers": PALETTE[5], "shot": PALETTE[0],
+                 "retrieved": PALETTE[2]}
+_INTERVENTION_COLOURS = {"dara": PALETTE[3], "mtv": PALETTE[4], "lora": PALETTE[6], "alpha": PALETTE[8]}
+
+
+def condition_colour(condition: str):
+    """The colour of a condition, the same in every figure and every report: the base condition's hue (zero-shot
+    grey, no-image orange, shuffled-answers brown, k-shot blue, retrieved-k-shot green) or, under an intervention,
+    the intervention's (dara red, mtv purple, lora pink, alpha yellow); a darker shade for more shots."""
+    base, _, name = condition.partition("+")
+    kind = name.partition("=")[0]
+    k = int(base.split("-")[-2]) if base.endswith("-shot") and base.split("-")[-2].isdigit() else 0
+    if name:
+        colour = _INTERVENTION_COLOURS.get(kind, PALETTE[9])
+    else:
+        colour = _BASE_COLOURS.get(base, _BASE_COLOURS["retrieved" if base.startswith("retrieved-") else "shot"]
+                                   if k else PALETTE[9])
+    shade = min(max(np.log2(k) - 2, -2), 2) / 5 if k else -0.4 if name else 0.0  # 4 shots: the hue; fewer
+    #                                                     lighter (an intervention on zero shots lightest), more darker
+    rgb = np.array(colour[:3] if not isinstance(colour, str) else (0.5, 0.5, 0.5))
+    return tuple(rgb * (1 - shade) if shade > 0 else rgb + (1 - rgb) * -shade)
+
+
 def style():
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
     plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 200, "pdf.fonttype": 42, "savefig.bbox": "tight"})
@@ -119,22 +146,23 @@ def accuracy_bars(records, chance: dict[str, float] | None = None, title: str | 
                 if cell is None:
                     continue
                 k, n = cell["correct"], cell["n"]
-                lo, hi = wilson(k, n)
+                lo, hi = (100 * v for v in wilson(k, n))
                 x = i - 0.4 + width * (j + 0.5)
-                ax.bar(x, k / n, width, color=PALETTE[j], label=cond if i == 0 else None)
-                ax.errorbar(x, k / n, yerr=[[k / n - lo], [hi - k / n]], color="0.25", capsize=2, lw=1)
+                acc = 100 * k / n
+                ax.bar(x, acc, width, color=condition_colour(cond), label=cond if i == 0 else None)
+                ax.errorbar(x, acc, yerr=[[acc - lo], [hi - acc]], color="0.25", capsize=2, lw=1)
                 if k == 0:
-                    ax.text(x, 0.015, "0", ha="center", va="bottom", fontsize=7, color=PALETTE[j])
+                    ax.text(x, 1.5, "0", ha="center", va="bottom", fontsize=7, color=condition_colour(cond))
         for i, task in enumerate(tasks):
             if chance and chance.get(task) is not None:
-                ax.hlines(chance[task], i - 0.45, i + 0.45, colors="0.35", linestyles="--", lw=1,
+                ax.hlines(100 * chance[task], i - 0.45, i + 0.45, colors="0.35", linestyles="--", lw=1,
                           label="chance" if i == 0 else None)
         ax.set_xticks(range(len(tasks)), tasks, rotation=25, ha="right")
         ax.set_title(model, fontsize=10)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 105)
         ax.set_xlim(-0.55, len(tasks) - 0.45)
         ax.grid(axis="x", visible=False)
-    axes[0][0].set_ylabel("accuracy (95% CI)")
+    axes[0][0].set_ylabel("accuracy, % (95% CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.91, 0.55), frameon=False)
     fig.suptitle(title or "Accuracy by task and condition", y=1.04)
@@ -193,6 +221,159 @@ def head_heatmaps(records, condition: str, title: str | None = None):
         ax.set_xlabel("head")
         ax.set_ylabel("layer" if ax is axes[0][0] else "")
     fig.suptitle(title or f"Attention on image tokens per head ({condition})", y=1.06)
+    return fig
+
+
+def _condition_legend(fig, axes, conditions):
+    handles = [plt.Line2D([], [], color=condition_colour(c), lw=6) for c in conditions]
+    fig.legend(handles, conditions, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="condition")
+
+
+def looks_at_bars(records, title: str | None = None):
+    """Where the answer position looks, split by segment family: per model and condition, a stacked bar of the
+    row's attention on demo images / query image / demo text / query text / special tokens / other, in % of the row
+    (mean over layers, heads, tasks and episodes)."""
+    style()
+    models = list(dict.fromkeys(r["model"] for r in records))
+    conditions = list(dict.fromkeys(r["condition"] for r in records))
+    parts = list(PART_LABELS)
+    fig, axes = plt.subplots(1, len(models), figsize=(0.8 + 3.6 * len(models), 1.6 + 0.38 * len(conditions)),
+                             sharey=True, squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [c for c in conditions if any(r["model"] == model and r["condition"] == c for r in records)]
+        left = np.zeros(len(mine))
+        for part in parts:
+            vals = np.array([100 * np.nanmean([r["looks_at"][part] for r in records
+                                               if r["model"] == model and r["condition"] == c]) for c in mine])
+            ax.barh(range(len(mine)), vals, left=left, color=PART_COLOURS[part], label=PART_LABELS[part],
+                    edgecolor="white", lw=0.5)
+            for y, (x0, v) in enumerate(zip(left, vals)):
+                if v >= 7:
+                    ax.text(x0 + v / 2, y, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if part in ("demo_image", "special") else "0.1")
+            left += vals
+        ax.set_yticks(range(len(mine)), mine)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% of the answer row's attention")
+        ax.set_title(model, fontsize=10)
+        ax.grid(axis="y", visible=False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, frameon=False, fontsize=8)
+    fig.suptitle(title or "Where the answer position looks: demo images apart from the query image", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def _demo_by_layer(r) -> np.ndarray:
+    """[layer] the record's answer-row share on the demo images (mean over heads)."""
+    return np.nanmean(np.asarray(r["demo_image_by_head"], dtype=float), -1)
+
+
+def image_share_by_layer(records, title: str | None = None):
+    """Per layer (mean over heads), in % of the answer row: attention on the demo images (left) and on the query
+    image (right), one row of panels per model, a line per condition (its fixed colour), 95% bootstrap bands over
+    episodes (fixed seed). The query image's share is the images' share minus the demo images'."""
+    style()
+    import pandas as pd
+
+    models = list(dict.fromkeys(r["model"] for r in records))
+    conditions = list(dict.fromkeys(r["condition"] for r in records))
+    rows = []
+    for r in records:
+        demo = _demo_by_layer(r) if "demo_image_by_head" in r else np.zeros(len(r["visual_share_by_layer"]))
+        for layer, (v, d) in enumerate(zip(r["visual_share_by_layer"], demo)):
+            rows += [{"layer": layer, "share": 100 * d, "where": "demo images", "model": r["model"],
+                      "condition": r["condition"]},
+                     {"layer": layer, "share": 100 * (v - d), "where": "query image", "model": r["model"],
+                      "condition": r["condition"]}]
+    df = pd.DataFrame(rows)
+    n_layers = int(df["layer"].max()) + 1
+    palette = {c: condition_colour(c) for c in conditions}
+    fig, axes = plt.subplots(len(models), 2, figsize=(7.4, 0.4 + 2.4 * len(models)), sharex=True, sharey=True,
+                             squeeze=False)
+    for row, model in zip(axes, models):
+        for ax, where in zip(row, ("demo images", "query image")):
+            sub = df[(df["model"] == model) & (df["where"] == where)]
+            sns.lineplot(sub, x="layer", y="share", hue="condition", hue_order=conditions, palette=palette,
+                         errorbar=("ci", 95), seed=0, marker="o", ax=ax, legend=False)
+            ax.set_title(f"{model}: {where}", fontsize=9)
+            ax.set_xticks(range(n_layers))
+            ax.set_ylabel("% of the answer row" if ax is row[0] else "")
+    _condition_legend(fig, axes, conditions)
+    fig.suptitle(title or "Attention on the demo images and on the query image, by layer (answer position)", y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+def demo_image_heads(records, condition: str, title: str | None = None):
+    """One model under one condition: layer x head attention on the demo images (% of the answer row; mean over
+    episodes), one panel per task, one colour scale with a labelled bar."""
+    style()
+    tasks = list(dict.fromkeys(r["task"] for r in records if r["condition"] == condition))
+    maps = {t: 100 * np.nanmean([np.asarray(r["demo_image_by_head"], dtype=float) for r in records
+                                 if r["task"] == t and r["condition"] == condition], 0) for t in tasks}
+    top = max(5.0, max(float(np.nanmax(m)) for m in maps.values()))
+    layers, heads = next(iter(maps.values())).shape
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(0.9 + (0.6 + 0.42 * heads) * len(tasks),
+                                                         1.2 + 0.36 * layers), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * len(tasks) + [0.06]})
+    for i, (ax, task) in enumerate(zip(axes[0], tasks)):
+        sns.heatmap(maps[task], ax=ax, vmin=0, vmax=top, cmap="viridis", annot=maps[task].size <= 64, fmt=".0f",
+                    annot_kws={"fontsize": 7}, cbar=i == 0, cbar_ax=axes[0][-1],
+                    cbar_kws={"label": "% of answer row on demo images"})
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer" if i == 0 else "")
+        ax.tick_params(axis="y", rotation=0, labelleft=i == 0)
+    fig.suptitle(title or f"{records[0]['model']}: which heads look at the demo images ({condition})", fontsize=10,
+                 y=1.04)
+    return fig
+
+
+def demo_position(records, title: str | None = None):
+    """Attention on each demo's image by its position in the prompt (demo 1 first; then the query image), in % of
+    the answer row: one panel per model and condition with demo images, a line per task (mean over episodes,
+    95% bootstrap bands)."""
+    style()
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        shares = r.get("image_share") or {}
+        demos = sorted((k for k in shares if k.startswith("demo")), key=lambda k: int(k[4:]))
+        if not demos or not any(shares[k] > 0 for k in demos):
+            continue  # no demo images (zero-shot, no-image)
+        for k in demos + ["query"]:
+            rows.append({"model": r["model"], "condition": r["condition"], "task": r["task"],
+                         "position": "query" if k == "query" else f"demo {int(k[4:]) + 1}", "share": 100 * shares[k],
+                         "order": 10**6 if k == "query" else int(k[4:])})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return None
+    panels = list(dict.fromkeys(zip(df["model"], df["condition"])))
+    tasks = list(dict.fromkeys(df["task"]))
+    palette = dict(zip(tasks, PALETTE))
+    cols = min(3, len(panels))
+    n_rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(n_rows, cols, figsize=(0.6 + 3.4 * cols, 0.4 + 2.7 * n_rows), squeeze=False,
+                             sharey=True)
+    for ax, (model, condition) in zip(axes.flat, panels):
+        sub = df[(df["model"] == model) & (df["condition"] == condition)].sort_values("order")
+        order = list(dict.fromkeys(sub["position"]))
+        sub = sub.assign(x=sub["position"].map({p: i for i, p in enumerate(order)}))
+        sns.lineplot(sub, x="x", y="share", hue="task", hue_order=tasks, palette=palette, errorbar=("ci", 95), seed=0,
+                     marker="o", ax=ax, legend=False)
+        ax.set_xticks(range(len(order)), order, rotation=30)
+        ax.set_xlabel("")
+        ax.set_ylabel("% of the answer row on the image")
+        ax.set_title(f"{model}, {condition}", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=palette[t], marker="o") for t in tasks]
+    fig.legend(handles, tasks, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="task")
+    fig.suptitle(title or "Attention on each demo's image by its position (then the query's image)", y=1.02)
+    fig.tight_layout()
     return fig
 
 

@@ -27,35 +27,65 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
 
 
 CAPTIONS = {
-    "fig_accuracy": "Accuracy per task and condition, one panel per model (95% Wilson intervals; dashed: chance). "
-                    "A model that reads the demo images is far above its no-image bar at k shots.",
-    "fig_visual_share": "The answer position's attention on all image tokens (demos' and query's), per condition "
-                        "(mean over layers, heads, tasks and episodes; 95% bootstrap intervals).",
-    "fig_layer_share": "The same per layer: where in the decoder the answer position turns to the images.",
-    "fig_head_heatmap": "The same per layer and head, at k shots: which heads look at images.",
-    "fig_heads": "Per task at k shots, each head's rank correlation between its attention on the demo images and a "
-                 "correct answer; a dot marks heads significant at a 5% false discovery rate.",
+    "fig_accuracy": "Accuracy per task and condition, one panel per model, in % (95% Wilson intervals; dashed: "
+                    "chance). A model that reads the demo images is far above its no-image bar at k shots.",
+    "fig_looks_at": "Where the answer position looks, in % of its attention (mean over layers, heads, tasks and "
+                    "episodes): the demo images apart from the query image, the demo text apart from the query text, "
+                    "special tokens. Zero-shot has no demo parts; no-image has demo text only.",
+    "fig_layer_share": "The same per layer, in %: the answer position's attention on the demo images (left) and on "
+                       "the query image (right), one line per condition (95% bootstrap bands over episodes).",
+    "fig_demo_position": "Attention on each demo's image by its position in the prompt (demo 1 is the first), then "
+                         "on the query image, in % of the answer row: a recency effect shows as a rising line.",
+    "fig_demo_heads": "{model} at k shots: each head's attention on the demo images (% of the answer row, mean over "
+                      "episodes), per task: which heads look at the demos.",
+    "fig_heads": "{model}: per task at k shots, each head's rank correlation between its attention on the demo images "
+                 "and a correct answer; a dot marks heads significant at a 5% false discovery rate.",
+    "fig_patch": "{model}: one episode at k shots: the answer position's attention on each image token, drawn over "
+                 "the images (first row: mean over layers and heads; then the three heads that look most at the demo "
+                 "images). The % is the share of the row on that image.",
 }
-CAPTIONS["fig_patch"] = ("One episode at k shots: the answer position's attention on each image token, drawn over "
-                         "the images (first row: mean over layers and heads; then the three heads that look most at "
-                         "the demo images). The % is the share of the row on that image.")
 PART_NAMES = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
               "query_text": "query text", "special": "special tokens", "other": "other"}
 
 
+def _slug(model: str) -> str:
+    return model.replace("organism:", "").replace("/", "_")
+
+
+def caption(stem: str) -> str:
+    """A figure's caption from its stem (per-model figures end in the model's slug)."""
+    for prefix in ("fig_demo_heads_", "fig_heads_", "fig_patch_"):
+        if stem.startswith(prefix):
+            return CAPTIONS[prefix[:-1]].format(model=stem[len(prefix):])
+    return CAPTIONS[stem]
+
+
+def main_condition(conditions: list[str]) -> str:
+    """The run's k-shot condition the per-head figures show: the first plain <k>-shot with k > 0."""
+    return next((c for c in conditions if c.endswith("-shot") and c[0].isdigit() and not c.startswith("0")),
+                conditions[-1])
+
+
 def report_figures(records: list[dict], settings: dict, head_rows: list[dict]) -> dict:
-    """{stem: Figure} for the report: accuracy, and (when attention was recorded) visual share per condition, per
-    layer, per head, and per model the heads whose demo-image attention predicts a correct answer."""
+    """{stem: Figure} for the report: accuracy, and (when attention was recorded) where the answer looks split by
+    segment family, per layer (demo images apart from the query image), by demo position, per head on the demo
+    images, and per model the heads whose demo-image attention predicts a correct answer."""
     figures = {"fig_accuracy": plots.accuracy_bars(records, {t: chance(t) for t in settings["tasks"]})}
-    if "visual_share" in records[0]:
-        figures["fig_visual_share"] = plots.visual_share_bars(records)
-        figures["fig_layer_share"] = plots.layer_share_curves(records)
-        cond = next((c for c in settings["conditions"] if c.endswith("-shot") and c != "zero-shot"),
-                    settings["conditions"][-1])
-        figures["fig_head_heatmap"] = plots.head_heatmaps(records, cond)
-        for model in dict.fromkeys(r["model"] for r in head_rows):
-            slug = model.replace("organism:", "").replace("/", "_")
-            figures[f"fig_heads_{slug}"] = plots.head_rho_panels([r for r in head_rows if r["model"] == model])
+    if "visual_share" not in records[0]:
+        return figures
+    figures["fig_looks_at"] = plots.looks_at_bars(records)
+    figures["fig_layer_share"] = plots.image_share_by_layer(records)
+    by_position = plots.demo_position(records)
+    if by_position is not None:
+        figures["fig_demo_position"] = by_position
+    cond = main_condition(settings["conditions"])
+    for model in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == model and r["condition"] == cond and "demo_image_by_head" in r
+                and r.get("shots", 0) > 0]
+        if mine:
+            figures[f"fig_demo_heads_{_slug(model)}"] = plots.demo_image_heads(mine, cond)
+    for model in dict.fromkeys(r["model"] for r in head_rows):
+        figures[f"fig_heads_{_slug(model)}"] = plots.head_rho_panels([r for r in head_rows if r["model"] == model])
     return figures
 
 
@@ -110,31 +140,74 @@ def looks_markdown(where: dict, right: list[dict]) -> list[str]:
     return md
 
 
+def _heads_list(heads: list[dict], most: int = 6) -> str:
+    text = ", ".join(f"L{h['layer']}H{h['head']} ({h['rho']:+.2f})" for h in heads[:most]) or "none"
+    return text + (f" and {len(heads) - most} more" if len(heads) > most else "")
+
+
 def heads_markdown(rows: list[dict]) -> list[str]:
     """Per model, task and condition with demo images: demo-image attention against a correct answer, and the
-    heads whose demo-image attention predicts it."""
+    heads whose demo-image attention predicts a right answer (rho > 0) or a wrong one (rho < 0)."""
     if not rows:
         return []
     md = ["## Which heads predict a correct answer", "",
           "Per task and condition (never pooled): the answer row's attention on the demo images against a correct "
           "answer, over the episodes: Spearman rho (p) and the logistic slope per s.d. ± its standard error "
-          "(\"separated\" when a threshold splits right from wrong: no finite slope); then every head whose "
-          "demo-image attention predicts a correct answer at a 5% false discovery rate (Benjamini-Hochberg over all "
-          "heads), as L<layer>H<head> (rho). A head that predicts is not yet a head that matters: "
-          "`notebooks/02_truemicl_finding.ipynb` goes on to ablate such heads and patch them between runs on the "
-          "true-micl organism (`experiments/micl_heads.py` in the repository for the full run).", "",
-          "| model | task | condition | right / n | rho (p) | logistic slope | heads (FDR 5%) |",
-          "|---|---|---|---|---|---|---|"]
+          "(\"separated\" when a threshold splits right from wrong: no finite slope; \"no test\" when every answer "
+          "is right or every answer wrong); then the heads whose demo-image attention goes with a right answer "
+          "(rho > 0) and with a wrong one (rho < 0) at a 5% false discovery rate (Benjamini-Hochberg over all "
+          "heads), written as L3H2 for layer 3, head 2, with their rho. A head that predicts is not yet a head that "
+          "matters: `notebooks/02_truemicl_finding.ipynb` goes on to ablate such heads and patch them between runs "
+          "on the true-micl organism (`experiments/micl_heads.py` in the repository for the full run).", "",
+          "| model | task | condition | right / n | rho (p) | logistic slope | heads: right answer | heads: wrong "
+          "answer |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp, lg = r["spearman"], r["logistic"]
-        rho = "–" if sp["rho"] != sp["rho"] else f"{sp['rho']:+.2f} ({sp['p']:.2g})"
-        slope = "separated" if lg["separated"] else f"{lg['slope']:+.2f} ± {lg['slope_se']:.2f}"
-        heads = ", ".join(f"L{h['layer']}H{h['head']} ({h['rho']:+.2f})" for h in r["heads"][:6]) or "none"
-        if len(r["heads"]) > 6:
-            heads += f" and {len(r['heads']) - 6} more"
+        if r["correct"] in (0, r["n"]):
+            rho = slope = f"no test: all {'wrong' if r['correct'] == 0 else 'right'}"
+            right = wrong = "–"
+        else:
+            rho = "–" if sp["rho"] != sp["rho"] else f"{sp['rho']:+.2f} ({sp['p']:.2g})"
+            slope = "separated" if lg["separated"] else f"{lg['slope']:+.2f} ± {lg['slope_se']:.2f}"
+            right = _heads_list([h for h in r["heads"] if h["rho"] > 0])
+            wrong = _heads_list([h for h in r["heads"] if h["rho"] < 0])
         md.append(f"| {r['model']} | {r['task']} | {r['condition']} | {r['correct']} / {r['n']} | {rho} | {slope} "
-                  f"| {heads} |")
+                  f"| {right} | {wrong} |")
     return md + [""]
+
+
+def interventions_markdown(effects: list[dict], described: dict) -> list[str]:
+    """Per intervention: the artifact that ran (path, digest, what it was made for and trained on), then its effect
+    against its base condition on the same queries (paired McNemar) and the change of the answer row's attention
+    on the demo images."""
+    if not effects and not described:
+        return []
+    md = ["## Interventions", ""]
+    if described:
+        md += ["| intervention | artifact | digest | made for | trained |", "|---|---|---|---|---|"]
+        for name, d in described.items():
+            made = ", ".join(f"{k} {v}" for k, v in d.get("made_for", {}).items()) or "–"
+            md.append(f"| +{name} | {d.get('path', '–')} | {d.get('digest', '–')} | {made} | "
+                      f"{d.get('trained', '–')} |")
+        md.append("")
+    if effects:
+        md += ["| model | task | condition | base | with | without | difference (95% CI) | McNemar p | "
+               "demo images: base → with |", "|---|---|---|---|---|---|---|---|---|"]
+        for e in effects:
+            if not e["n"]:
+                md.append(f"| {e['model']} | {e['task']} | {e['condition']} | {e['base']} | – | – | base condition "
+                          "not in this run | – | – |")
+                continue
+            lo, hi = e["ci"]
+            share = "–" if e["demo_image_b"] != e["demo_image_b"] else \
+                f"{100 * e['demo_image_b']:.1f} → {100 * e['demo_image_a']:.1f}"
+            md.append(f"| {e['model']} | {e['task']} | {e['condition']} | {e['base']} "
+                      f"| {Accuracy(e['a']['correct'], e['n'])} | {Accuracy(e['b']['correct'], e['n'])} "
+                      f"| {100 * e['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {e['p']:.2g} | {share} |")
+        md += ["", "Accuracy in % (95% Wilson) with and without the intervention on the same queries; difference in "
+               "points (Newcombe's paired interval); demo images: % of the answer row (mean over layers and heads).",
+               ""]
+    return md
 
 
 METRIC_NAMES = {"teacher-forced": "greedy exact match (teacher-forced)", "exact": "normalised exact match of a "
@@ -169,33 +242,34 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
     conditions = settings["conditions"]
     table = summary["accuracy"]
     md = ["# Does the model look at its demonstration images?", ""] + verdict_markdown(summary["verdicts"]) \
-        + looks_markdown(summary["where_it_looks"], summary["right_demo"]) + heads_markdown(summary["heads"]) + [
+        + looks_markdown(summary["where_it_looks"], summary["right_demo"]) \
+        + interventions_markdown(summary.get("interventions", []), settings.get("interventions", {})) \
+        + heads_markdown(summary["heads"]) + [
           "## Accuracy and attention by condition", "",
           f"Models: {', '.join(settings['models'])}. Tasks: {', '.join(settings['tasks'])}. "
           f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
-          f"Accuracy: {_metrics_text(settings.get('metrics', {}))}, % with 95% Wilson CI. Visual share: attention of "
-          f"the answer position on "
-          f"image tokens, mean over layers and heads. Run time {seconds:.0f} s.", ""] + [
+          f"Accuracy: {_metrics_text(settings.get('metrics', {}))}, % with 95% Wilson CI"
+          + ("; demo img: the answer position's attention on the demo images, % of the row, mean over layers and "
+             "heads" if settings.get("attention", True) else " (attention not captured: --no-attention)")
+          + f". Run time {seconds:.0f} s.", ""] + [
           f"{model} has a hybrid decoder: attention measured in its softmax-attention layers "
           f"{', '.join(map(str, layers))} only (its linear-attention layers keep no attention weights); every mean "
           "over layers here is over those.\n" for model, layers in summary.get("partly_measured", {}).items()]
     for model, tasks in table.items():
         md += [f"### {model}", "", "| task | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
         for task, cells in tasks.items():
-            row = [f"{Accuracy(cells[c]['correct'], cells[c]['n'])} · vis {cells[c]['visual_share']:.2f}"
-                   if c in cells else "" for c in conditions]
+            row = [f"{Accuracy(cells[c]['correct'], cells[c]['n'])}" + (
+                   f" · demo img {100 * cells[c]['demo_image']:.1f}%" if cells[c].get("demo_image") == cells[c].get(
+                       "demo_image") and "demo_image" in cells[c] else "") if c in cells else "" for c in conditions]
             md.append(f"| {task} | " + " | ".join(row) + " |")
         md.append("")
     md += ["## Figures", ""]
     for stem in stems:
-        if stem.startswith("fig_patch_"):
-            caption = CAPTIONS["fig_patch"].replace("One episode", f"{stem[10:]}: one episode")
-        else:
-            caption = CAPTIONS.get(stem) or CAPTIONS["fig_heads"].replace("Per task", f"{stem[10:]}: per task")
-        if summary.get("partly_measured") and stem in ("fig_layer_share", "fig_head_heatmap") or \
-                summary.get("partly_measured") and stem.startswith("fig_heads_"):
-            caption += " Blank layers: a hybrid decoder's linear-attention layers, which have no attention to measure."
-        md += [f"![{caption}]({stem}.png)", ""]
+        text = caption(stem)
+        if summary.get("partly_measured") and (stem == "fig_layer_share" or stem.startswith(("fig_heads_",
+                                                                                            "fig_demo_heads_"))):
+            text += " Blank layers: a hybrid decoder's linear-attention layers, which have no attention to measure."
+        md += [f"![{text}]({stem}.png)", ""]
     return "\n".join(md + provenance_markdown(settings)) + "\n"
 
 
@@ -223,9 +297,8 @@ def write_report(out: Path, records: list[dict], settings: dict, seconds: float,
     `summary`: `evaluation.summarise(records)`; `patches`: {model: (measure.patch_maps, heads, label)}."""
     figures = report_figures(records, settings, summary["heads"])
     for model, (maps, heads, label) in (patches or {}).items():
-        slug = model.replace("organism:", "").replace("/", "_")
-        figures[f"fig_patch_{slug}"] = plots.patch_maps(maps, heads, title=f"{model}: where the answer position "
-                                                                           f"looks in each image ({label})")
+        title = f"{model}: where the answer position looks in each image ({label})"
+        figures[f"fig_patch_{_slug(model)}"] = plots.patch_maps(maps, heads, title=title)
     for stem, fig in figures.items():
         plots.save(fig, out / stem)
     results = {"settings": settings, "seconds": round(seconds, 1), "verdict_rule": RULE} | summary
