@@ -17,7 +17,7 @@ Subpackages, from the bottom layer up (each imports only from the ones before it
 and two entry points on top: attn_report (the command line) and explore (one episode in Jupyter).
 """
 
-from .core import Demo, Episode, Loaded, PreparedBatch, Query, TokenLayout, load, supported_families
+from .core import Demo, Episode, Loaded, PreparedBatch, Query, TokenLayout, adapter_for, load, supported_families
 from .evaluation.harness import RunConfig, run
 from .explore import explore
 from .interventions.dara import DARA
@@ -27,7 +27,7 @@ from .tasks import query_episodes, sample_episodes
 
 __all__ = [
     "DARA", "AttentionMass", "Demo", "Episode", "Loaded", "PreparedBatch", "Query", "RunConfig", "TaskVector",
-    "TokenLayout", "capture_attention", "explore", "load", "query_episodes", "run", "sample_episodes",
+    "TokenLayout", "adapter_for", "capture_attention", "explore", "load", "query_episodes", "run", "sample_episodes",
     "supported_families",
 ]
 __version__ = "0.1.0"

@@ -21,9 +21,8 @@ from pathlib import Path
 from .core.errors import Parser, UsageError, one_line_errors
 from .core.provenance import dumps, write_atomic
 from .evaluation.compare import compare_runs
-from .evaluation.frames import results_file
 from .evaluation.statistics import Accuracy
-from .evaluation.store import load_records, read_manifest
+from .evaluation.store import load_records, read_manifest, results_file
 
 
 def parse(argv=None):

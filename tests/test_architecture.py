@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "micl_probe"
 # rank of each part of the package: a module may import its own subpackage and parts of strictly lower rank
 RANK = {"core": 0, "tasks": 1, "testing": 2, "measure": 2, "interventions": 3, "evaluation": 3, "organisms": 4,
-        "viz": 4, "attn_report": 5, "train": 5, "explore": 5, "__init__": 6}
+        "viz": 4, "attn_report": 5, "train": 5, "explore": 5, "compare": 5, "__init__": 6}
 
 
 def module_name(path: Path) -> str:
@@ -75,3 +75,26 @@ def test_no_import_circles():
 def test_no_module_rebinds_global_state(path):
     """Per-call data travels through calls (kwargs, objects the caller holds), never through `global`."""
     assert not [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, (ast.Global, ast.Nonlocal))]
+
+
+def test_every_exported_name_says_what_it_is():
+    """Every name a subpackage exports has its own docstring: a class's is not the dataclass signature nor its base
+    class's (help(micl_probe.DARA) opens with DARA, not with torch's nn.Module)."""
+    import importlib
+    import inspect
+
+    missing = []
+    for module in ("micl_probe", "micl_probe.core", "micl_probe.tasks", "micl_probe.measure",
+                   "micl_probe.interventions", "micl_probe.evaluation", "micl_probe.organisms", "micl_probe.viz"):
+        mod = importlib.import_module(module)
+        for name in getattr(mod, "__all__", []):
+            obj = getattr(mod, name)
+            if not callable(obj):
+                continue
+            doc = vars(obj).get("__doc__") if inspect.isclass(obj) else obj.__doc__
+            if not doc or not doc.strip() or doc.startswith(f"{name}("):
+                missing.append(f"{module}.{name}")
+    assert not missing, f"no docstring of their own: {missing}"
+    import micl_probe
+
+    assert micl_probe.DARA.__doc__.startswith("DARA factors")

@@ -106,6 +106,18 @@ def test_layout_roundtrip_and_describe():
     assert torch.equal(back.role, lay.role) and back.answer_position == lay.answer_position
     text = lay.describe()
     assert "demo1.image" in text and "query.question" in text and "special" in text
+    # the printout is half-open, as from_spans takes it: copying it back gives the same layout
+    ids = prepare(noise_episode(2), processor, adapter_for(model), model=model).inputs["input_ids"][0]
+    spans = lay.spans()
+    for name, pos in lay.segments().items():
+        assert sum(b - a for a, b in spans[name]) == pos.numel()
+        assert all(f"[{a}, {b})" in text for a, b in spans[name][:4])
+    image_spans = {k: v for k, v in spans.items() if k.endswith(".image")}
+    assert all(len(v) == 1 for v in image_spans.values())  # one image, one range (LLaVA)
+    rebuilt = TokenLayout.from_spans(ids, spans, answer_position=lay.answer_position)
+    assert rebuilt.spans() == spans and torch.equal(rebuilt.role, lay.role)  # (specials' owners are not segments)
+    image = lay.positions(role="image")
+    assert torch.equal(rebuilt.image_index[image], lay.image_index[image])
 
 
 def test_no_image_control_has_no_demo_images(family):

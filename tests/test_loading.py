@@ -57,3 +57,19 @@ def test_bad_models_and_inputs_are_one_line_naming_the_fix(tmp_path, monkeypatch
         capture_attention(loaded, [])
     with pytest.raises(ValueError, match="no episodes given"):
         prepare_batch([], loaded.processor, loaded.adapter)
+
+
+def test_a_model_built_by_hand_from_an_organism_folder_prompts_as_load_does():
+    """`Loaded(model, processor, adapter_for(model))` on an organism's own folder takes the organism's adapter from
+    its micl_probe.json (not the LLaVA format of its architecture): the same prompt ids as `load`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from micl_probe import Loaded, adapter_for, load, sample_episodes
+
+    loaded = load("organism:true-micl")
+    folder = loaded.model.config._name_or_path
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    mine = Loaded(model, AutoProcessor.from_pretrained(folder), adapter_for(model), name="mine")
+    assert mine.adapter.family == loaded.adapter.family == "organism"
+    episode = sample_episodes("clock_math", shots=4, n=1)[0]
+    assert torch.equal(mine.prepare(episode).inputs["input_ids"], loaded.prepare(episode).inputs["input_ids"])

@@ -139,3 +139,30 @@ def test_explore_gives_the_token_view_and_the_patch_maps():
     html = str(found.html())
     assert "ColoredTokensMulti" in html and '"L1H3"' in html
     assert len([ax for ax in found.figure().axes if ax.get_title()]) == 2 * (1 + len(found.heads))
+
+
+def test_explore_follows_one_head_shows_once_and_works_without_patch_maps(monkeypatch):
+    """The patch figure for a chosen head draws that head; show() displays each figure once (closed after, so the
+    inline backend does not draw it again); the repr is one line; Idefics2 (resampler latents) still gets the
+    token view, with the reason there are no patch maps."""
+    import matplotlib.pyplot as plt
+
+    import micl_probe
+
+    loaded = tiny_loaded("qwen2_vl")
+    ep = Episode((Demo((noise_image(32, 32, 1),), "What?", "dax"),), Query((noise_image(48, 48, 2),), "What?"))
+    found = micl_probe.explore(loaded, ep, show=False)
+    rows = [y for ax in found.figure("L1H2").axes if (y := ax.get_ylabel()) and "per token" not in y]
+    assert rows == ["mean over layers and heads", "layer 1 head 2"]
+    html = str(found.html((1, 2)))
+    assert "ColoredTokens" in html and "ColoredTokensMulti" not in html
+    assert len(repr(found)) < 200 and "\n" not in repr(found)
+    shown = []
+    monkeypatch.setattr("IPython.display.display", lambda x: shown.append(x))
+    monkeypatch.setattr("ipywidgets.interact", lambda f, **kw: f(kw["head"].value))
+    plt.close("all")
+    found.show("L1H2")
+    assert len(shown) == 2 and not plt.get_fignums()  # the token view and the figure, the figure closed
+    latents = micl_probe.explore(tiny_loaded("idefics2"), ep, show=False)
+    assert latents.maps == [] and latents.figure() is None and "resampler" in latents.no_maps
+    assert len(latents.tokens) == latents.attention.shape[-1]

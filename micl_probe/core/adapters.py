@@ -46,6 +46,10 @@ class ChatFormat:
 
 @dataclass(frozen=True)
 class Adapter:
+    """Every fact of one model family in one place: the `config.model_type`s it serves, its declared chat format,
+    where the decoder and its attention modules sit, how images are passed and laid out in patches. Found by
+    `adapter_for(model)` or `get_adapter(family)`."""
+
     family: str
     model_types: tuple[str, ...]  # `config.model_type` values this adapter serves
     chat: ChatFormat
@@ -256,6 +260,7 @@ def supported_families() -> list[str]:
 
 
 def get_adapter(family: str) -> Adapter:
+    """The adapter of `family` (`supported_families()`); ValueError naming the supported ones otherwise."""
     if family in MISFITS:
         raise ValueError(f"unsupported model family: {MISFITS[family]}")
     if family not in ADAPTERS:
@@ -263,10 +268,28 @@ def get_adapter(family: str) -> Adapter:
     return ADAPTERS[family]
 
 
+def _saved_family(folder: str) -> str | None:
+    """The "family" of the micl_probe.json in a checkpoint folder, if it has one."""
+    import json
+    from pathlib import Path
+
+    meta = Path(folder) / "micl_probe.json" if folder else None
+    if meta is None or not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("family")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        return None
+
+
 def adapter_for(model: nn.Module, family: str | None = None) -> Adapter:
-    """The adapter for `model` (by `config.model_type`), or the one named by `family`."""
+    """The adapter for `model`: the one named by `family`; else the family its checkpoint folder's micl_probe.json
+    names (the organisms': their prompt format is not their architecture's); else by `config.model_type`."""
     if family is not None:
         return get_adapter(family)
+    saved = _saved_family(getattr(model.config, "_name_or_path", "") or "")
+    if saved:
+        return get_adapter(saved)
     model_type = getattr(model.config, "model_type", None)
     if model_type in MISFITS:
         raise ValueError(f"unsupported model family: {MISFITS[model_type]}")

@@ -39,6 +39,12 @@ def owner_name(owner: int) -> str:
 
 @dataclass(frozen=True)
 class TokenLayout:
+    """Who owns each token of a prompt and what it is: per position an owner (demo i, the query, or nobody),
+    a role (`ROLES`: image, image_markup, question, answer, template, special, pad) and the image it belongs to,
+    plus the row whose logits give the first answer token. Made by `Loaded.prepare` from the processor's own ids,
+    or by `from_spans` for a prompt you built; `describe()` prints its segments in half-open spans [start, end)
+    and `spans()` returns them in the form `from_spans` takes."""
+
     owner: torch.Tensor  # [seq] long
     role: torch.Tensor  # [seq] long, index into ROLES
     image_index: torch.Tensor  # [seq] long, -1 where the token is not part of an image
@@ -101,11 +107,25 @@ class TokenLayout:
         names, seg = self.segment_ids()
         return {n: (seg == i).nonzero().flatten() for i, n in enumerate(names)}
 
-    def describe(self) -> str:
-        """A table of segments: name, number of tokens, first..last position."""
-        rows = [f"{'segment':<22}{'tokens':>7}  span"]
+    def spans(self) -> dict[str, list[tuple[int, int]]]:
+        """{segment: half-open position ranges [(start, end), …]}: the form `from_spans` takes (a segment split
+        by others, e.g. special tokens, has several ranges)."""
+        out = {}
         for name, pos in self.segments().items():
-            rows.append(f"{name:<22}{pos.numel():>7}  {pos[0].item()}..{pos[-1].item()}")
+            breaks = (pos[1:] != pos[:-1] + 1).nonzero().flatten().tolist()
+            starts = [0] + [b + 1 for b in breaks]
+            ends = breaks + [pos.numel() - 1]
+            out[name] = [(int(pos[a]), int(pos[b]) + 1) for a, b in zip(starts, ends)]
+        return out
+
+    def describe(self) -> str:
+        """A table of segments: name, number of tokens, and half-open spans [start, end) as `from_spans` takes
+        them (start included, end excluded)."""
+        rows = [f"{'segment':<22}{'tokens':>7}  spans [start, end)"]
+        for (name, pos), spans in zip(self.segments().items(), self.spans().values()):
+            shown = " ".join(f"[{a}, {b})" for a, b in spans[:4]) + (f" … ({len(spans)} spans)" if len(spans) > 4
+                                                                    else "")
+            rows.append(f"{name:<22}{pos.numel():>7}  {shown}")
         return "\n".join(rows)
 
     def to_dict(self) -> dict:

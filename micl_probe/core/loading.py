@@ -8,7 +8,8 @@
 
 `Loaded` is the one way into every measurement, intervention and evaluation: it holds the model, its processor and
 the family's adapter, and (lazily) the nnsight wrapper of the model. Build one by hand for a model you already
-have: `Loaded(model, processor, adapter_for(model), name="mine")`.
+have: `Loaded(model, processor, adapter_for(model), name="mine")` (an organism's folder: adapter_for reads its
+micl_probe.json, so its prompts are the ones `load` writes).
 
 Offline use: set HF_HUB_OFFLINE=1 (honoured by transformers) and pass a local folder or a hub id already in the
 local cache. A folder may carry a `micl_probe.json` (the organisms do): its "family" wins over the config's
@@ -50,6 +51,12 @@ def organism_problem(name: str) -> str | None:
 
 @dataclass
 class Loaded:
+    """A model with everything needed to prompt and measure it: the model, its processor, the family's adapter
+    (token layout, decoder path, declared chat format), its name and its checkpoint's micl_probe.json settings.
+    Prompts go through the processor's chat template when it has one (`use_template`). Make it with
+    `micl_probe.load(name_or_folder)`; for a model you already hold, `Loaded(model, processor, adapter_for(model))`
+    (which reads the family a saved folder's micl_probe.json names)."""
+
     model: nn.Module
     processor: object
     adapter: Adapter

@@ -12,15 +12,17 @@ from .analysis import (
 )
 from .compare import compare_runs, intervention_effects
 from .conditions import condition_episode
-from .frames import Records
+from .frames import heads_frame, records_frame
 from .harness import RunConfig, accuracy_table, load_records, run
 from .scoring import count_correct, greedy_exact_match, score, task_verdicts, which_correct
 from .statistics import Accuracy, mcnemar_p, paired_difference, wilson
+from .store import Records
 from .verdicts import verdicts
 
 __all__ = [
     "Accuracy", "Records", "RunConfig", "accuracy_table", "accuracy_vs_attention", "compare_runs",
-    "condition_episode", "count_correct", "greedy_exact_match", "head_predictiveness", "head_tests",
-    "heads_that_predict", "intervention_effects", "load_records", "mcnemar_p", "paired_difference", "right_demo",
-    "run", "score", "summarise", "task_verdicts", "verdicts", "where_it_looks", "which_correct", "wilson",
+    "condition_episode", "count_correct", "greedy_exact_match", "head_predictiveness", "head_tests", "heads_frame",
+    "heads_that_predict", "intervention_effects", "load_records", "mcnemar_p", "paired_difference", "records_frame",
+    "right_demo", "run", "score", "summarise", "task_verdicts", "verdicts", "where_it_looks", "which_correct",
+    "wilson",
 ]

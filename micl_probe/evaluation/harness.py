@@ -53,11 +53,11 @@ from ..core.provenance import digest, file_digest, folder_digest, intervention_f
 from ..measure import score_and_capture
 from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
-from .frames import Records
 from .metrics import METRICS, correct, default_metric
 from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
 from .store import (
     RECORD_KEY,
+    Records,
     append_records,
     attach_heads,
     compact_heads,

@@ -27,6 +27,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Accuracy:
+    """k correct of n, with its 95% Wilson interval (`ci`); str() is "acc [lo, hi]" in %."""
+
     correct: int
     n: int
 

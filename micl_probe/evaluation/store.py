@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.provenance import dumps
-from .frames import Records, results_file
+from .frames import HEADS, heads_frame, records_frame
 
 RECORD_KEY = ("model", "task", "condition", "index")  # with the weights and the setup: what makes a record unique
 HEAD_ARRAYS = ("visual_share_by_head", "demo_image_by_head")  # [layer][head] per record: in the columnar files
@@ -69,6 +69,33 @@ def _problem(r) -> str | None:
         return f"'index' is {r['index']!r}, not an integer"
     bad = [k for k in ("model", "task", "condition") if not isinstance(r[k], str)]
     return f"{', '.join(repr(k) for k in bad)} not a string" if bad else None
+
+
+class Records(list):
+    """Harness records (a list of dicts, one per episode) with tidy views (pandas): `to_frame()` (a row per record,
+    settings as columns) and `heads_frame()` (a row per record x layer x head). `source`: the results file they
+    were read from; `heads_frame` reads the per-head arrays from beside it for the records that do not carry them."""
+
+    def __init__(self, records=(), source: str | Path | None = None):
+        super().__init__(records)
+        self.source = Path(source) if source else None
+
+    def to_frame(self):
+        """One row per record (`evaluation.frames.records_frame`)."""
+        return records_frame(self)
+
+    def heads_frame(self):
+        """One row per record x layer x head (`evaluation.frames.heads_frame`), the arrays read when missing."""
+        lacking = [r for r in self if "visual_share" in r and not all(n in r for n in HEADS)]
+        if lacking and self.source is not None and self.source.is_file():
+            attach_heads(self.source, lacking)
+        return heads_frame(self)
+
+
+def results_file(path: str | Path) -> Path:
+    """A results file, or the results.jsonl in a report folder."""
+    path = Path(path)
+    return path / "results.jsonl" if path.is_dir() else path
 
 
 def load_records(results: str | Path, heads: bool = False) -> Records:

@@ -71,6 +71,12 @@ class DaraCall:
 
 
 class DARA(nn.Module):
+    """DARA factors: one learnable alpha[layer, head, image] (as log_alpha) multiplying the attention each head of
+    the chosen decoder layers pays to each image's tokens (demo 0 … demo K-1, the query). Build with
+    `DARA.for_model(loaded, n_images)` or `train_dara`; run with `applied(model, layouts)` (per-call forward kwargs)
+    or `on(model)` (a harness intervention); `save`/`load` round-trip it with what it was made for. See the module
+    docstring for the modes and kernels."""
+
     def __init__(self, n_heads: int, n_images: int, layers: tuple[int, ...] = (0,), mode: str = "logit"):
         super().__init__()
         if mode not in ("logit", "post"):

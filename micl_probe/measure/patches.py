@@ -21,6 +21,9 @@ from .attention import row_attention
 
 @dataclass
 class PatchMap:
+    """One image of an episode with the answer row's attention on each of its tokens, laid out on the image's patch
+    grid (tiles of a split image in place): made by `patch_maps`, drawn by `viz.plots.patch_maps`."""
+
     grid: ImageGrid  # where each image token sits
     image: object  # the PIL image
     heat: list[torch.Tensor]  # per tile of grid.tiles: [layer, head, rows, cols] attention on its tokens

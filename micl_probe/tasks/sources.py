@@ -44,6 +44,7 @@ def task_labels(tasks: list[str]) -> dict[str, str]:
 
 
 def demos_per_shot(task: str) -> int:
+    """Images a shot of `task` holds (a folder task may pair images in one demo; procedural tasks: 1)."""
     folder = parse_task(task) if ":" in task else None
     return folder.demos_per_shot if folder else 1
 

@@ -312,6 +312,7 @@ def matching_demos(episode: Episode) -> list[int] | None:
 
 
 def task_names(shortcut: bool = False) -> list[str]:
+    """The procedural tasks' names (`shortcut`: their fixed-rule twins, <task>_shortcut)."""
     return [n + SHORTCUT_SUFFIX for n in TASKS] if shortcut else list(TASKS)
 
 
