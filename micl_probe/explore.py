@@ -72,27 +72,39 @@ class Exploration:
             heads = [tuple(int(x) for x in label[1:].split("H"))]
         return plots.patch_maps(self.maps, heads)
 
-    def show(self, head: str | tuple[int, int] | None = None) -> None:
-        """In a notebook: a head selector (mean, L0H0, …) over the token view and the patch maps together."""
+    def show(self, head: str | tuple[int, int] | None = None):
+        """In a notebook: a head selector (mean, L0H0, …) above the token view and the patch maps, both redrawn for
+        the head chosen (plain display updates: no output-capturing widget); returns the selector (None where
+        ipywidgets is missing: the views are drawn once, for `head`)."""
         import matplotlib.pyplot as plt
         from IPython.display import display
 
-        def draw(head):
-            display(self.html(head))
-            fig = self.figure(head)
+        label = _label(head) if head is not None else "mean"
+
+        def patches(label):
+            fig = self.figure(label)
             if fig is None:
-                print(f"no patch maps: {self.no_maps}")
-                return
-            display(fig)
-            plt.close(fig)  # shown once: not again by the inline backend at the end of the cell
+                return f"no patch maps: {self.no_maps}"
+            plt.close(fig)  # shown once, by this display: not again by the inline backend at the end of the cell
+            return fig
 
         try:
-            from ipywidgets import Dropdown, interact
+            from ipywidgets import Dropdown
         except ImportError:
-            draw(head or "mean")
-            return
-        interact(draw, head=Dropdown(options=self.labels(), value=_label(head) if head is not None else "mean",
-                                     description="head"))
+            display(self.html(label))
+            display(patches(label))
+            return None
+        selector = Dropdown(options=self.labels(), value=label, description="head")
+        display(selector)
+        tokens = display(self.html(label), display_id=True)
+        images = display(patches(label), display_id=True)
+
+        def redraw(change):
+            tokens.update(self.html(change["new"]))
+            images.update(patches(change["new"]))
+
+        selector.observe(redraw, names="value")
+        return selector
 
 
 def _label(head) -> str:

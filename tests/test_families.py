@@ -132,7 +132,7 @@ def test_qwen3_5_hybrid_measures_its_attention_layers_and_says_which():
     assert summarise(records)["partly_measured"] == {"q": [1]}
     from micl_probe.viz.report import report_markdown
     md = report_markdown(summarise(records), {"conditions": ["2-shot"], "models": ["q"], "tasks": ["t"], "n": 3,
-                                              "seed": 0}, 1.0, ["fig_head_heatmap"])
+                                              "seed": 0}, 1.0, ["fig_demo_heads_q"])
     assert "softmax-attention layers 1 only" in md and "Blank layers: a hybrid decoder's" in md
     heat = row_attention(loaded, eps[0])
     assert heat[0].isnan().all() and torch.isfinite(heat[1]).all()

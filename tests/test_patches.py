@@ -157,12 +157,19 @@ def test_explore_follows_one_head_shows_once_and_works_without_patch_maps(monkey
     html = str(found.html((1, 2)))
     assert "ColoredTokens" in html and "ColoredTokensMulti" not in html
     assert len(repr(found)) < 200 and "\n" not in repr(found)
-    shown = []
-    monkeypatch.setattr("IPython.display.display", lambda x: shown.append(x))
-    monkeypatch.setattr("ipywidgets.interact", lambda f, **kw: f(kw["head"].value))
+    shown, updated = [], []
+
+    class Handle:
+        def update(self, obj):
+            updated.append(obj)
+
+    monkeypatch.setattr("IPython.display.display", lambda obj, **kw: shown.append(obj) or Handle())
     plt.close("all")
-    found.show("L1H2")
-    assert len(shown) == 2 and not plt.get_fignums()  # the token view and the figure, the figure closed
+    selector = found.show("L1H2")
+    assert len(shown) == 3 and not plt.get_fignums()  # the selector, the token view, the figure (closed after)
+    assert shown[0] is selector and "layer 1 head 2" in [ax.get_ylabel() for ax in shown[2].axes]
+    selector.value = "L0H1"  # choosing a head redraws both views for it
+    assert len(updated) == 2 and "layer 0 head 1" in [ax.get_ylabel() for ax in updated[1].axes]
     latents = micl_probe.explore(tiny_loaded("idefics2"), ep, show=False)
     assert latents.maps == [] and latents.figure() is None and "resampler" in latents.no_maps
     assert len(latents.tokens) == latents.attention.shape[-1]
