@@ -94,6 +94,18 @@ def _report(*argv):
     main(["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "1", *map(str, argv)])
 
 
+def _compare(*paths):
+    from micl_probe.compare import main
+
+    main(list(map(str, paths)))
+
+
+def _load_records(where):
+    from micl_probe.evaluation import load_records
+
+    load_records(where / "empty")
+
+
 def _train(*argv):
     from micl_probe.train import main
 
@@ -245,6 +257,14 @@ CASES: dict[str, Callable[[Path], object]] = {
                                                "--out", w / "d"),
     "train --shots 0": lambda w: _train("dara", "--model", "organism:true-micl", "--task", "clock_math", "--out",
                                         w / "d", "--shots", "0"),
+    "attn_report --dara without a +dara condition": lambda w: _report("--dara", _artifacts(w)["dara"],
+                                                                       "--out", w / "rep"),
+    "attn_report --alphas no condition runs": lambda w: _report("--alphas", "2", "--out", w / "rep"),
+    "attn_report --tasks clock_math@green": lambda w: _report("--tasks", "clock_math@green", "--out", w / "rep"),
+    "train --task novel_binding@bound": lambda w: _train("mtv", "--model", "organism:true-micl", "--task",
+                                                         "novel_binding@bound", "--out", w / "m"),
+    "compare: a folder without results": lambda w: _compare(w, w / "nowhere"),
+    "load_records: a folder without results": lambda w: _load_records(w),
 }
 
 
@@ -288,6 +308,10 @@ EXPECT = {
     "attn_report --shard 2/2": "--shard 2/2", "attn_report --model organism:novel-binding": "retired",
     "train --lr inf": "--lr inf", "train --out under a file": "is a file", "train: unknown command": "'steer'",
     "train --shots 0": "--shots 0",
+    "attn_report --dara without a +dara condition": "no condition runs it",
+    "attn_report --alphas no condition runs": "no condition runs it", "attn_report --tasks clock_math@green":
+    "its rules: red, blue", "train --task novel_binding@bound": "bound anew", "compare: a folder without results":
+    "no results.jsonl there", "load_records: a folder without results": "no results file there",
 }
 
 
