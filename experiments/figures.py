@@ -59,8 +59,9 @@ def truemicl(out: Path, n: int):
         records += run(load(name), TRUEMICL_TASKS, ["zero-shot", "no-image", "4-shot"], RunConfig(n=n),
                        results=out / "runs" / "truemicl.jsonl")
     plots.save(plots.accuracy_bars(records, {t: chance(t) for t in TRUEMICL_TASKS}), out / "truemicl_accuracy")
-    plots.save(plots.visual_share_bars(records), out / "truemicl_visual_share")
-    plots.save(plots.layer_share_curves(records), out / "truemicl_layers")
+    plots.save(plots.looks_at_bars(records), out / "truemicl_looks_at")
+    plots.save(plots.image_share_by_layer(records), out / "truemicl_layers")
+    plots.save(plots.demo_position(records), out / "truemicl_demo_position")
     mine = [r for r in records if r["model"] == MICL_ORGANISM]
     plots.save(plots.accuracy_vs_attention(accuracy_vs_attention(mine), head_predictiveness(mine)),
                out / "accuracy_vs_attention")

@@ -51,19 +51,18 @@ def test_accuracy_bars_chance_zero_and_legend(records):
     assert [t.get_text() for t in ax.get_xticklabels()] == TASKS
 
 
-def test_layer_curves_one_panel_per_model_with_whole_layers_and_a_legend_off_the_data(records):
-    fig = plots.layer_share_curves(records)
+def test_layer_figure_one_row_per_model_with_whole_layers_and_a_legend_off_the_data(records):
+    fig = plots.image_share_by_layer(records)
     _legend_clear_of_axes(fig)
     panels = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in panels] == MODELS
+    assert [ax.get_title() for ax in panels] == [f"{m}: {w}" for m in MODELS for w in ("demo images", "query image")]
     assert all(float(t).is_integer() for t in panels[0].get_xticks())
 
 
-def test_visual_share_bars_are_deterministic_and_keep_the_legend_off(records, tmp_path):
-    first = plots.save(plots.visual_share_bars(records), tmp_path / "a")[0].read_bytes()
-    second = plots.save(plots.visual_share_bars(records), tmp_path / "b")[0].read_bytes()
+def test_bootstrap_bands_are_deterministic(records, tmp_path):
+    first = plots.save(plots.image_share_by_layer(records), tmp_path / "a")[0].read_bytes()
+    second = plots.save(plots.image_share_by_layer(records), tmp_path / "b")[0].read_bytes()
     assert first == second  # bootstrap intervals with a fixed seed
-    _legend_clear_of_axes(plots.visual_share_bars(records))
 
 
 @pytest.fixture(scope="module")

@@ -169,61 +169,6 @@ def accuracy_bars(records, chance: dict[str, float] | None = None, title: str | 
     return fig
 
 
-def visual_share_bars(records, title: str | None = None):
-    """Share of attention on image tokens at the answer position, per condition and model (95% CI, bootstrap
-    with a fixed seed)."""
-    style()
-    df = _frame(records)
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    sns.barplot(df, x="condition", y="visual_share", hue="model", errorbar=("ci", 95), seed=0, ax=ax)
-    ax.set_ylabel("attention on image tokens")
-    ax.set_title(title or "Where the answer position looks")
-    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return fig
-
-
-def layer_share_curves(records, title: str | None = None):
-    """Visual share per layer (mean over heads), one panel per model and a line per condition; episodes as 95% CI
-    bands (bootstrap with a fixed seed)."""
-    style()
-    models = list(dict.fromkeys(r["model"] for r in records))
-    conditions = list(dict.fromkeys(r["condition"] for r in records))
-    rows = [{"layer": layer, "visual share": v, "model": r["model"], "condition": r["condition"]}
-            for r in records for layer, v in enumerate(r["visual_share_by_layer"])]
-    df = _frame(rows)
-    n_layers = int(df["layer"].max()) + 1
-    fig, axes = plt.subplots(1, len(models), figsize=(0.6 + 3.2 * len(models), 3.2), sharey=True, squeeze=False)
-    for ax, model in zip(axes[0], models):
-        sns.lineplot(df[df["model"] == model], x="layer", y="visual share", hue="condition", hue_order=conditions,
-                     errorbar=("ci", 95), seed=0, marker="o", ax=ax, legend=ax is axes[0][0])
-        ax.set_xticks(range(n_layers))
-        ax.set_title(model, fontsize=10)
-        ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("attention on image tokens")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    axes[0][0].get_legend().remove()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.91, 0.55), frameon=False)
-    fig.suptitle(title or "Attention on image tokens by layer (answer position)", y=1.04)
-    return fig
-
-
-def head_heatmaps(records, condition: str, title: str | None = None):
-    """Layer x head visual share under one condition, one panel per model."""
-    style()
-    models = list(dict.fromkeys(r["model"] for r in records))
-    fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.2), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        heads = np.array([r["visual_share_by_head"] for r in records
-                          if r["model"] == model and r["condition"] == condition]).mean(0)
-        sns.heatmap(heads, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=heads.size <= 64, fmt=".2f",
-                    cbar=ax is axes[0][-1])
-        ax.set_title(model)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer" if ax is axes[0][0] else "")
-    fig.suptitle(title or f"Attention on image tokens per head ({condition})", y=1.06)
-    return fig
-
-
 def _condition_legend(fig, axes, conditions):
     handles = [plt.Line2D([], [], color=condition_colour(c), lw=6) for c in conditions]
     fig.legend(handles, conditions, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="condition")
