@@ -157,3 +157,24 @@ def test_a_prepared_batch_equals_one_episode_at_a_time(family, backend):
     alone = capture_attention(loaded, EPISODES, backend=backend, progress=False)
     assert together.segments == alone.segments and together.meta["shots"] == [2, 1, 0]
     torch.testing.assert_close(together.mass, alone.mass, atol=1e-5, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3"])
+def test_batched_capture_equals_one_episode_at_a_time(family):
+    """capture_attention(..., batch_size=k) pads episodes of different lengths into one pass and reduces each row
+    with its own layout: the masses equal those of one episode at a time (1-D RoPE, M-RoPE, sliding windows),
+    explicit rows included."""
+    model, processor = cached_tiny(family)
+    loaded = Loaded(model, processor, adapter_for(model), name=family)
+    eps = [noise_episode(k, seed=s) for k, s in ((0, 1), (2, 2), (1, 3), (3, 4), (2, 5))]
+    for backend in ("nnsight", "eager"):
+        one = capture_attention(loaded, eps, backend=backend, progress=False)
+        many = capture_attention(loaded, eps, backend=backend, progress=False, batch_size=3)
+        assert one.segments == many.segments and one.row_positions == many.row_positions
+        torch.testing.assert_close(many.mass, one.mass, atol=1e-5, rtol=0, equal_nan=True)
+    rows = [1, 2, 3]
+    one = capture_attention(loaded, eps, rows=rows, progress=False)
+    many = capture_attention(loaded, eps, rows=rows, progress=False, batch_size=5)
+    torch.testing.assert_close(many.mass, one.mass, atol=1e-5, rtol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        capture_attention(loaded, eps, batch_size=0)

@@ -14,8 +14,9 @@ in `mass` and every view of it (take means with `torch.nanmean`), and `am.meta["
 
 Rows: "answer" = the position whose logits predict the first answer token; "last" = the last prompt token;
 "query_text" = the query's question tokens; or a list of explicit positions. Mass over several rows is averaged.
-Episodes are prepared and run one at a time; a prepared batch runs in one forward pass, padding-aware (each row
-reduced with its own layout), so a caller that already prepared it (the harness) prepares nothing twice.
+Episodes are prepared and run `batch_size` at a time (default 1); a prepared batch runs in one forward pass,
+padding-aware (each row reduced with its own layout), so a caller that already prepared it (the harness) prepares
+nothing twice.
 
 Backends (all reduce inside the forward pass and keep only [layer, head, segment] per episode):
   * "nnsight" (default): nnsight traces each decoder attention module's `attention_interface(...)` call and takes
@@ -425,17 +426,20 @@ def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", inter
 
 def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, rows="answer",
                       backend: str = "nnsight", progress: bool = True, meta: dict | None = None,
-                      intervention=None) -> AttentionMass:
+                      intervention=None, batch_size: int = 1) -> AttentionMass:
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
     `loaded`: from `micl_probe.load`, or `Loaded(model, processor, adapter_for(model))` for a model you hold.
-    `episodes`: episodes (prepared and run one at a time) or a `PreparedBatch` (run as it is, in one pass), also one
-    you built from your own inputs: `PreparedBatch.of(inputs, TokenLayout.from_spans(...))`.
+    `episodes`: episodes, prepared and run `batch_size` at a time (padded; each row reduced with its own layout, so
+    the masses equal those of one episode at a time), or a `PreparedBatch` (run as it is, in one pass), also one you
+    built from your own inputs: `PreparedBatch.of(inputs, TokenLayout.from_spans(...))`.
     `intervention`: a `layouts -> context manager` factory (e.g. `dara.on(model, kernel="eager")`) under which
     the attention is measured; it uses the eager path (the attention weights the intervened model computes).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: give a whole number >= 1 of episodes a forward pass")
     if not isinstance(loaded, Loaded):
         raise TypeError(f"capture_attention takes a Loaded (micl_probe.load, or Loaded(model, processor, "
                         f"adapter_for(model)) for a model you hold), got {type(loaded).__name__}")
@@ -454,16 +458,19 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
             raise TypeError(f"capture_attention takes {accepted}; the list holds a {type(wrong).__name__}")
     if isinstance(episodes, PreparedBatch):
         return _capture(loaded, [episodes], list(episodes.episodes), rows, backend, False, meta, intervention)
-    batches = (loaded.prepare_batch([e]) for e in episodes)
+    episodes = list(episodes)
+    side = None if isinstance(rows, str) else "right"  # explicit positions stay where they are in each prompt
+    batches = (loaded.prepare_batch(episodes[i:i + batch_size], padding_side=side)
+               for i in range(0, len(episodes), batch_size))
     return _capture(loaded, batches, list(episodes), rows, backend, progress, meta, intervention)
 
 
 def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None):
     """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given."""
     results, names, positions = [], [], []
-    bar = tqdm(batches, total=len(all_episodes), desc=f"attention ({backend})",
-               disable=not progress or len(all_episodes) < 2)
-    for batch in bar:
+    bar = tqdm(total=len(all_episodes), desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
+    for batch in batches:
+        bar.update(len(batch.layouts))
         pos = [row_positions(layout, rows) for layout in batch.layouts]
         seg = [segment_matrix(layout) for layout in batch.layouts]
         onehots = [onehot for _, onehot in seg]
@@ -478,6 +485,7 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
         results += masses  # per row: [layer, head, n_seg of this episode]
         names += [n for n, _ in seg]
         positions += pos
+    bar.close()
 
     segments = canonical_segments(names)
     n_layers, n_heads = results[0].shape[:2]
