@@ -1,10 +1,13 @@
 """The documentation runs as written: every Python and bash block of README.md and the guide in docs/ (a block right
 after a `<!-- not run: why -->` comment is skipped: GPUs, hub checkpoints, long trainings), each file's blocks in
-order in one fresh folder (Python blocks share one namespace, as in a notebook); and the guide builds with
-`mkdocs build --strict` (API pages from the docstrings, no broken link)."""
+order in one fresh folder (Python blocks share one namespace, as in a notebook; a bash block's `python -m
+micl_probe.…` commands run their module as __main__ in this process, any other command in a shell); and the guide
+builds with `mkdocs build --strict` (API pages from the docstrings, no broken link)."""
 
 import os
 import re
+import runpy
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -55,9 +58,41 @@ def test_every_block_runs(page, tmp_path, monkeypatch):
             except Exception as e:  # noqa: BLE001
                 pytest.fail(f"{page.name} block {number} ({lang}) failed: {type(e).__name__}: {e}\n{code}")
         else:
-            done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                                  text=True, timeout=600)
-            assert done.returncode == 0, f"{page.name} block {number} (bash) failed:\n{code}\n{done.stderr[-2000:]}"
+            for line, words in commands(code):
+                ours = words[:2] == ["python", "-m"] and words[2].startswith("micl_probe.") and \
+                    not any(w in ("&&", "||", "|", ";") or "$" in w or ">" in w for w in words)
+                ran = _in_process(words, monkeypatch) if ours else _shell(line, tmp_path, env)
+                assert ran == 0, f"{page.name} block {number} (bash) failed at: {line}\n{code}"
+
+
+def commands(code: str) -> list[tuple[str, list[str]]]:
+    """A bash block's commands, one per logical line (continuations joined): (the line, its words without the
+    comment)."""
+    joined = re.sub(r"\\\n\s*", " ", code)
+    return [(line, words) for line in joined.splitlines() if (words := shlex.split(line, comments=True))]
+
+
+def _in_process(command: list[str], monkeypatch) -> int:
+    """`python -m micl_probe.X args` run in this process, as bench/bad_inputs.py runs the entry points: the same
+    code as the command line, without paying the imports for every command."""
+    monkeypatch.setattr(sys, "argv", [command[2], *command[3:]])
+    try:
+        runpy.run_module(command[2], run_name="__main__", alter_sys=False)
+    except SystemExit as e:
+        return 0 if e.code in (0, None) else int(e.code) if isinstance(e.code, int) else 1
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+    return 0
+
+
+def _shell(line: str, cwd: Path, env: dict) -> int:
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode:
+        print(done.stderr[-2000:])
+    return done.returncode
 
 
 def test_the_guide_builds_strict(tmp_path):

@@ -21,6 +21,7 @@ ROLE_COLOURS = {"image": PALETTE[0], "image_markup": PALETTE[9], "question": PAL
                 "template": PALETTE[7], "special": PALETTE[3]}
 
 
+N_BOOT = 200  # bootstrap resamples of the 95% bands over episodes (fixed seed): seaborn's 1,000 cost ~1 s a figure
 PART_COLOURS = {"demo_image": PALETTE[0], "query_image": PALETTE[9], "demo_text": PALETTE[1], "query_text": PALETTE[8],
                 "special": PALETTE[7], "other": "0.85"}
 PART_LABELS = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
@@ -241,7 +242,7 @@ def image_share_by_layer(records, title: str | None = None):
         for ax, where in zip(row, ("demo images", "query image")):
             sub = df[(df["model"] == model) & (df["where"] == where)]
             sns.lineplot(sub, x="layer", y="share", hue="condition", hue_order=conditions, palette=palette,
-                         errorbar=("ci", 95), seed=0, marker="o", ax=ax, legend=False)
+                         errorbar=("ci", 95), n_boot=N_BOOT, seed=0, marker="o", ax=ax, legend=False)
             ax.set_title(f"{model}: {where}", fontsize=9)
             ax.set_xticks(range(n_layers))
             ax.set_ylabel("% of the answer row" if ax is row[0] else "")
@@ -307,8 +308,8 @@ def demo_position(records, title: str | None = None):
         sub = df[(df["model"] == model) & (df["condition"] == condition)].sort_values("order")
         order = list(dict.fromkeys(sub["position"]))
         sub = sub.assign(x=sub["position"].map({p: i for i, p in enumerate(order)}))
-        sns.lineplot(sub, x="x", y="share", hue="task", hue_order=tasks, palette=palette, errorbar=("ci", 95), seed=0,
-                     marker="o", ax=ax, legend=False)
+        sns.lineplot(sub, x="x", y="share", hue="task", hue_order=tasks, palette=palette, errorbar=("ci", 95),
+                     n_boot=N_BOOT, seed=0, marker="o", ax=ax, legend=False)
         ax.set_xticks(range(len(order)), order, rotation=30)
         ax.set_xlabel("")
         ax.set_ylabel("% of the answer row on the image")
