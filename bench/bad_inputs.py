@@ -94,22 +94,21 @@ def _report(*argv):
     main(["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "1", *map(str, argv)])
 
 
-def _compare(*paths):
-    from micl_probe.compare import main
-
-    main(list(map(str, paths)))
-
-
 def _load_records(where):
     from micl_probe.evaluation import load_records
 
     load_records(where / "empty")
 
 
-def _train(*argv):
-    from micl_probe.train import main
+def _cli(module: str, *argv):
+    """`python -m <module> argv` in this process: its `main`."""
+    import importlib
 
-    main(list(map(str, argv)))
+    importlib.import_module(module).main(list(map(str, argv)))
+
+
+def _train(*argv):
+    _cli("micl_probe.train", *argv)
 
 
 def _dara_on_other(where):
@@ -263,7 +262,7 @@ CASES: dict[str, Callable[[Path], object]] = {
     "attn_report --tasks clock_math@green": lambda w: _report("--tasks", "clock_math@green", "--out", w / "rep"),
     "train --task novel_binding@bound": lambda w: _train("mtv", "--model", "organism:true-micl", "--task",
                                                          "novel_binding@bound", "--out", w / "m"),
-    "compare: a folder without results": lambda w: _compare(w, w / "nowhere"),
+    "compare: a folder without results": lambda w: _cli("micl_probe.compare", w, w / "nowhere"),
     "load_records: a folder without results": lambda w: _load_records(w),
 }
 

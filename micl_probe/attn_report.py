@@ -211,8 +211,9 @@ def described(path: str, meta: dict, content: str) -> dict:
             "trained": trained or "not recorded (made outside python -m micl_probe.train)"}
 
 
-def interventions_for(loaded, args) -> tuple[dict, dict]:
-    """(the named interventions the flags ask for, checked against `loaded`; {name: `described` artifact})."""
+def interventions_for(loaded, args, artifacts: dict) -> tuple[dict, dict]:
+    """(the named interventions the flags ask for, checked against `loaded`; {name: `described` artifact}, with the
+    content digests `run_settings` took of the files: `artifacts`)."""
     from .interventions import DARA, TaskVector, alpha_sweep, injection, lora_intervention
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
@@ -224,13 +225,12 @@ def interventions_for(loaded, args) -> tuple[dict, dict]:
         dara = DARA.load(args.dara, loaded)
         found["dara"] = dara.on(loaded.model, kernel="eager")
         made.append(("--dara", dara.meta))
-        info["dara"] = described(args.dara, dara.meta, file_digest(artifact_paths(args.dara)[1]))
+        info["dara"] = described(args.dara, dara.meta, artifacts["dara"][0]["safetensors"])
     if args.mtv:
         means, heads = (TaskVector.load(p, loaded, kind) for p, kind in zip(args.mtv, ("mtv", "mtv_mask")))
         found["mtv"] = injection(loaded, means.mean, heads.values)
         made.append(("--mtv", means.meta))
-        info["mtv"] = described(" + ".join(args.mtv), means.meta, digest(*(file_digest(artifact_paths(p)[1])
-                                                                           for p in args.mtv)))
+        info["mtv"] = described(" + ".join(args.mtv), means.meta, digest(*(a["safetensors"] for a in artifacts["mtv"])))
     for flag, meta in made:  # another task, style or instruction is allowed: said in one line
         for task in args.tasks:
             said = setting_mismatches(meta, task=task, style=args.prompt_style, instruction=args.instruction)
@@ -240,7 +240,7 @@ def interventions_for(loaded, args) -> tuple[dict, dict]:
         found["lora"] = lora_intervention(loaded, args.lora)
         training = Path(args.lora) / "micl_probe_training.json"
         meta = json.loads(training.read_text()) if training.is_file() else {}
-        info["lora"] = described(args.lora, meta, folder_digest(args.lora, full=(".json", ".safetensors", ".bin")))
+        info["lora"] = described(args.lora, meta, artifacts["lora"][0]["content"])
     return found, info
 
 
@@ -344,7 +344,8 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     for name in models:
         loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
-        interventions, settings["interventions"] = interventions_for(loaded, args)  # checked before any writing
+        # the artifacts are checked against the model before anything is written
+        interventions, settings["interventions"] = interventions_for(loaded, args, fixed["artifacts"])
         manifest["model_fingerprints"][name] = {"weights": weights_fingerprint(loaded.model),
                                                 "prompt_format": loaded.prompt_format}
         check_manifest(out, {"model_fingerprints": manifest["model_fingerprints"]} | fixed)

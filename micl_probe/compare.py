@@ -37,8 +37,7 @@ def parse(argv=None):
 
 def differing_settings(a: str | Path, b: str | Path) -> list[str]:
     """'key: A's value / B's value' for every manifest setting in which two report folders differ."""
-    folder = lambda p: Path(p) if Path(p).is_dir() else Path(p).parent  # noqa: E731
-    ma, mb = read_manifest(folder(a)) or {}, read_manifest(folder(b)) or {}
+    ma, mb = (read_manifest(results_file(p).parent) or {} for p in (a, b))
     sa = {**ma.get("settings", {}), "n": ma.get("n")}
     sb = {**mb.get("settings", {}), "n": mb.get("n")}
     short = lambda v: (t if len(t := json.dumps(v)) <= 50 else t[:47] + "...")  # noqa: E731

@@ -19,7 +19,9 @@ Every other module is family-agnostic and talks to the model only through an ada
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -268,18 +270,19 @@ def get_adapter(family: str) -> Adapter:
     return ADAPTERS[family]
 
 
-def _saved_family(folder: str) -> str | None:
-    """The "family" of the micl_probe.json in a checkpoint folder, if it has one."""
-    import json
-    from pathlib import Path
-
+def checkpoint_settings(folder) -> dict:
+    """The micl_probe.json beside a checkpoint's weights (the organisms carry one: their family, recipe, card), or
+    {} where there is none; ValueError (one line) for a file that is not a JSON object."""
     meta = Path(folder) / "micl_probe.json" if folder else None
     if meta is None or not meta.is_file():
-        return None
+        return {}
     try:
-        return json.loads(meta.read_text()).get("family")
-    except (json.JSONDecodeError, OSError, AttributeError):
-        return None
+        settings = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{meta} is not a JSON object (edited or cut short?): fix or delete it")
+    return settings
 
 
 def adapter_for(model: nn.Module, family: str | None = None) -> Adapter:
@@ -287,7 +290,7 @@ def adapter_for(model: nn.Module, family: str | None = None) -> Adapter:
     names (the organisms': their prompt format is not their architecture's); else by `config.model_type`."""
     if family is not None:
         return get_adapter(family)
-    saved = _saved_family(getattr(model.config, "_name_or_path", "") or "")
+    saved = checkpoint_settings(getattr(model.config, "_name_or_path", "")).get("family")
     if saved:
         return get_adapter(saved)
     model_type = getattr(model.config, "model_type", None)

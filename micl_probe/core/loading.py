@@ -18,7 +18,6 @@ model_type, and the whole file is kept as `loaded.settings` (an organism's recip
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .adapters import ADAPTERS, MISFITS, Adapter, adapter_for, get_adapter, supported_families
+from .adapters import ADAPTERS, MISFITS, Adapter, adapter_for, checkpoint_settings, get_adapter, supported_families
 from .episode import Episode
 from .processors import load_processor
 from .prompt import Prepared, PreparedBatch, prepare_batch
@@ -123,8 +122,7 @@ def resolve(name_or_path: str) -> tuple[str, dict]:
         if problem:
             raise FileNotFoundError(problem)
         name_or_path = str(ORGANISMS_DIR / name)
-    meta = Path(name_or_path) / "micl_probe.json"
-    return name_or_path, json.loads(meta.read_text()) if meta.is_file() else {}
+    return name_or_path, checkpoint_settings(name_or_path)
 
 
 def load(name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

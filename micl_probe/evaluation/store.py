@@ -36,7 +36,7 @@ from ..core.provenance import dumps
 from .frames import HEADS, heads_frame, records_frame
 
 RECORD_KEY = ("model", "task", "condition", "index")  # with the weights and the setup: what makes a record unique
-HEAD_ARRAYS = ("visual_share_by_head", "demo_image_by_head")  # [layer][head] per record: in the columnar files
+HEAD_ARRAYS = tuple(HEADS)  # the [layer][head] arrays of a record: in the columnar files
 COMPACT_AFTER = 64  # parts in a heads folder before `compact_heads` folds them into one
 NUMBERS = ("visual_share", "visual_share_by_layer", "image_share", "special_share", "looks_at",
            "matching_demo_image", "other_demo_image")  # float fields: NaN is written as null and read back as NaN
@@ -86,7 +86,7 @@ class Records(list):
 
     def heads_frame(self):
         """One row per record x layer x head (`evaluation.frames.heads_frame`), the arrays read when missing."""
-        lacking = [r for r in self if "visual_share" in r and not all(n in r for n in HEADS)]
+        lacking = [r for r in self if "visual_share" in r and not all(n in r for n in HEAD_ARRAYS)]
         if lacking and self.source is not None and self.source.is_file():
             attach_heads(self.source, lacking)
         return heads_frame(self)

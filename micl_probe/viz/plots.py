@@ -26,8 +26,7 @@ PART_COLOURS = {"demo_image": PALETTE[0], "query_image": PALETTE[9], "demo_text"
                 "special": PALETTE[7], "other": "0.85"}
 PART_LABELS = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
                "query_text": "query text", "special": "special tokens", "other": "other"}
-_BASE_COLOURS = {"zero-shot": PALETTE[7], "no-image": PALETTE[1], "shuffled-answers": PALETTE[5], "shot": PALETTE[0],
-                 "retrieved": PALETTE[2]}
+_BASE_COLOURS = {"zero-shot": PALETTE[7], "no-image": PALETTE[1], "shuffled-answers": PALETTE[5]}
 _INTERVENTION_COLOURS = {"dara": PALETTE[3], "mtv": PALETTE[4], "lora": PALETTE[6], "alpha": PALETTE[8]}
 
 
@@ -36,16 +35,17 @@ def condition_colour(condition: str):
     grey, no-image orange, shuffled-answers brown, k-shot blue, retrieved-k-shot green) or, under an intervention,
     the intervention's (dara red, mtv purple, lora pink, alpha yellow); a darker shade for more shots."""
     base, _, name = condition.partition("+")
-    kind = name.partition("=")[0]
-    k = int(base.split("-")[-2]) if base.endswith("-shot") and base.split("-")[-2].isdigit() else 0
+    words = base.split("-")
+    k = int(words[-2]) if base.endswith("-shot") and words[-2].isdigit() else 0
     if name:
-        colour = _INTERVENTION_COLOURS.get(kind, PALETTE[9])
+        colour = _INTERVENTION_COLOURS.get(name.partition("=")[0], PALETTE[9])
+    elif base in _BASE_COLOURS:
+        colour = _BASE_COLOURS[base]
     else:
-        colour = _BASE_COLOURS.get(base, _BASE_COLOURS["retrieved" if base.startswith("retrieved-") else "shot"]
-                                   if k else PALETTE[9])
-    shade = min(max(np.log2(k) - 2, -2), 2) / 5 if k else -0.4 if name else 0.0  # 4 shots: the hue; fewer
-    #                                                     lighter (an intervention on zero shots lightest), more darker
-    rgb = np.array(colour[:3] if not isinstance(colour, str) else (0.5, 0.5, 0.5))
+        colour = PALETTE[2] if base.startswith("retrieved-") else PALETTE[0] if k else PALETTE[9]
+    # 4 shots: the hue itself; fewer lighter (an intervention on zero shots lightest), more darker
+    shade = min(max(np.log2(k) - 2, -2), 2) / 5 if k else -0.4 if name else 0.0
+    rgb = np.array(colour[:3])
     return tuple(rgb * (1 - shade) if shade > 0 else rgb + (1 - rgb) * -shade)
 
 
@@ -170,7 +170,7 @@ def accuracy_bars(records, chance: dict[str, float] | None = None, title: str | 
     return fig
 
 
-def _condition_legend(fig, axes, conditions):
+def _condition_legend(fig, conditions):
     handles = [plt.Line2D([], [], color=condition_colour(c), lw=6) for c in conditions]
     fig.legend(handles, conditions, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="condition")
 
@@ -246,7 +246,7 @@ def image_share_by_layer(records, title: str | None = None):
             ax.set_title(f"{model}: {where}", fontsize=9)
             ax.set_xticks(range(n_layers))
             ax.set_ylabel("% of the answer row" if ax is row[0] else "")
-    _condition_legend(fig, axes, conditions)
+    _condition_legend(fig, conditions)
     fig.suptitle(title or "Attention on the demo images and on the query image, by layer (answer position)", y=1.01)
     fig.tight_layout()
     return fig
@@ -290,10 +290,8 @@ def demo_position(records, title: str | None = None):
         demos = sorted((k for k in shares if k.startswith("demo")), key=lambda k: int(k[4:]))
         if not demos or not any(shares[k] > 0 for k in demos):
             continue  # no demo images (zero-shot, no-image)
-        for k in demos + ["query"]:
-            rows.append({"model": r["model"], "condition": r["condition"], "task": r["task"],
-                         "position": "query" if k == "query" else f"demo {int(k[4:]) + 1}", "share": 100 * shares[k],
-                         "order": 10**6 if k == "query" else int(k[4:])})
+        rows += [{"model": r["model"], "condition": r["condition"], "task": r["task"], "x": x,
+                  "share": 100 * shares[k]} for x, k in enumerate(demos + ["query"])]
     df = pd.DataFrame(rows)
     if df.empty:
         return None
@@ -305,12 +303,11 @@ def demo_position(records, title: str | None = None):
     fig, axes = plt.subplots(n_rows, cols, figsize=(0.6 + 3.4 * cols, 0.4 + 2.7 * n_rows), squeeze=False,
                              sharey=True)
     for ax, (model, condition) in zip(axes.flat, panels):
-        sub = df[(df["model"] == model) & (df["condition"] == condition)].sort_values("order")
-        order = list(dict.fromkeys(sub["position"]))
-        sub = sub.assign(x=sub["position"].map({p: i for i, p in enumerate(order)}))
+        sub = df[(df["model"] == model) & (df["condition"] == condition)]
         sns.lineplot(sub, x="x", y="share", hue="task", hue_order=tasks, palette=palette, errorbar=("ci", 95),
                      n_boot=N_BOOT, seed=0, marker="o", ax=ax, legend=False)
-        ax.set_xticks(range(len(order)), order, rotation=30)
+        shots = int(sub["x"].max())
+        ax.set_xticks(range(shots + 1), [f"demo {i + 1}" for i in range(shots)] + ["query"], rotation=30)
         ax.set_xlabel("")
         ax.set_ylabel("% of the answer row on the image")
         ax.set_title(f"{model}, {condition}", fontsize=9)

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from ..core.provenance import dumps, write_atomic
+from ..evaluation.conditions import pool_size
 from ..evaluation.statistics import Accuracy
 from ..evaluation.verdicts import IMITATES, INCONCLUSIVE, READS, RULE
 from ..tasks import chance
@@ -44,8 +45,6 @@ CAPTIONS = {
                  "the images (first row: mean over layers and heads; then the three heads that look most at the demo "
                  "images). The % is the share of the row on that image.",
 }
-PART_NAMES = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
-              "query_text": "query text", "special": "special tokens", "other": "other"}
 
 
 def _slug(model: str) -> str:
@@ -61,9 +60,9 @@ def caption(stem: str) -> str:
 
 
 def main_condition(conditions: list[str]) -> str:
-    """The run's k-shot condition the per-head figures show: the first plain <k>-shot with k > 0."""
-    return next((c for c in conditions if c.endswith("-shot") and c[0].isdigit() and not c.startswith("0")),
-                conditions[-1])
+    """The run's k-shot condition the per-head figures show: the k the verdicts and the patch maps use."""
+    k_shot = f"{pool_size(conditions)[0]}-shot"
+    return k_shot if k_shot in conditions else conditions[-1]
 
 
 def report_figures(records: list[dict], settings: dict, head_rows: list[dict]) -> dict:
@@ -118,11 +117,12 @@ def looks_markdown(where: dict, right: list[dict]) -> list[str]:
     query's class against the others."""
     if not where:
         return []
-    parts = list(PART_NAMES)
+    parts = list(plots.PART_LABELS)
     md = ["## Where the answer looks", "",
           "Attention of the answer position (the one whose logits give the first answer token), % of the row, mean "
           "over layers, heads, tasks and episodes.", "",
-          "| model | condition | " + " | ".join(PART_NAMES[p] for p in parts) + " |", "|---|---|" + "---|" * len(parts)]
+          "| model | condition | " + " | ".join(plots.PART_LABELS[p] for p in parts) + " |",
+          "|---|---|" + "---|" * len(parts)]
     for model, conditions in where.items():
         for condition, cell in conditions.items():
             md.append(f"| {model} | {condition} | " + " | ".join(f"{100 * cell.get(p, 0.0):.1f}" for p in parts)
@@ -210,6 +210,12 @@ def interventions_markdown(effects: list[dict], described: dict) -> list[str]:
     return md
 
 
+def _cell_text(cell: dict) -> str:
+    """An accuracy table cell: accuracy (Wilson CI) and, when attention was captured, the demo images' share."""
+    text = str(Accuracy(cell["correct"], cell["n"]))
+    return text if cell["demo_image"] != cell["demo_image"] else f"{text} · demo img {100 * cell['demo_image']:.1f}%"
+
+
 METRIC_NAMES = {"teacher-forced": "greedy exact match (teacher-forced)", "exact": "normalised exact match of a "
                 "greedy generation", "number": "first number of a greedy generation", "contains": "gold contained in a "
                 "greedy generation", "option": "option letter of a greedy generation",
@@ -258,9 +264,7 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
     for model, tasks in table.items():
         md += [f"### {model}", "", "| task | " + " | ".join(conditions) + " |", "|---|" + "---|" * len(conditions)]
         for task, cells in tasks.items():
-            row = [f"{Accuracy(cells[c]['correct'], cells[c]['n'])}" + (
-                   f" · demo img {100 * cells[c]['demo_image']:.1f}%" if cells[c].get("demo_image") == cells[c].get(
-                       "demo_image") and "demo_image" in cells[c] else "") if c in cells else "" for c in conditions]
+            row = [_cell_text(cells[c]) if c in cells else "" for c in conditions]
             md.append(f"| {task} | " + " | ".join(row) + " |")
         md.append("")
     md += ["## Figures", ""]
