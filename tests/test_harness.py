@@ -38,6 +38,12 @@ def test_records_match_generate_and_a_rerun_resumes(loaded, tmp_path):
         out = loaded.model.generate(**p.inputs, max_new_tokens=6, do_sample=False)
         text = loaded.processor.tokenizer.decode(out[0, p.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         assert (text.strip() == ep.query.answer) == r["correct"], (r, text)
+        answers = {d.answer for d in ep.demos}  # the organisms' words are one token each: first word, first token
+        if answers:
+            assert r["copied"] == r["cla"] == ((text.split() or [""])[0] in {a.split()[0] for a in answers})
+            assert r["gold_in_demos"] == (ep.query.answer in answers)
+        else:
+            assert r["copied"] is r["cla"] is r["gold_in_demos"] is None
         assert 0 <= r["visual_share"] <= 1 and (r["condition"] != "zero-shot" or set(r["image_share"]) == {"query"})
         assert sum(r["looks_at"].values()) == pytest.approx(1, abs=1e-5)
         assert r["looks_at"]["query_image"] == pytest.approx(r["image_share"]["query"], abs=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from micl_probe.evaluation import paired_difference, verdicts
-from micl_probe.evaluation.verdicts import IMITATES, INCONCLUSIVE, READS
+from micl_probe.evaluation.verdicts import COPIES, IMITATES, INCONCLUSIVE, READS, UNUSED, WORSE
 from micl_probe.tasks import TASKS, chance, sample_episodes, task_names
 
 
@@ -39,12 +39,15 @@ def test_paired_difference_covers_the_true_difference_95_percent_of_the_time():
         assert 0.93 <= hits / 1000 <= 0.995, (n, hits)
 
 
-def _records(model, task, sighted, blind, k=4):
-    """Harness-like records: query i under k-shot and under no-image (the same demos without images)."""
+def _records(model, task, sighted, blind, k=4, copied=None, chance_of_copy=0.25):
+    """Harness-like records: query i under k-shot and under no-image (the same demos without images); `copied`:
+    which k-shot answers repeat a demo's answer (None: the field is not recorded)."""
     out = []
     for cond, verdict in ((f"{k}-shot", sighted), ("no-image", blind)):
         out += [{"model": model, "task": task, "condition": cond, "index": i, "correct": bool(v), "shots": k}
                 for i, v in enumerate(verdict)]
+    for r, c in zip(out, copied or []):
+        r["copied"], r["copy_chance"] = bool(c), chance_of_copy
     return out + [{"model": model, "task": task, "condition": "zero-shot", "index": i, "correct": False, "shots": 0}
                   for i in range(len(sighted))]
 
@@ -52,17 +55,33 @@ def _records(model, task, sighted, blind, k=4):
 def test_the_verdict_rule_on_planted_records():
     n = 100
     reads = _records("m", "clock_math", [1] * 90 + [0] * 10, [1] * 45 + [0] * 55)
-    imitates = _records("m", "outlier", [1] * 50 + [0] * 50, [1] * 50 + [0] * 50)
-    misled = _records("m", "shape_count", [0] * 80 + [1] * 20, [1] * 40 + [0] * 60)  # images hurt: also text
-    few = _records("m", "palindrome", [1, 1, 1, 0, 0, 1], [1, 0, 0, 0, 1, 1])
+    # outlier (chance 1/6): images change nothing, 60% of the answers repeat a demo's, 50% right: above chance
+    imitates = _records("m", "outlier", [1] * 50 + [0] * 50, [1] * 50 + [0] * 50, copied=[1] * 60 + [0] * 40)
+    misled = _records("m", "shape_count", [0] * 80 + [1] * 20, [1] * 40 + [0] * 60)  # images hurt
+    few = _records("m", "palindrome", [1, 1, 1, 0, 0, 1], [1, 0, 0, 0, 1, 1], copied=[1] * 6)
     no_control = [r for r in _records("m", "number_grid", [1] * 5, [0] * 5) if r["condition"] != "no-image"]
-    rows = {r["task"]: r for r in verdicts(reads + imitates + misled + few + no_control)}
-    assert set(rows) == {"clock_math", "outlier", "shape_count", "palindrome"}  # no verdict without the control
+    # novel binding (chance 1/2): every answer a demo's name, right at chance: copies them without the mapping
+    copies = _records("m", "novel_binding", [1, 0] * 50, [1, 0] * 50, copied=[1] * n, chance_of_copy=0.5)
+    # 60% copies where a guess copies 67% of the time (outlier: 4 distinct demo colours of 6) is no copying
+    guessing = _records("m2", "outlier", [1] * 50 + [0] * 50, [1] * 50 + [0] * 50, copied=[1] * 60 + [0] * 40,
+                        chance_of_copy=4 / 6)
+    # text-shortcut on novel binding: 0 vs 0 and its answers are no demo's ("cyan", "1"): it does not use them
+    unused = _records("m", "novel_binding_shortcut", [0] * n, [0] * n, copied=[0] * n)
+    unrecorded = _records("m", "operator_induction", [0] * n, [0] * n)  # older records: no copy rate, no claim
+    rows = {r["task"]: r for r in verdicts(reads + imitates + misled + few + no_control + copies + unused
+                                           + unrecorded) if r["model"] == "m"}
+    assert verdicts(guessing)[0]["verdict"] == UNUSED and verdicts(guessing)[0]["copy_chance"] == pytest.approx(4 / 6)
+    assert set(rows) == {"clock_math", "outlier", "shape_count", "palindrome", "novel_binding",
+                         "novel_binding_shortcut", "operator_induction"}  # no verdict without the control
     assert rows["clock_math"]["verdict"] == READS and rows["clock_math"]["p"] < 1e-6
     assert rows["clock_math"]["difference"] == pytest.approx(0.45) and rows["clock_math"]["ci"][0] > 0.3
     assert rows["outlier"]["verdict"] == IMITATES and rows["outlier"]["ci"][1] < 0.10
-    assert rows["shape_count"]["verdict"] == IMITATES and rows["shape_count"]["difference"] < 0
+    assert rows["outlier"]["copy_rate"]["correct"] == 60 and rows["outlier"]["copy_rate"]["n"] == n
+    assert rows["shape_count"]["verdict"] == WORSE and rows["shape_count"]["p"] < 0.05
     assert rows["palindrome"]["verdict"] == INCONCLUSIVE
+    assert rows["novel_binding"]["verdict"] == COPIES and rows["novel_binding"]["k_shot"]["acc"] == 0.5
+    assert rows["novel_binding_shortcut"]["verdict"] == UNUSED
+    assert rows["operator_induction"]["verdict"] == INCONCLUSIVE and rows["operator_induction"]["copy_rate"] is None
     assert rows["clock_math"]["n"] == n and rows["clock_math"]["k"] == 4
     assert rows["clock_math"]["chance"] == pytest.approx(1 / 6) and rows["clock_math"]["k_shot"]["correct"] == 90
 

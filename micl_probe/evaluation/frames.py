@@ -11,7 +11,8 @@ when asked; `records_frame` / `heads_frame` here take any list of records.
 
 Columns of `to_frame()`: the record key (model, task, condition, index), the settings and digests that made it
 (weights, setup, prompt_format, task_content, pool, seed, style, instruction, system, metric, max_new_tokens,
-capture, intervention, shots), the outcome (correct, prediction, answer) and, when attention was captured, the
+capture, record_format, intervention, shots), the outcome (correct, prediction, answer), copying (cla, copied,
+gold_in_demos: `evaluation.copying`) and, when attention was captured, the
 answer row's shares as fractions of the row: visual_share, special_share, `looks_at.<part>` (demo_image,
 query_image, demo_text, query_text, special, other: they sum to 1), `image_share.<demo0..|query>` (each image's
 share) and matching_demo_image / other_demo_image (novel binding). The per-layer and per-head lists stay out of it:

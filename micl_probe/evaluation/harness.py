@@ -53,8 +53,9 @@ from ..core.provenance import digest, file_digest, folder_digest, intervention_f
 from ..measure import score_and_capture
 from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
 from .conditions import condition_episode, parse_condition, pool_size
+from .copying import copy_fields, demo_labels, first_label_token, first_tokens
 from .metrics import METRICS, correct, default_metric
-from .scoring import generate_answers, greedy_exact_match, verdicts_from_logits
+from .scoring import generate_tokens, greedy_exact_match, verdicts_from_logits
 from .store import (
     RECORD_KEY,
     Records,
@@ -72,6 +73,7 @@ from .store import (
 )
 
 _GENERATOR = file_digest(Path(__file__).parent.parent / "tasks" / "synthetic.py")  # the procedural tasks' source
+RECORD_FORMAT = 2  # the fields a record holds: raised when the harness writes a field older records lack (2: copying)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig,
     weights, the prompt's writer (chat template or declared format, digested), the task's content (a folder's files,
     or the procedural generator's source), the episode pool (the most demos any condition draws: it changes every
     drawn episode), the seed, style, instruction, system message, metric, generation length (generated metrics
-    only) and whether the attention is captured."""
+    only), whether the attention is captured, and the harness's record format (a record older code wrote lacks
+    fields, so it is recomputed, not reused)."""
     metric = cfg.metric or default_metric(task)
     folder = parse_task(task) if ":" in task else None
     return {"weights": weights or weights_fingerprint(loaded.model), "prompt_format": loaded.prompt_format,
@@ -151,7 +154,7 @@ def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig,
             "pool": pool_size(conditions)[1], "seed": cfg.seed, "style": cfg.style, "instruction": cfg.instruction,
             "system": cfg.system, "metric": metric,
             "max_new_tokens": None if metric == "teacher-forced" else cfg.max_new_tokens,
-            "capture": "nnsight" if cfg.attention else None}
+            "capture": "nnsight" if cfg.attention else None, "record_format": RECORD_FORMAT}
 
 
 def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list[dict]:
@@ -215,7 +218,7 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
 def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:
     """Score a chunk of episodes under `metric` (one forward for teacher-forced; a forward for the attention and a
     generation otherwise): a partial record per episode (correct, prediction, attention summary)."""
-    am = None
+    am, tok = None, loaded.processor.tokenizer
     if metric == "teacher-forced":
         batch = loaded.prepare_batch(eps, with_answer=True)
         if cfg.attention:  # one forward pass scores the batch and measures its attention
@@ -224,16 +227,20 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
         else:
             with within(intervention, batch.layouts) as kwargs:
                 verdicts, first = greedy_exact_match(loaded.model, batch, **kwargs)
-        decode = loaded.processor.tokenizer.decode
-        chunk = [{"correct": bool(v), "prediction": decode([int(t)]).strip()} for v, t in zip(verdicts, first)]
+        chunk = [{"correct": bool(v), "prediction": tok.decode([int(t)]).strip()} for v, t in zip(verdicts, first)]
+        firsts = [first_label_token([int(t)], tok) for t in first]
     else:
         batch = loaded.prepare_batch(eps, padding_side="left")
         if cfg.attention:  # the answer row: the last prompt token, which produces the first answer token
             am, _ = score_and_capture(loaded, batch, intervention=intervention)
         with within(intervention, batch.layouts) as kwargs:
-            texts = generate_answers(loaded, batch, cfg.max_new_tokens, **kwargs)
+            generated = generate_tokens(loaded, batch, cfg.max_new_tokens, **kwargs)
+        texts = tok.batch_decode(generated, skip_special_tokens=True)
         chunk = [{"correct": correct(metric, t, ep.query.answer, task), "prediction": t}  # the text scored
                  for t, ep in zip(texts, eps)]
+        firsts = first_tokens(generated, tok)
+    for b, (r, ep) in enumerate(zip(chunk, eps)):  # copying: is the answer one of the demos'? (`copying`)
+        r.update(copy_fields(ep, r["prediction"], firsts[b], demo_labels(batch, b, tok), metric))
     if am is not None:
         _add_attention(chunk, am, eps)
     return chunk
@@ -264,14 +271,19 @@ def _add_attention(chunk: list[dict], am, episodes) -> None:
 
 
 def accuracy_table(records: list[dict]) -> dict:
-    """{model: {task: {condition: {"correct": k, "n": n, "visual_share": mean, "demo_image": mean}}}}: the shares
-    are the answer row's on all image tokens and on the demo images (NaN where attention was not captured)."""
+    """{model: {task: {condition: {"correct": k, "n": n, "visual_share": mean, "demo_image": mean, "copied": c,
+    "copy_n": m, "copy_rate": c / m}}}}: the shares are the answer row's on all image tokens and on the demo images
+    (NaN where attention was not captured); copied: how many of the m records with demos repeat a demo's answer
+    (`copying`; copy_rate NaN without demos)."""
     table: dict = {}
     for r in records:
         cell = table.setdefault(r["model"], {}).setdefault(r["task"], {}).setdefault(
-            r["condition"], {"correct": 0, "n": 0, "visual_sum": 0.0, "demo_sum": 0.0})
+            r["condition"], {"correct": 0, "n": 0, "visual_sum": 0.0, "demo_sum": 0.0, "copied": 0, "copy_n": 0})
         cell["correct"] += int(r["correct"])
         cell["n"] += 1
+        if r.get("copied") is not None:
+            cell["copied"] += int(r["copied"])
+            cell["copy_n"] += 1
         cell["visual_sum"] += r.get("visual_share", float("nan"))
         cell["demo_sum"] += (r.get("looks_at") or {}).get("demo_image", float("nan"))
     for model in table.values():
@@ -279,4 +291,5 @@ def accuracy_table(records: list[dict]) -> dict:
             for cell in task.values():
                 cell["visual_share"] = cell.pop("visual_sum") / cell["n"]
                 cell["demo_image"] = cell.pop("demo_sum") / cell["n"]
+                cell["copy_rate"] = cell["copied"] / cell["copy_n"] if cell["copy_n"] else float("nan")
     return table

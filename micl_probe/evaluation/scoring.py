@@ -66,6 +66,14 @@ def generate_answers(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int =
     """Greedy answers (text, special tokens dropped) to a batch prepared without answers and left-padded
     (`loaded.prepare_batch(episodes, padding_side="left")`); `forward_kwargs` go to every forward pass (what an
     intervention's context yields). Generation stops at `stop_token_ids` or after `max_new_tokens`."""
+    generated = generate_tokens(loaded, batch, max_new_tokens, **forward_kwargs)
+    return loaded.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 16, **forward_kwargs
+                    ) -> torch.Tensor:
+    """The generated token ids [B, new tokens] of `generate_answers` (padded after a row stops)."""
     mask = batch.inputs["attention_mask"]
     if len(batch) > 1 and not bool(mask[:, -1].all()):
         raise ValueError("generation needs left padding: prepare the batch with padding_side='left'")
@@ -83,7 +91,7 @@ def generate_answers(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int =
     finally:
         for h in handles:
             h.remove()
-    return tok.batch_decode(out[:, batch.inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out[:, batch.inputs["input_ids"].shape[1]:]
 
 
 @torch.no_grad()

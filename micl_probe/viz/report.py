@@ -17,12 +17,12 @@ from pathlib import Path
 from ..core.provenance import dumps, write_atomic
 from ..evaluation.conditions import pool_size
 from ..evaluation.statistics import Accuracy
-from ..evaluation.verdicts import IMITATES, INCONCLUSIVE, READS, RULE
+from ..evaluation.verdicts import COPIES, IMITATES, INCONCLUSIVE, READS, RULE, UNUSED, WORSE
 from ..tasks import chance
 from . import plots
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-         ".reads{color:#1a7f37}.imitates{color:#b35900}.inconclusive{color:#666}"
+         ".reads{color:#1a7f37}.imitates,.copies{color:#b35900}.worse{color:#b3261e}.unused,.inconclusive{color:#666}"
          "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
          "font-size:14px}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%}")
 
@@ -96,8 +96,8 @@ def verdict_markdown(verdict_rows: list[dict]) -> list[str]:
     ks = {v["k"] for v in verdict_rows}
     k_head = f"{ks.pop()}-shot" if len(ks) == 1 else "k-shot"
     md = ["## Verdict", "", RULE, "",
-          f"| model | task | verdict | {k_head} | no-image | difference (95% CI) | McNemar p | chance |",
-          "|---|---|---|---|---|---|---|---|"]
+          f"| model | task | verdict | {k_head} | no-image | difference (95% CI) | McNemar p | copies a demo answer "
+          "| chance |", "|---|---|---|---|---|---|---|---|---|"]
     for v in verdict_rows:
         acc = lambda c: str(Accuracy(c["correct"], c["n"]))  # noqa: E731
         lo, hi = v["ci"]
@@ -105,11 +105,21 @@ def verdict_markdown(verdict_rows: list[dict]) -> list[str]:
         k = "" if k_head != "k-shot" else f" ({v['k']}-shot)"
         md.append(f"| {v['model']} | {v['task']} | **{v['verdict']}** | {acc(v['k_shot'])}{k} "
                   f"| {acc(v['no_image'])} | {100 * v['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-                  f"| {v['p']:.2g} | {chance} |")
+                  f"| {v['p']:.2g} | {_copy_cell(v)} | {chance} |")
     n = {v["n"] for v in verdict_rows}
     return md + ["", "Accuracy and chance in %, with 95% Wilson intervals; difference: k-shot minus no-image on the "
-                 "same queries, in points, with Newcombe's paired 95% interval"
+                 "same queries, in points, with Newcombe's paired 95% interval; copies a demo answer: the share of "
+                 "k-shot answers that repeat one of their demos' answers (no-image's after the slash; guess: how "
+                 "often a uniform guess among the task's answers would, 0 where they are unknown), in %"
                  + (f"; n = {n.pop()} paired queries per row." if len(n) == 1 else "."), ""]
+
+
+def _copy_cell(v: dict) -> str:
+    """The verdict row's copy rates: k-shot's with its interval, no-image's after a slash ("–" when not recorded)."""
+    if not v.get("copy_rate"):
+        return "–"
+    k, blind = Accuracy(v["copy_rate"]["correct"], v["copy_rate"]["n"]), v.get("no_image_copy_rate")
+    return f"{k}" + (f" / {100 * blind['acc']:.0f}" if blind else "") + f" (guess {100 * v['copy_chance']:.0f})"
 
 
 def looks_markdown(where: dict, right: list[dict]) -> list[str]:
@@ -213,6 +223,8 @@ def interventions_markdown(effects: list[dict], described: dict) -> list[str]:
 def _cell_text(cell: dict) -> str:
     """An accuracy table cell: accuracy (Wilson CI) and, when attention was captured, the demo images' share."""
     text = str(Accuracy(cell["correct"], cell["n"]))
+    if cell.get("copy_rate") == cell.get("copy_rate") and cell.get("copy_rate") is not None:
+        text += f" · copies {100 * cell['copy_rate']:.0f}%"
     return text if cell["demo_image"] != cell["demo_image"] else f"{text} · demo img {100 * cell['demo_image']:.1f}%"
 
 
@@ -254,7 +266,8 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
           "## Accuracy and attention by condition", "",
           f"Models: {', '.join(settings['models'])}. Tasks: {', '.join(settings['tasks'])}. "
           f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
-          f"Accuracy: {_metrics_text(settings.get('metrics', {}))}, % with 95% Wilson CI"
+          f"Accuracy: {_metrics_text(settings.get('metrics', {}))}, % with 95% Wilson CI; copies: the answers "
+          "that repeat one of their demos' answers, %"
           + ("; demo img: the answer position's attention on the demo images, % of the row, mean over layers and "
              "heads" if settings.get("attention", True) else " (attention not captured: --no-attention)")
           + f". Run time {seconds:.0f} s.", ""] + [
@@ -289,7 +302,8 @@ def report_html(markdown: str, folder: Path) -> str:
         return f'<figure><img src="data:image/png;base64,{data}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
 
     body = re.sub(r'<p><img src="([^"]+\.png)" alt="([^"]*)" /></p>', inline, body)
-    for verdict, css in ((READS, "reads"), (IMITATES, "imitates"), (INCONCLUSIVE, "inconclusive")):
+    for verdict, css in ((READS, "reads"), (WORSE, "worse"), (IMITATES, "imitates"), (COPIES, "copies"),
+                         (UNUSED, "unused"), (INCONCLUSIVE, "inconclusive")):
         body = body.replace(f"<strong>{verdict}</strong>", f'<strong class="{css}">{verdict}</strong>')
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>micl_probe report</title>"
             f"<style>{STYLE}</style></head><body>\n{body}</body></html>\n")
