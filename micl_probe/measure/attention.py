@@ -7,6 +7,7 @@
     am.visual_share()        # [episode, layer, head]: mass on image tokens (demos' and query's)
     am.demo_image_share()    # [episode, layer, head, demo0 .. demoK-1, query]
     am.where_it_looks()      # [episode, layer, head, part]: demo images, query image, demo text, query text, …
+    capture_attention(loaded, episodes, sinks=20)   # sink tokens (measure.heads) in a segment "sink" of their own
     am.save("runs/x")  /  AttentionMass.load("runs/x")
 
 Hybrid decoders (Qwen3.5): only the layers with softmax attention are measured; the linear-attention layers are NaN
@@ -48,6 +49,7 @@ from ..core.provenance import artifact_paths, dumps, write_atomic
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
 PARTS = ("demo_image", "query_image", "demo_text", "query_text", "special", "other")  # see where_it_looks
+SINK = "sink"  # the segment (and part) of sink tokens, when capture_attention is given sinks=
 
 
 # --- the result ------------------------------------------------------------------------------------------
@@ -102,6 +104,10 @@ class AttentionMass:
         """[episode, layer, head] share on special tokens (BOS and chat-template specials: the attention sinks)."""
         return self.role_mass("special")
 
+    def sink_share(self) -> torch.Tensor:
+        """[episode, layer, head] share on sink tokens (captured with `sinks=`; zeros otherwise)."""
+        return self._sum(lambda s: s == SINK)
+
     def demo_image_share(self) -> tuple[torch.Tensor, list[str]]:
         """([episode, layer, head, owner], owner names): image mass of each demo and of the query."""
         owners = sorted({s.split(".")[0] for s in self.segments if s.endswith(".image")},
@@ -112,13 +118,13 @@ class AttentionMass:
         """([episode, layer, head, owner, role], owners, roles): mass by turn and role; specials on owner 'all'."""
         owners = []
         for s in self.segments:
-            o = s.split(".")[0] if s != "special" else "all"
+            o = s.split(".")[0] if s not in ("special", SINK) else "all"
             if o not in owners:
                 owners.append(o)
-        roles = [r for r in ROLES if r != "pad"]
+        roles = [r for r in ROLES if r != "pad"] + ([SINK] if SINK in self.segments else [])
         t = torch.zeros(*self.mass.shape[:3], len(owners), len(roles))
         for j, s in enumerate(self.segments):
-            o, r = ("all", "special") if s == "special" else s.split(".")
+            o, r = ("all", s) if s in ("special", SINK) else s.split(".")
             t[..., owners.index(o), roles.index(r)] += self.mass[..., j]
         return t, owners, roles
 
@@ -127,17 +133,18 @@ class AttentionMass:
         (question, answer, template), the query's text, special tokens, and everything else (image markup, system
         text). The parts sum to 1 for every row."""
         def part(s: str) -> str:
-            if s == "special":
-                return "special"
+            if s in ("special", SINK):
+                return s
             owner, role = s.split(".")
             who = "demo" if owner.startswith("demo") else "query" if owner == "query" else None
             kind = "image" if role == "image" else "text" if role in ("question", "answer", "template") else None
             return f"{who}_{kind}" if who and kind else "other"
 
-        index = [PARTS.index(part(s)) for s in self.segments]
-        out = torch.zeros(*self.mass.shape[:3], len(PARTS))
+        parts = PARTS + ((SINK,) if SINK in self.segments else ())
+        index = [parts.index(part(s)) for s in self.segments]
+        out = torch.zeros(*self.mass.shape[:3], len(parts))
         out.index_add_(3, torch.tensor(index, dtype=torch.long), self.mass)
-        return out, PARTS
+        return out, parts
 
     def to_frame(self, view: str = "mass"):
         """A pandas DataFrame in long form, one row per episode x layer x head x name of the view's last dimension:
@@ -159,7 +166,7 @@ class AttentionMass:
                            dim: np.asarray(list(names), dtype=object)[grid[:, 3]],
                            "value": values.float().reshape(-1).numpy()})
         if dim == "segment":
-            split = [("all", "special") if s == "special" else tuple(s.split(".")) for s in names]
+            split = [("all", s) if s in ("special", SINK) else tuple(s.split(".")) for s in names]
             df["owner"] = np.asarray([o for o, _ in split], dtype=object)[grid[:, 3]]
             df["role"] = np.asarray([r for _, r in split], dtype=object)[grid[:, 3]]
         for key, column in (("tasks", "task"), ("shots", "shots"), ("conditions", "condition")):
@@ -209,8 +216,8 @@ def canonical_segments(names: list[list[str]]) -> list[str]:
     union = {n for ns in names for n in ns}
 
     def key(n: str):
-        if n == "special":
-            return (-2, 0)
+        if n in (SINK, "special"):
+            return (-3 if n == SINK else -2, 0)
         owner, role = n.split(".")
         o = -1 if owner == "none" else 10**6 if owner == "query" else int(owner[4:])
         return (o, ROLES.index(role))
@@ -261,18 +268,44 @@ def _padded_rows(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, weights
 
 
+def _attention_call(loaded: Loaded, decoder, layers: list[int]) -> str:
+    """The name of the attention-function call inside a decoder layer's attention forward (nnsight `.source`)."""
+    return [op.name for op in decoder.layers[layers[0]].self_attn.source
+            if op.name.startswith("attention_interface")][-1]
+
+
+def _layer_input(layer_envoy):
+    """The hidden states entering a decoder layer (its first argument), inside a trace."""
+    args, kwargs = layer_envoy.inputs
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def sink_ratio(hidden: torch.Tensor) -> torch.Tensor:
+    """max_d |h_d| / RMS(h) over the last dimension (the attention-sink criterion, `measure.heads`), in float32."""
+    h = hidden.float()
+    return h.abs().amax(-1) / h.pow(2).mean(-1).sqrt().clamp_min(1e-12)
+
+
+def with_sinks(onehot: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """`onehot` [B, seq, n_seg] (last column: the "sink" segment) with the sink positions (bool [B, seq]) moved out
+    of their segments into that column."""
+    out = onehot * (~sink)[..., None].to(onehot.dtype)
+    out[..., -1] = sink.to(onehot.dtype)
+    return out
+
+
 def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Tensor | None = None,
-                 outputs: list | None = None) -> torch.Tensor:
+                 outputs: list | None = None, sinks: float | None = None) -> torch.Tensor:
     """One nnsight trace of `inputs` (a batch): at every layer, each episode's rows' attention (averaged over its
     rows) recomputed from the attention-function call's post-RoPE queries and keys, the model keeping its fast
     attention. Returns [B, layer, head, seq], or [B, layer, head, n_seg] summed by `onehot` [B, seq, n_seg] inside
     the forward (the lean path: only [B, head, n_seg] a layer is kept). The logits are appended to `outputs` when
-    given (the pass that scores a batch also measures it)."""
+    given (the pass that scores a batch also measures it). `sinks`: a threshold tau; `onehot`'s last column is the
+    "sink" segment, and each layer moves the tokens whose hidden state entering it is a sink into it."""
     adapter = loaded.adapter
     decoder = loaded.decoder_envoy()
     layers = adapter.attention_layers(loaded.model)  # a hybrid decoder's linear-attention layers are left NaN
-    call = [op.name for op in decoder.layers[layers[0]].self_attn.source
-            if op.name.startswith("attention_interface")][-1]
+    call = _attention_call(loaded, decoder, layers)
     pos, weights = _padded_rows(rows)
     device = inputs["input_ids"].device
     weights = weights.to(device)[:, None, None, :]  # [B, 1, 1, R]
@@ -280,12 +313,17 @@ def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Te
     saved = []
     with torch.no_grad(), loaded.envoy.trace(**inputs):
         for layer in layers:
+            if sinks is not None:
+                sink = sink_ratio(_layer_input(decoder.layers[layer])) >= sinks  # [B, seq]
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
             x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
             probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
             here = probs.device  # this layer's device (under a device_map, layers live on several)
             row = weights.to(here) @ probs  # [B, H, 1, seq]: each episode's mean over its rows
-            saved.append((row if onehot is None else row @ onehot.to(here))[:, :, 0].save())  # [B, H, seq | n_seg]
+            if onehot is not None:
+                by = onehot.to(here) if sinks is None else with_sinks(onehot[:, 0].to(here), sink.to(here))[:, None]
+                row = row @ by
+            saved.append(row[:, :, 0].save())  # [B, H, seq | n_seg]
         if outputs is not None:
             logits = loaded.envoy.output.logits.save()
     if outputs is not None:
@@ -305,15 +343,21 @@ def _all_layers(loaded: Loaded, measured: list[int], per_layer: list[torch.Tenso
     return out
 
 
-def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None
-                  ) -> list[torch.Tensor]:
-    """[layer, head, n_seg] per episode through `_traced_rows`: the one-hots padded to the batch's widest."""
+def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None,
+                  sinks: float | None = None) -> list[torch.Tensor]:
+    """[layer, head, n_seg] per episode through `_traced_rows`: the one-hots padded to the batch's widest (with
+    sinks, each episode's last column is its "sink" segment, moved to the batch's last column for the trace)."""
     widths = [o.shape[1] for o in onehots]
     onehot = torch.zeros(len(onehots), onehots[0].shape[0], max(widths))  # [B, seq, n_seg]
     for b, o in enumerate(onehots):
-        onehot[b, :, : o.shape[1]] = o
-    mass = _traced_rows(loaded, batch.inputs, rows, onehot, outputs)  # [B, layer, head, n_seg]
-    return [mass[b, ..., :w] for b, w in enumerate(widths)]
+        if sinks is None:
+            onehot[b, :, : o.shape[1]] = o
+        else:
+            onehot[b, :, : o.shape[1] - 1], onehot[b, :, -1] = o[:, :-1], o[:, -1]
+    mass = _traced_rows(loaded, batch.inputs, rows, onehot, outputs, sinks)  # [B, layer, head, n_seg]
+    if sinks is None:
+        return [mass[b, ..., :w] for b, w in enumerate(widths)]
+    return [torch.cat([mass[b, ..., : w - 1], mass[b, ..., -1:]], -1) for b, w in enumerate(widths)]
 
 
 def row_attention(loaded: Loaded, episode: Episode | PreparedBatch, rows="answer") -> torch.Tensor:
@@ -392,16 +436,17 @@ def _transformer_lens_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots) 
 
 
 def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, intervention=None,
-                outputs: list | None = None) -> list[torch.Tensor]:
+                outputs: list | None = None, sinks: float | None = None) -> list[torch.Tensor]:
     """HF eager attention weights reduced to segments; inside `intervention(layouts)` when given (hook-based
     interventions such as MTV injection run as they are; a DARA must use kernel="eager"); the logits are appended
-    to `outputs` when given."""
+    to `outputs` when given. `sinks`: each layer's sink tokens (by the hidden states entering it) into the last
+    column of each one-hot, the "sink" segment."""
     model = loaded.model
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # an intervention may then install its own (weight-returning) kernel
     try:
         with torch.no_grad(), within(intervention, batch.layouts) as kwargs:
-            out = model(**batch.inputs, **kwargs, output_attentions=True)
+            out = model(**batch.inputs, **kwargs, output_attentions=True, output_hidden_states=sinks is not None)
         attentions = out.attentions  # L x [B, H, seq, seq]
         if outputs is not None:
             outputs.append(out.logits)
@@ -410,6 +455,11 @@ def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, interventio
     layers = loaded.adapter.attention_layers(model)  # transformers records the softmax-attention layers only
     if not attentions or any(a is None for a in attentions) or len(attentions) != len(layers):
         raise ValueError("the attention layers returned no weights; run the intervention with an eager kernel")
+    if sinks is not None:
+        sink = [sink_ratio(out.hidden_states[layer]).cpu() >= sinks for layer in layers]  # entering each layer
+        return [_all_layers(loaded, layers, [_reduce(a[b][:, pos], with_sinks(onehot, s[b])).cpu()
+                                             for a, s in zip(attentions, sink)], 0)
+                for b, (pos, onehot) in enumerate(zip(rows, onehots))]
     return [_all_layers(loaded, layers, [_reduce(a[b][:, pos], onehot).cpu() for a in attentions], 0)
             for b, (pos, onehot) in enumerate(zip(rows, onehots))]
 
@@ -426,7 +476,7 @@ def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", inter
 
 def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, rows="answer",
                       backend: str = "nnsight", progress: bool = True, meta: dict | None = None,
-                      intervention=None, batch_size: int = 1) -> AttentionMass:
+                      intervention=None, batch_size: int = 1, sinks: float | None = None) -> AttentionMass:
     """Attention mass of every head on every prompt segment, for each episode (see the module docstring).
 
     `loaded`: from `micl_probe.load`, or `Loaded(model, processor, adapter_for(model))` for a model you hold.
@@ -435,37 +485,63 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     built from your own inputs: `PreparedBatch.of(inputs, TokenLayout.from_spans(...))`.
     `intervention`: a `layouts -> context manager` factory (e.g. `dara.on(model, kernel="eager")`) under which
     the attention is measured; it uses the eager path (the attention weights the intervened model computes).
+    `sinks`: a threshold tau (Kang et al.: 20): at each layer, the tokens whose hidden state entering it has
+    max|h_d| / RMS(h) >= tau (`measure.heads`) leave their segments for one segment "sink" (nnsight and eager).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
+    sinks = _check_sinks(sinks, backend, intervention)
+    side = None if isinstance(rows, str) else "right"  # explicit positions stay where they are in each prompt
+    batches, all_episodes = _batches(loaded, episodes, batch_size, "capture_attention", side)
+    progress = progress and not isinstance(episodes, PreparedBatch)
+    return _capture(loaded, (b for b, _ in batches), all_episodes, rows, backend, progress, meta, intervention,
+                    sinks=sinks)
+
+
+def _check_sinks(sinks, backend: str, intervention) -> float | None:
+    if sinks is None:
+        return None
+    if isinstance(sinks, bool) or not isinstance(sinks, (int, float)) or not sinks > 0:
+        raise ValueError(f"sinks={sinks!r}: give the threshold tau > 0 on max|h|/RMS(h) (Kang et al. use 20), or "
+                         "None to keep sink tokens in their segments")
+    if backend == "transformer_lens" or intervention is not None:
+        raise ValueError("sinks= needs the hidden states: use backend='nnsight' or 'eager', without an intervention")
+    return float(sinks)
+
+
+def _check_loaded(loaded, what: str) -> None:
+    if not isinstance(loaded, Loaded):
+        raise TypeError(f"{what} takes a Loaded (micl_probe.load, or Loaded(model, processor, adapter_for(model)) "
+                        f"for a model you hold), got {type(loaded).__name__}")
+
+
+def _batches(loaded: Loaded, episodes, batch_size: int, what: str, padding_side=None):
+    """(an iterator of (PreparedBatch, its episodes), every episode) for `episodes` (an Episode, a list of them, or
+    one PreparedBatch), `batch_size` at a time, each batch prepared when it is reached; checked first, with a
+    one-line error for anything else."""
+    _check_loaded(loaded, what)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: give a whole number >= 1 of episodes a forward pass")
-    if not isinstance(loaded, Loaded):
-        raise TypeError(f"capture_attention takes a Loaded (micl_probe.load, or Loaded(model, processor, "
-                        f"adapter_for(model)) for a model you hold), got {type(loaded).__name__}")
+    if isinstance(episodes, PreparedBatch):
+        return iter([(episodes, list(episodes.episodes))]), list(episodes.episodes)
     if isinstance(episodes, Episode):
         episodes = [episodes]
     accepted = "an Episode, a list of them (micl_probe.sample_episodes(task, shots, n)) or a PreparedBatch"
-    if not isinstance(episodes, (PreparedBatch, list, tuple)):
-        raise TypeError(f"capture_attention takes {accepted}, got {type(episodes).__name__}"
+    if not isinstance(episodes, (list, tuple)):
+        raise TypeError(f"{what} takes {accepted}, got {type(episodes).__name__}"
                         + (f": sample_episodes({episodes!r}, shots=4, n=10) draws a task's" if isinstance(episodes, str)
                            else ""))
-    if not isinstance(episodes, PreparedBatch):
-        if not episodes:
-            raise ValueError(f"no episodes given: pass {accepted}")
-        wrong = next((e for e in episodes if not isinstance(e, Episode)), None)
-        if wrong is not None:
-            raise TypeError(f"capture_attention takes {accepted}; the list holds a {type(wrong).__name__}")
-    if isinstance(episodes, PreparedBatch):
-        return _capture(loaded, [episodes], list(episodes.episodes), rows, backend, False, meta, intervention)
+    if not episodes:
+        raise ValueError(f"no episodes given: pass {accepted}")
+    wrong = next((e for e in episodes if not isinstance(e, Episode)), None)
+    if wrong is not None:
+        raise TypeError(f"{what} takes {accepted}; the list holds a {type(wrong).__name__}")
     episodes = list(episodes)
-    side = None if isinstance(rows, str) else "right"  # explicit positions stay where they are in each prompt
-    batches = (loaded.prepare_batch(episodes[i:i + batch_size], padding_side=side)
-               for i in range(0, len(episodes), batch_size))
-    return _capture(loaded, batches, list(episodes), rows, backend, progress, meta, intervention)
+    chunks = [episodes[i:i + batch_size] for i in range(0, len(episodes), batch_size)]
+    return ((loaded.prepare_batch(c, padding_side=padding_side), c) for c in chunks), episodes
 
 
-def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None):
+def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None, sinks=None):
     """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given."""
     results, names, positions = [], [], []
     bar = tqdm(total=len(all_episodes), desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
@@ -473,15 +549,17 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
         bar.update(len(batch.layouts))
         pos = [row_positions(layout, rows) for layout in batch.layouts]
         seg = [segment_matrix(layout) for layout in batch.layouts]
+        if sinks is not None:  # a last, empty column: the "sink" segment each layer fills
+            seg = [(n + [SINK], torch.cat([o, torch.zeros(o.shape[0], 1)], 1)) for n, o in seg]
         onehots = [onehot for _, onehot in seg]
         if intervention is not None:
             masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=outputs)
         elif backend == "nnsight":
-            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs)
+            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks)
         elif backend == "transformer_lens":
             masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:
-            masses = _eager_mass(loaded, batch, pos, onehots, outputs=outputs)
+            masses = _eager_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks)
         results += masses  # per row: [layer, head, n_seg of this episode]
         names += [n for n, _ in seg]
         positions += pos
@@ -499,7 +577,7 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
             "tasks": [getattr(e, "task", None) for e in all_episodes],
             "shots": [getattr(e, "shots", None) for e in all_episodes],
             "conditions": [getattr(e, "condition", None) for e in all_episodes],
-            "layers_measured": measured, **(meta or {})}
+            "layers_measured": measured, **({"sinks": sinks} if sinks is not None else {}), **(meta or {})}
     return AttentionMass(out, segments, rows if isinstance(rows, str) else "explicit", positions, info)
 
 

@@ -1,0 +1,210 @@
+"""Head scores from the MICL literature, on micl_probe's layouts: induction and previous-token heads, attention sinks.
+
+    hs = head_scores(loaded, episodes)           # HeadScores: induction, previous_token [episode, layer, head]
+    hs.mean("induction")                         # [layer, head], mean over episodes
+    hs.top("induction", 3)                       # [(layer, head), …] the three highest means
+    sinks = find_sinks(loaded, episodes)         # Sinks: ratio [episode, layer, seq], sink tokens by segment
+    am = capture_attention(loaded, episodes, sinks=20)   # sink tokens in a segment of their own, "sink"
+
+Scores (Huang et al., ICML 2026, "Dissecting Multimodal ICL", on our layouts, where the demo answers are known):
+  induction       the answer row's attention on the demos' answer tokens minus its attention everywhere else
+                  (mass on demo answers − (1 − that mass)): in [−1, 1], positive when a head spends most of the row
+                  on the demo answers — the token after the repeated "answer here" template in every demo, what an
+                  induction head retrieves
+  previous_token  each text token's attention on the token just before it, averaged over the prompt's text tokens
+                  (question, answer and template text of every turn; a token whose predecessor is padding is left
+                  out): 1 for a head that always looks one token back
+
+Sinks (Kang et al., ICLR 2025, "See What You Are Told: Visual Attention Sink"): a token is a sink at a layer when
+its hidden state entering that layer (the residual stream) has one massive dimension: max_d |h_d| / RMS(h) ≥ τ
+(τ = 20). Sinks soak up attention that reads as "attention to the image" when they are image tokens. The ratio is at
+most sqrt(hidden size) (one non-zero dimension), so τ = 20 suits real widths (hidden size > 400), not tiny models.
+`capture_attention(…, sinks=τ)` moves every sink token (per layer: the set each layer sees) out of its segment into
+one segment "sink", so the image shares no longer count them.
+
+Both run one forward pass per batch, recomputing the needed attention rows from the attention function's own
+post-RoPE queries and keys (the nnsight path of `capture_attention`); hybrid decoders' linear-attention layers are NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..core import QUERY, ROLE, Episode, Loaded, PreparedBatch, TokenLayout
+from .attention import _all_layers, _attention_call, _batches, _layer_input, rows_attention, sink_ratio
+
+SCORES = ("induction", "previous_token")
+TAU = 20.0  # Kang et al.'s threshold on max |h_d| / RMS(h)
+CHUNK = 256  # previous-token rows recomputed at a time (memory O(CHUNK x seq x heads) for one layer)
+
+
+@dataclass
+class HeadScores:
+    """Per-head scores [episode, layer, head] (`SCORES`; see the module docstring). Made by `head_scores`."""
+
+    dims = ("episode", "layer", "head")
+    induction: torch.Tensor
+    previous_token: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def mean(self, score: str) -> torch.Tensor:
+        """[layer, head]: the score's mean over episodes (NaN for a hybrid decoder's unmeasured layers)."""
+        if score not in SCORES:
+            raise ValueError(f"unknown head score {score!r}; scores: {', '.join(SCORES)}")
+        return getattr(self, score).nanmean(0)
+
+    def top(self, score: str, k: int) -> list[tuple[int, int]]:
+        """The `k` heads with the highest mean `score`, as (layer, head), highest first."""
+        m = self.mean(score)
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m.numel():
+            raise ValueError(f"top {k!r}: give a whole number of heads from 1 to {m.numel()}")
+        order = torch.nan_to_num(m, nan=-float("inf")).flatten().argsort(descending=True, stable=True)[:k]
+        return [(int(i) // m.shape[1], int(i) % m.shape[1]) for i in order]
+
+    def as_dict(self) -> dict:
+        """{score: [layer][head] mean over episodes, "n": episodes, "meta": …} (JSON-ready; NaN stays NaN)."""
+        return {**{s: self.mean(s).tolist() for s in SCORES}, "n": self.induction.shape[0], "meta": self.meta}
+
+
+@dataclass
+class Sinks:
+    """Attention sinks by the hidden-state criterion: `ratio` [episode, layer, seq] = max_d |h_d| / RMS(h) of each
+    token's hidden state entering each layer (NaN on padding); a sink where ratio ≥ `tau`. `segments[e][pos]` names
+    each position's segment (as `TokenLayout.segment_ids`, "pad" for padding)."""
+
+    ratio: torch.Tensor
+    tau: float
+    segments: list[list[str]]
+    meta: dict = field(default_factory=dict)
+
+    def mask(self) -> torch.Tensor:
+        """bool [episode, layer, seq]: the sinks."""
+        return self.ratio >= self.tau
+
+    def positions(self, episode: int, layer: int) -> list[int]:
+        """The sink positions of one episode at one layer."""
+        return self.mask()[episode, layer].nonzero().flatten().tolist()
+
+    def by_segment(self) -> dict[str, list[float]]:
+        """{segment: [per layer: sink tokens of that segment per episode, mean over episodes]}: which parts of the
+        prompt hold the sinks, layer by layer (segments without a sink at any layer left out). A segment name is
+        `<owner>.<role>` ("demo0.image", "query.question") or "special"."""
+        mask = self.mask()
+        out: dict[str, torch.Tensor] = {}
+        for e, names in enumerate(self.segments):
+            for pos, name in enumerate(names):
+                if name != "pad" and mask[e, :, pos].any():
+                    out.setdefault(name, torch.zeros(mask.shape[1]))
+                    out[name] += mask[e, :, pos].float()
+        return {name: (count / mask.shape[0]).tolist() for name, count in out.items()}
+
+
+def previous_token_rows(layout: TokenLayout) -> list[int]:
+    """The text positions whose previous position is a real token: the rows the previous-token score averages."""
+    pad = layout.role == ROLE["pad"]
+    return [p for p in layout.text_positions().tolist() if p > 0 and not pad[p - 1]]
+
+
+def demo_answer_mask(layout: TokenLayout) -> torch.Tensor:
+    """bool [seq]: the demos' answer tokens."""
+    return (layout.role == ROLE["answer"]) & (layout.owner != QUERY) & (layout.owner >= 0)
+
+
+def induction_from_rows(answer_row: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """[..., H] induction score from the answer row's attention [..., H, seq] and the demo-answer mask [..., seq]."""
+    on = (answer_row * answers[..., None, :].to(answer_row.dtype)).sum(-1)
+    return on - (answer_row.sum(-1) - on)
+
+
+def previous_from_probs(probs: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[B, H] weighted mean over rows of each row's attention on the position before it: probs [B, H, R, seq] of
+    rows [B, R] with weights [B, R] (0 on padding rows)."""
+    prev = (rows - 1).clamp_min(0)[:, None, :, None].expand(-1, probs.shape[1], -1, 1)
+    return (probs.gather(-1, prev)[..., 0] * weights[:, None, :].to(probs.dtype)).sum(-1)
+
+
+def _text_rows(layouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows [B, R], weights [B, R]): each layout's previous-token rows, padded by repeating one (weight 0)."""
+    rows = [previous_token_rows(lay) or [lay.answer_position] for lay in layouts]
+    width = max(len(r) for r in rows)
+    pos = torch.tensor([r + r[-1:] * (width - len(r)) for r in rows])
+    weights = torch.tensor([[1 / len(r) if previous_token_rows(lay) else 0.0] * len(r) + [0.0] * (width - len(r))
+                            for r, lay in zip(rows, layouts)])
+    return pos, weights
+
+
+def _scores_of_batch(loaded: Loaded, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, layer, head] induction, [B, layer, head] previous-token) of one batch in one traced forward pass."""
+    decoder, layers = loaded.decoder_envoy(), loaded.adapter.attention_layers(loaded.model)
+    call = _attention_call(loaded, decoder, layers)
+    answer = torch.tensor([[lay.answer_position] for lay in batch.layouts])
+    answers = torch.stack([demo_answer_mask(lay) for lay in batch.layouts])  # [B, seq]
+    rows, weights = _text_rows(batch.layouts)
+    induction, previous = [], []
+    with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
+        for layer in layers:
+            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
+            x = loaded.adapter.attention_inputs(args, kwargs)
+            q, k, m, s = x["query"], x["key"], x["attention_mask"], x["scaling"]
+            row = rows_attention(q, k, m, s, answer.to(q.device))[:, :, 0]  # [B, H, seq]
+            induction.append(induction_from_rows(row, answers.to(row.device)).save())
+            total = 0
+            for i in range(0, rows.shape[1], CHUNK):
+                r = rows[:, i:i + CHUNK].to(q.device)
+                total = total + previous_from_probs(rows_attention(q, k, m, s, r), r, weights[:, i:i + CHUNK])
+            previous.append(total.save())
+    return (_all_layers(loaded, layers, [t.float().cpu() for t in induction], 1),
+            _all_layers(loaded, layers, [t.float().cpu() for t in previous], 1))
+
+
+def head_scores(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, batch_size: int = 1,
+                progress: bool = True) -> HeadScores:
+    """Induction and previous-token scores of every head on each episode (see the module docstring); `episodes`
+    as `capture_attention` takes them, run `batch_size` at a time."""
+    induction, previous, all_episodes = [], [], []
+    for batch, eps in _batches(loaded, episodes, batch_size, "head_scores")[0]:
+        all_episodes += eps
+        a, b = _scores_of_batch(loaded, batch)
+        induction.append(a)
+        previous.append(b)
+    meta = {"model": loaded.name or type(loaded.model).__name__, "family": loaded.adapter.family,
+            "tasks": [getattr(e, "task", None) for e in all_episodes],
+            "shots": [getattr(e, "shots", None) for e in all_episodes],
+            "layers_measured": loaded.adapter.attention_layers(loaded.model)}
+    return HeadScores(torch.cat(induction), torch.cat(previous), meta)
+
+
+def find_sinks(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, tau: float = TAU,
+               batch_size: int = 1) -> Sinks:
+    """Sink tokens (max_d |h_d| / RMS(h) ≥ `tau` in the hidden state entering each layer) of each episode's prompt,
+    one traced forward pass per batch. Padded batches: the ratio is NaN on padding."""
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
+        raise ValueError(f"tau={tau!r}: give a threshold > 0 on max|h|/RMS(h) (Kang et al. use 20)")
+    decoder, n = loaded.decoder_envoy(), loaded.adapter.n_layers(loaded.model)
+    ratios, names = [], []
+    for batch, _ in _batches(loaded, episodes, batch_size, "find_sinks")[0]:
+        saved = []
+        with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
+            for layer in range(n):
+                saved.append(sink_ratio(_layer_input(decoder.layers[layer])).save())  # [B, seq]
+        ratio = torch.stack([t.cpu() for t in saved], 1)  # [B, layer, seq]
+        for b, lay in enumerate(batch.layouts):
+            pad = lay.role == ROLE["pad"]
+            ratio[b, :, pad] = float("nan")
+            seg_names, seg = lay.segment_ids()
+            names.append([seg_names[i] if i >= 0 else "pad" for i in seg.tolist()])
+        ratios += list(ratio)
+    width = max(r.shape[-1] for r in ratios)
+    ratio = torch.full((len(ratios), n, width), float("nan"))
+    for e, r in enumerate(ratios):
+        ratio[e, :, : r.shape[-1]] = r
+    names = [ns + ["pad"] * (width - len(ns)) for ns in names]
+    return Sinks(ratio, float(tau), names, {"model": loaded.name or type(loaded.model).__name__,
+                                            "family": loaded.adapter.family})
+
+
+__all__ = ["HeadScores", "SCORES", "Sinks", "TAU", "find_sinks", "head_scores", "induction_from_rows",
+           "previous_from_probs", "sink_ratio"]
