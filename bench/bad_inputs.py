@@ -264,6 +264,16 @@ CASES: dict[str, Callable[[Path], object]] = {
                                                          "novel_binding@bound", "--out", w / "m"),
     "compare: a folder without results": lambda w: _cli("micl_probe.compare", w, w / "nowhere"),
     "load_records: a folder without results": lambda w: _load_records(w),
+    "attn_report --conditions 4-shot+knockout=top-3:attention": lambda w: _report(
+        "--conditions", "4-shot+knockout=top-3:attention", "--out", w / "rep"),
+    "attn_report --conditions 4-shot+mgi=1.5": lambda w: _report("--conditions", "4-shot+mgi=1.5", "--out", w / "rep"),
+    "attn_report --conditions 4-shot+knockout=L99H0": lambda w: _report("--conditions", "4-shot+knockout=L99H0",
+                                                                        "--out", w / "rep"),
+    "attn_report --knockout-at all without a knockout": lambda w: _report("--knockout-at", "all", "--out", w / "rep"),
+    "capture_attention: sinks=0": lambda w: _api("capture_attention")(
+        organism(), _api("sample_episodes")("clock_math", 2, 1), sinks=0),
+    "knockout: head past the model": lambda w: _api("interventions.knockout")(organism(), [(0, 99)]),
+    "mgi: lambda 0": lambda w: _api("interventions.mgi")(organism(), 1.5, 0),
 }
 
 
@@ -311,6 +321,10 @@ EXPECT = {
     "attn_report --alphas no condition runs": "no condition runs it", "attn_report --tasks clock_math@green":
     "its rules: red, blue", "train --task novel_binding@bound": "bound anew", "compare: a folder without results":
     "no results.jsonl there", "load_records: a folder without results": "no results file there",
+    "attn_report --conditions 4-shot+knockout=top-3:attention": "rank heads by",
+    "attn_report --conditions 4-shot+mgi=1.5": "mgi=<k>,<λ>", "attn_report --conditions 4-shot+knockout=L99H0":
+    "head L99H0", "attn_report --knockout-at all without a knockout": "no condition knocks heads out",
+    "capture_attention: sinks=0": "sinks=0", "knockout: head past the model": "head L0H99", "mgi: lambda 0": "λ",
 }
 
 

@@ -29,7 +29,14 @@ Interventions: a condition "<condition>+<name>" runs under the named interventio
 `DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "lora" (a peft adapter
 folder, --lora: active only in +lora conditions), "alpha=<a>" (fixed factor a on every demo image in the first
 decoder layer, --alphas). Train any of them on your model with python -m micl_probe.train. Artifacts are checked
-against the model they are used with.
+against the model they are used with. Training-free, chosen per task on calibration episodes of its support split
+(--calibration, never the scored queries): "knockout=top-<k>:<score>" (the k heads of highest induction,
+previous_token or demo_image score knocked out; --knockout-ablation zero|mean, --knockout-at answer|all),
+"knockout=random-<k>:<seed>", "knockout=L3H2,L5H0", "uniform=<layers>|all" (the answer row's attention uniform),
+"mgi=<k>,<λ>[,<layer>]" (Mapping-Guided Inference), e.g.
+
+    python -m micl_probe.attn_report --model organism:true-micl --conditions 4-shot no-image 4-shot+mgi=1.5,2 \
+        4-shot+knockout=top-3:induction 4-shot+knockout=random-3:0
 
 Many processes (one model copy each): launch the same command under torchrun or accelerate,
 
@@ -77,8 +84,11 @@ from .evaluation import RunConfig, run, summarise
 from .evaluation.conditions import condition_episode, parse_condition, pool_size
 from .evaluation.metrics import METRICS
 from .evaluation.store import check_manifest, write_manifest
+from .interventions import named
+from .interventions.knockout import AT
+from .interventions.named import ABLATIONS
 from .organisms import shipped
-from .tasks import check_task, parse_task, query_episodes, task_labels, task_names
+from .tasks import check_task, parse_task, query_episodes, task_labels, task_names, task_stream
 from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "clock_math", "palindrome", "outlier"]  # true-micl reads the first three
@@ -95,7 +105,8 @@ def parse(argv=None):
                          "<task>_shortcut), or a benchmark folder truemicl:PATH/TASK or vlicl:PATH/TASK")
     ap.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS,
                     help="zero-shot, no-image, shuffled-answers, <k>-shot, retrieved-<k>-shot, each optionally "
-                         "+dara / +mtv / +alpha=<a> (default: %(default)s)")
+                         "+dara / +mtv / +lora / +alpha=<a> / +knockout=… / +uniform=… / +mgi=… (default: "
+                         "%(default)s)")
     ap.add_argument("--n", "--queries", dest="n", type=int, default=40, help="query episodes per task and condition "
                     "(default: %(default)s; under torchrun write --queries: its own parser takes --n for its --nnodes)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the query episodes (default: %(default)s)")
@@ -122,6 +133,12 @@ def parse(argv=None):
     ap.add_argument("--lora", metavar="FOLDER", help="a LoRA adapter folder (peft; python -m micl_probe.train lora "
                     "or icl-tune) for +lora conditions")
     ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
+    ap.add_argument("--knockout-ablation", choices=ABLATIONS, default="zero", help="what a +knockout=… head is "
+                    "replaced by: zero, or its mean output on the calibration episodes (default: %(default)s)")
+    ap.add_argument("--knockout-at", choices=AT, default="answer", help="where: the answer row (and each generated "
+                    "token), or every position (default: %(default)s)")
+    ap.add_argument("--calibration", type=int, default=16, help="support episodes per task that +knockout=top-… "
+                    "heads, +mgi's layer and mean ablations are chosen on (default: %(default)s)")
     ap.add_argument("--shard", metavar="I/N", help="run only shard I of N of the batch jobs and write them beside "
                     "results.jsonl, no report (then run without --shard to merge and report); under torchrun or "
                     "accelerate launch the shards are set from the ranks")
@@ -166,12 +183,16 @@ def check(args) -> None:
             raise UsageError(f"--conditions: {e}") from None
         if name == "dara" and not args.dara or name == "mtv" and not args.mtv or name == "lora" and not args.lora:
             raise UsageError(f"--conditions {c} needs {given[name]} (the saved artifact to run it with)")
+        try:
+            training_free = named.parse(name)
+        except ValueError as e:
+            raise UsageError(f"--conditions {c}: {e}") from None
         if name.startswith("alpha="):
             if f"alpha={name[6:]}" not in {f"alpha={a:g}" for a in args.alphas}:
                 raise UsageError(f"--conditions {c} needs --alphas {name[6:]}")
-        elif name and name not in given:
-            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv, +lora or "
-                             "+alpha=<a>")
+        elif name and name not in given and training_free is None:
+            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv, +lora, +alpha=<a> "
+                             f"or {named.FORMS}")
     used = {parse_condition(c)[1] for c in args.conditions}
     for name, flag in (("dara", "--dara"), ("mtv", "--mtv"), ("lora", "--lora")):
         if getattr(args, name) and name not in used:
@@ -181,6 +202,12 @@ def check(args) -> None:
     if unused:
         raise UsageError(f"--alphas {' '.join(f'{a:g}' for a in unused)}: no condition runs it; add e.g. "
                          f"4-shot+alpha={unused[0]:g} to --conditions (or drop it)")
+    knockouts = [n for n in used if n.startswith("knockout=")]
+    if not knockouts and (args.knockout_ablation, args.knockout_at) != ("zero", "answer"):
+        raise UsageError("--knockout-ablation/--knockout-at are given but no condition knocks heads out: add e.g. "
+                         "4-shot+knockout=top-3:induction to --conditions (or drop them)")
+    if args.calibration < 1:
+        raise UsageError(f"--calibration {args.calibration}: choose heads and layers on at least 1 episode")
     if args.lora and not (Path(args.lora) / "adapter_config.json").is_file():
         raise UsageError(f"--lora {args.lora}: no adapter_config.json there (the folder a peft adapter was saved to: "
                          "python -m micl_probe.train lora|icl-tune --out FOLDER)")
@@ -241,6 +268,22 @@ def interventions_for(loaded, args, artifacts: dict) -> tuple[dict, dict]:
         training = Path(args.lora) / "micl_probe_training.json"
         meta = json.loads(training.read_text()) if training.is_file() else {}
         info["lora"] = described(args.lora, meta, artifacts["lora"][0]["content"])
+    free = list(dict.fromkeys(n for n in (parse_condition(c)[1] for c in args.conditions) if named.parse(n)))
+    calibration = {}
+    k, _ = pool_size(args.conditions)
+    for name in free:
+        found[name], chosen = {}, {}
+        for task in args.tasks:
+            if named.needs_calibration(name) or args.knockout_ablation == "mean" and name.startswith("knockout="):
+                if task not in calibration:
+                    stream = task_stream(task, k, "support", args.seed, args.instruction, args.prompt_style)
+                    calibration[task] = [replace(next(stream), system=args.system) for _ in range(args.calibration)]
+            found[name][task], chosen[task] = named.build(loaded, name, task, calibration.get(task, []),
+                                                          args.knockout_ablation, args.knockout_at)
+        said = next(iter(chosen.values())) if len(set(chosen.values())) == 1 else \
+            "; ".join(f"{t}: {c}" for t, c in chosen.items())
+        info[name] = {"path": "–", "digest": "–", "made_for": {"model": loaded.name, "shots": k},
+                      "trained": f"none (training-free): {said}"}
     return found, info
 
 
@@ -317,7 +360,9 @@ def run_settings(args) -> dict:
             "conditions": args.conditions, "seed": args.seed, "dtype": args.dtype, "metric": args.metric or "per task",
             "max_new_tokens": args.max_new_tokens, "prompt_style": args.prompt_style, "instruction": args.instruction,
             "system": args.system, "chat_template": not args.no_template, "attention": not args.no_attention,
-            "alphas": args.alphas, "artifacts": artifacts}
+            "alphas": args.alphas, "artifacts": artifacts, "knockout": {"ablation": args.knockout_ablation,
+                                                                         "at": args.knockout_at},
+            "calibration": args.calibration}
 
 
 def _report(args, rank: int, world: int, dist) -> Path | None:

@@ -4,7 +4,7 @@ against HF eager attention reduced independently, and sinks found where a massiv
 import pytest
 import torch
 
-from micl_probe.core import ROLE, QUERY, TokenLayout
+from micl_probe.core import QUERY, ROLE, TokenLayout
 from micl_probe.measure import capture_attention, find_sinks, head_scores
 from micl_probe.measure.heads import HeadScores, induction_from_rows, previous_from_probs, previous_token_rows
 from micl_probe.testing import noise_episode, tiny_loaded

@@ -30,6 +30,7 @@ Conditions (`evaluation.conditions`): "zero-shot", "no-image", "<k>-shot", "retr
 
     interventions = {"dara": dara.on(model, kernel="eager"), "mtv": mtv.injection(loaded, tv.mean, heads)}
     interventions |= alpha_sweep(loaded, alphas=(0.5, 2, 4))   # "alpha=0.5", … (micl_probe.interventions)
+    interventions["ko"] = {"clock_math": knockout(loaded, heads_a), "outlier": knockout(loaded, heads_b)}  # per task
     run(loaded, ["outlier"], ["4-shot", "4-shot+dara", "zero-shot+mtv", "4-shot+alpha=2"], interventions=…)
 
 (attention under an intervention is measured on HF's eager weights, so a DARA must use kernel="eager" there).
@@ -173,8 +174,9 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
     k_default, k_max = pool_size(conditions)
     weights = weights_fingerprint(loaded.model)
     prov = {t: provenance(loaded, t, conditions, cfg, weights) for t in tasks}
-    artifact = {c: intervention_fingerprint(interventions[parse_condition(c)[1]]) if parse_condition(c)[1] else None
-                for c in conditions}  # each intervention's artifact (`core.provenance.tagged`)
+    factory = {(t, c): _for_task(interventions, parse_condition(c)[1], t) for t in tasks for c in conditions}
+    artifact = {k: intervention_fingerprint(f) if f else None
+                for k, f in factory.items()}  # each intervention's artifact (`core.provenance.tagged`)
     draw = {"instruction": cfg.instruction, "style": cfg.style, "system": cfg.system}
     base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw) for t in tasks}
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
@@ -189,7 +191,7 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
             if (task, k) not in retrieved:
                 retrieved[task, k] = retrieval_episodes(task, k, cfg.n, **draw)
             pool = retrieved[task, k]
-        fields = {**prov[task], "intervention": artifact[cond]}
+        fields = {**prov[task], "intervention": artifact[task, cond]}
         todo = []
         for i in range(start, min(len(base_of[task]), start + cfg.batch_size)):
             ep = pool[i] if pool is not None else condition_episode(base_of[task][i], base_cond, k_default)
@@ -201,7 +203,7 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
         if not todo:
             continue
         eps = [ep for _, ep in todo]
-        chunk = _score_chunk(loaded, eps, interventions.get(name) if name else None, fields["metric"], cfg, task)
+        chunk = _score_chunk(loaded, eps, factory[task, cond], fields["metric"], cfg, task)
         for r, (key, ep) in zip(chunk, todo):
             r.update({**key, "answer": ep.query.answer})
         if target:
@@ -213,6 +215,19 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
         attach_heads(target, records)  # the per-head arrays of these records only
     order = {(t, c): n for n, (t, c) in enumerate((t, c) for t in tasks for c in conditions)}
     return Records(sorted(records, key=lambda r: (order[r["task"], r["condition"]], r["index"])), source=target)
+
+
+def _for_task(interventions: dict, name: str, task: str):
+    """The intervention `name` runs on `task`: `interventions[name]`, or its entry for the task when it is a
+    {task: intervention} dict (one chosen per task: heads, layers, means); None without a name."""
+    if not name:
+        return None
+    found = interventions[name]
+    if isinstance(found, dict):
+        if task not in found:
+            raise ValueError(f"intervention {name!r} has no entry for task {task!r} (it has {sorted(found)})")
+        return found[task]
+    return found
 
 
 def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:

@@ -161,12 +161,14 @@ def injection(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, every_tok
 
 
 @contextlib.contextmanager
-def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False):
+def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, every_token: bool = False,
+           all_positions: bool = False):
     """Replace the selected heads' outputs with `means` at each row's last prompt token.
 
     means [layer, head, d_head], or [B, layer, head, d_head] (one per row: activation patching from another run's
     `head_outputs`); mask bool [layer, head] or [B, layer, head] (one mask per row);
     every_token: also at every token generated after the prompt (`generate`), not only the first;
+    all_positions: at every position of every pass (a head knocked out everywhere: `knockout`);
     layouts None: at the last position of every pass (the one-token continuations of a shared prefix).
     """
     model, adapter = loaded.model, loaded.adapter
@@ -193,6 +195,9 @@ def inject(loaded: Loaded, means: torch.Tensor, mask: torch.Tensor, layouts, eve
                 m = mask[:, layer] if per_row else mask[layer].expand(B, H)  # [B, H]
                 ready[layer] = (m.to(x.device)[..., None], means[..., layer, :, :].to(device=x.device, dtype=x.dtype))
             sel, value = ready[layer]  # [B, H, 1], [H, D] or [B, H, D]
+            if all_positions:
+                x = torch.where(sel[:, None], value if value.dim() == 2 else value[:, None], x.view(B, seq, H, D))
+                return (x.reshape(B, seq, H * D),) + tuple(args[1:])
             if positions is not None and seq == prompt_len:  # the prompt pass: the last prompt token of each row
                 cols = ready.setdefault("cols", positions.to(x.device))
             elif every_token or positions is None:  # a token after a cached prefix: patch it

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..core import QUERY, ROLE, Episode, Loaded, PreparedBatch, TokenLayout
+from ..core import ROLE, Episode, Loaded, PreparedBatch, TokenLayout
 from .attention import _all_layers, _attention_call, _batches, _layer_input, rows_attention, sink_ratio
 
 SCORES = ("induction", "previous_token")
@@ -110,7 +110,7 @@ def previous_token_rows(layout: TokenLayout) -> list[int]:
 
 def demo_answer_mask(layout: TokenLayout) -> torch.Tensor:
     """bool [seq]: the demos' answer tokens."""
-    return (layout.role == ROLE["answer"]) & (layout.owner != QUERY) & (layout.owner >= 0)
+    return (layout.role == ROLE["answer"]) & (layout.owner >= 0)  # demo owners are 0.., the query -1, none -2
 
 
 def induction_from_rows(answer_row: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -128,11 +128,12 @@ def previous_from_probs(probs: torch.Tensor, rows: torch.Tensor, weights: torch.
 
 def _text_rows(layouts) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows [B, R], weights [B, R]): each layout's previous-token rows, padded by repeating one (weight 0)."""
-    rows = [previous_token_rows(lay) or [lay.answer_position] for lay in layouts]
+    found = [previous_token_rows(lay) for lay in layouts]
+    rows = [r or [lay.answer_position] for r, lay in zip(found, layouts)]  # none: a placeholder row of weight 0
     width = max(len(r) for r in rows)
     pos = torch.tensor([r + r[-1:] * (width - len(r)) for r in rows])
-    weights = torch.tensor([[1 / len(r) if previous_token_rows(lay) else 0.0] * len(r) + [0.0] * (width - len(r))
-                            for r, lay in zip(rows, layouts)])
+    weights = torch.tensor([[1 / len(r) if f else 0.0] * len(r) + [0.0] * (width - len(r))
+                            for r, f in zip(rows, found)])
     return pos, weights
 
 
@@ -164,12 +165,15 @@ def head_scores(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatc
                 progress: bool = True) -> HeadScores:
     """Induction and previous-token scores of every head on each episode (see the module docstring); `episodes`
     as `capture_attention` takes them, run `batch_size` at a time."""
-    induction, previous, all_episodes = [], [], []
-    for batch, eps in _batches(loaded, episodes, batch_size, "head_scores")[0]:
-        all_episodes += eps
+    induction, previous = [], []
+    batches, all_episodes = _batches(loaded, episodes, batch_size, "head_scores")
+    bar = tqdm(total=len(all_episodes), desc="head scores", disable=not progress or len(all_episodes) < 2)
+    for batch, eps in batches:
         a, b = _scores_of_batch(loaded, batch)
         induction.append(a)
         previous.append(b)
+        bar.update(len(eps))
+    bar.close()
     meta = {"model": loaded.name or type(loaded.model).__name__, "family": loaded.adapter.family,
             "tasks": [getattr(e, "task", None) for e in all_episodes],
             "shots": [getattr(e, "shots", None) for e in all_episodes],
