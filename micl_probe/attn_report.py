@@ -269,22 +269,49 @@ def interventions_for(loaded, args, artifacts: dict) -> tuple[dict, dict]:
         meta = json.loads(training.read_text()) if training.is_file() else {}
         info["lora"] = described(args.lora, meta, artifacts["lora"][0]["content"])
     free = list(dict.fromkeys(n for n in (parse_condition(c)[1] for c in args.conditions) if named.parse(n)))
-    calibration = {}
     k, _ = pool_size(args.conditions)
     for name in free:
         found[name], chosen = {}, {}
         for task in args.tasks:
-            if named.needs_calibration(name) or args.knockout_ablation == "mean" and name.startswith("knockout="):
-                if task not in calibration:
-                    stream = task_stream(task, k, "support", args.seed, args.instruction, args.prompt_style)
-                    calibration[task] = [replace(next(stream), system=args.system) for _ in range(args.calibration)]
-            found[name][task], chosen[task] = named.build(loaded, name, task, calibration.get(task, []),
+            wants = named.needs_calibration(name) or args.knockout_ablation == "mean" and name.startswith("knockout=")
+            found[name][task], chosen[task] = named.build(loaded, name, task, calibration(args, task) if wants else [],
                                                           args.knockout_ablation, args.knockout_at)
         said = next(iter(chosen.values())) if len(set(chosen.values())) == 1 else \
             "; ".join(f"{t}: {c}" for t, c in chosen.items())
         info[name] = {"path": "–", "digest": "–", "made_for": {"model": loaded.name, "shots": k},
                       "trained": f"none (training-free): {said}"}
     return found, info
+
+
+def calibration(args, task: str) -> list:
+    """The calibration episodes of `task` at the run's k shots (its support split, never the scored queries):
+    what +knockout=top-… heads, +mgi's layer, mean ablations and the report's head scores are computed on. Drawn
+    once per task and run (seeded: the same every run)."""
+    cache = args.__dict__.setdefault("_calibration", {})
+    if task not in cache:
+        k, _ = pool_size(args.conditions)
+        stream = task_stream(task, k, "support", args.seed, args.instruction, args.prompt_style)
+        cache[task] = [replace(next(stream), system=args.system) for _ in range(args.calibration)]
+    return cache[task]
+
+
+def head_summary(loaded, args) -> dict:
+    """{task: {"induction", "previous_token": [layer][head] means, "n", "shots", "sinks": Sinks.by_segment(), "tau",
+    "max_ratio", "ratio_bound": sqrt(hidden size), the largest ratio a hidden state can have}} on each task's
+    calibration episodes: the report's heads-and-sinks section."""
+    from .measure import find_sinks, head_scores
+    from .measure.heads import TAU
+
+    out = {}
+    for task in args.tasks:
+        episodes = calibration(args, task)
+        scores = head_scores(loaded, episodes, progress=False).as_dict()
+        sinks = find_sinks(loaded, episodes, TAU)
+        out[task] = {"induction": scores["induction"], "previous_token": scores["previous_token"],
+                     "n": len(episodes), "shots": pool_size(args.conditions)[0], "sinks": sinks.by_segment(),
+                     "tau": TAU, "max_ratio": float(sinks.ratio.nan_to_num(0).max()),
+                     "ratio_bound": loaded.adapter.text_config(loaded.model).hidden_size ** 0.5}
+    return out
 
 
 def main(argv=None):
@@ -385,7 +412,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {"settings": fixed, "n": args.n, "device": args.device or "cpu", "batch_size": args.batch_size,
                 "versions": versions(), "started": started, "finished": None, "model_fingerprints": {}}
-    records, patches = [], {}
+    records, patches, scores = [], {}, {}
     for name in models:
         loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
@@ -410,6 +437,8 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
                            interventions=interventions)
             if not args.no_attention and loaded.adapter.patch_layout != "none":  # latents have no patch map
                 patches[name] = example_patch_maps(loaded, args)
+            if not args.no_attention:
+                scores[name] = head_summary(loaded, args)
         if dist is not None:
             dist.barrier()
     if rank != 0 or (world > 1 and dist is None):
@@ -418,7 +447,8 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]
     settings["metrics"] = {r["task"]: r.get("metric", "teacher-forced") for r in records}
     settings["provenance"] = {"versions": manifest["versions"], "models": manifest["model_fingerprints"]}
-    page = write_report(out, records, settings, time.time() - t0, summarise(records), patches)
+    scores = {name: {label.get(t, t): cell for t, cell in tasks.items()} for name, tasks in scores.items()}
+    page = write_report(out, records, settings, time.time() - t0, summarise(records), patches, scores)
     write_manifest(out, manifest | {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     print(f"report: {page}")
     return page

@@ -65,7 +65,7 @@ class HeadScores:
         return [(int(i) // m.shape[1], int(i) % m.shape[1]) for i in order]
 
     def as_dict(self) -> dict:
-        """{score: [layer][head] mean over episodes, "n": episodes, "meta": …} (JSON-ready; NaN stays NaN)."""
+        """{score: per layer, per head: the mean over episodes, "n": episodes, "meta": …} (JSON-ready; NaN stays NaN)."""
         return {**{s: self.mean(s).tolist() for s in SCORES}, "n": self.induction.shape[0], "meta": self.meta}
 
 

@@ -277,6 +277,33 @@ def demo_image_heads(records, condition: str, title: str | None = None):
     return fig
 
 
+def head_score_panels(scores: dict, model: str, title: str | None = None):
+    """One model: each head's induction score (top row) and previous-token score (bottom row), one column per task
+    (`scores`: {task: {"induction", "previous_token": [layer][head], "n", "shots"}}: the report's head scores)."""
+    style()
+    tasks = list(scores)
+    rows = (("induction", "induction score", "vlag", -1, 1), ("previous_token", "previous-token score", "viridis",
+                                                                  0, 1))
+    layers, heads = np.asarray(scores[tasks[0]]["induction"], dtype=float).shape
+    fig, axes = plt.subplots(2, len(tasks) + 1, figsize=(0.9 + (0.6 + 0.42 * heads) * len(tasks),
+                                                         1.6 + 0.72 * layers), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * len(tasks) + [0.06]})
+    for r, (key, label, cmap, lo, hi) in enumerate(rows):
+        for i, task in enumerate(tasks):
+            ax, m = axes[r][i], np.asarray(scores[task][key], dtype=float)
+            sns.heatmap(m, ax=ax, cmap=cmap, vmin=lo, vmax=hi, center=0 if lo < 0 else None,
+                        annot=m.size <= 64, fmt=".1f", annot_kws={"fontsize": 7}, cbar=i == 0,
+                        cbar_ax=axes[r][-1], cbar_kws={"label": label})
+            ax.set_title(task if r == 0 else "", fontsize=9)
+            ax.set_xlabel("head" if r == 1 else "")
+            ax.set_ylabel("layer" if i == 0 else "")
+            ax.tick_params(axis="y", rotation=0, labelleft=i == 0)
+    first = scores[tasks[0]]
+    fig.suptitle(title or f"{model}: induction (answer row on the demo answers) and previous-token heads "
+                 f"({first['n']} episodes a task, {first['shots']}-shot)", fontsize=10, y=1.02)
+    return fig
+
+
 def demo_position(records, title: str | None = None):
     """Attention on each demo's image by its position in the prompt (demo 1 first; then the query image), in % of
     the answer row: one panel per model and condition with demo images, a line per task (mean over episodes,

@@ -14,6 +14,8 @@ import base64
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ..core.provenance import dumps, write_atomic
 from ..evaluation.conditions import pool_size
 from ..evaluation.statistics import Accuracy
@@ -41,6 +43,9 @@ CAPTIONS = {
                       "episodes), per task: which heads look at the demos.",
     "fig_heads": "{model}: per task at k shots, each head's rank correlation between its attention on the demo images "
                  "and a correct answer; a dot marks heads significant at a 5% false discovery rate.",
+    "fig_head_scores": "{model}: each head's induction score (top: the answer row's attention on the demos' answer "
+                       "tokens minus its attention elsewhere) and previous-token score (bottom: each text token's "
+                       "attention on the token before it), per task, on the calibration episodes at k shots.",
     "fig_patch": "{model}: one episode at k shots: the answer position's attention on each image token, drawn over "
                  "the images (first row: mean over layers and heads; then the three heads that look most at the demo "
                  "images). The % is the share of the row on that image.",
@@ -53,7 +58,7 @@ def _slug(model: str) -> str:
 
 def caption(stem: str) -> str:
     """A figure's caption from its stem (per-model figures end in the model's slug)."""
-    for prefix in ("fig_demo_heads_", "fig_heads_", "fig_patch_"):
+    for prefix in ("fig_demo_heads_", "fig_heads_", "fig_head_scores_", "fig_patch_"):
         if stem.startswith(prefix):
             return CAPTIONS[prefix[:-1]].format(model=stem[len(prefix):])
     return CAPTIONS[stem]
@@ -186,6 +191,49 @@ def heads_markdown(rows: list[dict]) -> list[str]:
     return md + [""]
 
 
+def _top_text(scores: list, k: int = 3) -> str:
+    """The k highest heads of a [layer][head] score, as "L0H2 0.93, …" (NaN layers skipped)."""
+    m = np.asarray(scores, dtype=float)
+    order = np.argsort(np.nan_to_num(m, nan=-np.inf), axis=None)[::-1][:k]
+    return ", ".join(f"L{i // m.shape[1]}H{i % m.shape[1]} {m.flat[i]:.2f}" for i in order)
+
+
+def _sinks_text(cell: dict) -> str:
+    found = cell.get("sinks") or {}
+    if not found:
+        return (f"none at τ = {cell['tau']:g} (largest ratio {cell['max_ratio']:.1f}; at most √hidden = "
+                f"{cell['ratio_bound']:.1f} in this model)")
+    return ", ".join(f"{seg} ({max(per_layer):.1f} a prompt)" for seg, per_layer in sorted(
+        found.items(), key=lambda kv: -max(kv[1]))[:4])
+
+
+def head_scores_markdown(scores: dict, effects: list[dict]) -> list[str]:
+    """Per model and task: the top induction and previous-token heads, the sink tokens, and what knocking heads out
+    did (+knockout=top-… against +knockout=random-… on the same queries)."""
+    if not scores:
+        return []
+    md = ["## Induction heads, previous-token heads and attention sinks", "",
+          "Head scores (Huang et al. 2026) on the calibration episodes of each task (its support split, never the "
+          "scored queries; the ones +knockout=top-… chooses on): induction = the answer row's attention on the "
+          "demos' answer tokens minus its attention elsewhere (−1 … 1); previous-token = each text token's attention "
+          "on the token before it (0 … 1). Sinks (Kang et al. 2025): tokens whose hidden state has one massive "
+          "dimension, max|h|/RMS(h) ≥ τ, by segment with the most found in a prompt at any layer.", "",
+          "| model | task | top induction heads | top previous-token heads | sink tokens | knockout |",
+          "|---|---|---|---|---|---|"]
+    for model, tasks in scores.items():
+        for task, cell in tasks.items():
+            ko = [e for e in effects if e["model"] == model and e["task"] == task and "+knockout=" in e["condition"]]
+            top = [f"{e['condition'].split('+knockout=')[1]}: {100 * e['a']['acc']:.0f} vs "
+                   f"{100 * e['b']['acc']:.0f} (p {e['p']:.2g})" for e in ko if "=random-" not in e["condition"]]
+            rand = [100 * e["a"]["acc"] for e in ko if "=random-" in e["condition"]]
+            if rand:
+                top.append(f"{len(rand)} random set{'s' * (len(rand) > 1)}: {', '.join(f'{a:.0f}' for a in rand)}")
+            md.append(f"| {model} | {task} | {_top_text(cell['induction'])} | {_top_text(cell['previous_token'])} "
+                      f"| {_sinks_text(cell)} | {'; '.join(top) or '–'} |")
+    return md + ["", "Knockout: accuracy with the heads knocked out vs without (the base condition), on the same "
+                 "queries, % (exact McNemar p); random sets: the same number of random heads, for comparison.", ""]
+
+
 def interventions_markdown(effects: list[dict], described: dict) -> list[str]:
     """Per intervention: the artifact that ran (path, digest, what it was made for and trained on), then its effect
     against its base condition on the same queries (paired McNemar) and the change of the answer row's attention
@@ -262,7 +310,8 @@ def report_markdown(summary: dict, settings: dict, seconds: float, stems: list[s
     md = ["# Does the model look at its demonstration images?", ""] + verdict_markdown(summary["verdicts"]) \
         + looks_markdown(summary["where_it_looks"], summary["right_demo"]) \
         + interventions_markdown(summary.get("interventions", []), settings.get("interventions", {})) \
-        + heads_markdown(summary["heads"]) + [
+        + heads_markdown(summary["heads"]) \
+        + head_scores_markdown(summary.get("head_scores", {}), summary.get("interventions", [])) + [
           "## Accuracy and attention by condition", "",
           f"Models: {', '.join(settings['models'])}. Tasks: {', '.join(settings['tasks'])}. "
           f"{settings['n']} query episodes per task and condition (seed {settings['seed']}). "
@@ -310,10 +359,15 @@ def report_html(markdown: str, folder: Path) -> str:
 
 
 def write_report(out: Path, records: list[dict], settings: dict, seconds: float, summary: dict,
-                 patches: dict | None = None) -> Path:
+                 patches: dict | None = None, head_scores: dict | None = None) -> Path:
     """Figures, results.json, report.md and report.html into `out`; returns the page's path.
-    `summary`: `evaluation.summarise(records)`; `patches`: {model: (measure.patch_maps, heads, label)}."""
+    `summary`: `evaluation.summarise(records)`; `patches`: {model: (measure.patch_maps, heads, label)};
+    `head_scores`: {model: {task: {"induction", "previous_token": [layer][head], "n", "shots", "sinks", "tau",
+    "max_ratio"}}} (attn_report's `head_summary`)."""
+    summary = {**summary, "head_scores": head_scores or {}}
     figures = report_figures(records, settings, summary["heads"])
+    for model, tasks in (head_scores or {}).items():
+        figures[f"fig_head_scores_{_slug(model)}"] = plots.head_score_panels(tasks, model)
     for model, (maps, heads, label) in (patches or {}).items():
         title = f"{model}: where the answer position looks in each image ({label})"
         figures[f"fig_patch_{_slug(model)}"] = plots.patch_maps(maps, heads, title=title)
