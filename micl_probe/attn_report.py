@@ -88,7 +88,7 @@ from .interventions import named
 from .interventions.knockout import AT
 from .interventions.named import ABLATIONS
 from .organisms import shipped
-from .tasks import check_task, parse_task, query_episodes, task_labels, task_names, task_stream
+from .tasks import check_task, evidence_boxes, parse_task, query_episodes, task_labels, task_names, task_stream
 from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "clock_math", "palindrome", "outlier"]  # true-micl reads the first three
@@ -297,20 +297,26 @@ def calibration(args, task: str) -> list:
 
 def head_summary(loaded, args) -> dict:
     """{task: {"induction", "previous_token": [layer][head] means, "n", "shots", "sinks": Sinks.by_segment(), "tau",
-    "max_ratio", "ratio_bound": sqrt(hidden size), the largest ratio a hidden state can have}} on each task's
-    calibration episodes: the report's heads-and-sinks section."""
-    from .measure import find_sinks, head_scores
+    "max_ratio", "ratio_bound": sqrt(hidden size), the largest ratio a hidden state can have, "evidence":
+    EvidenceAttention.as_dict() where the task's images carry evidence boxes}} on each task's calibration episodes:
+    the report's heads-and-sinks and evidence sections."""
+    from .measure import evidence_attention, find_sinks, head_scores
     from .measure.heads import TAU
 
     out = {}
     for task in args.tasks:
         episodes = calibration(args, task)
+        with_evidence = loaded.adapter.patch_layout != "none" and any(
+            evidence_boxes(im) for e in episodes[:1] for im in e.images)
         scores = head_scores(loaded, episodes, progress=False).as_dict()
         sinks = find_sinks(loaded, episodes, TAU)
         out[task] = {"induction": scores["induction"], "previous_token": scores["previous_token"],
                      "n": len(episodes), "shots": pool_size(args.conditions)[0], "sinks": sinks.by_segment(),
                      "tau": TAU, "max_ratio": float(sinks.ratio.nan_to_num(0).max()),
                      "ratio_bound": loaded.adapter.text_config(loaded.model).hidden_size ** 0.5}
+        if with_evidence:
+            ev = evidence_attention(loaded, episodes, progress=False).as_dict()
+            out[task]["evidence"] = {**ev, "shots": out[task]["shots"]}
     return out
 
 

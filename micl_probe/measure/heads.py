@@ -11,9 +11,9 @@ Scores (Huang et al., ICML 2026, "Dissecting Multimodal ICL", on our layouts, wh
                   (mass on demo answers − (1 − that mass)): in [−1, 1], positive when a head spends most of the row
                   on the demo answers — the token after the repeated "answer here" template in every demo, what an
                   induction head retrieves
-  previous_token  each text token's attention on the token just before it, averaged over the prompt's text tokens
-                  (question, answer and template text of every turn; a token whose predecessor is padding is left
-                  out): 1 for a head that always looks one token back
+  previous_token  each token's attention on the token just before it ("mean attention just below the diagonal"),
+                  averaged over every position of the prompt whose predecessor is a real token (padding left out):
+                  1 for a head that always looks one token back
 
 Sinks (Kang et al., ICLR 2025, "See What You Are Told: Visual Attention Sink"): a token is a sink at a layer when
 its hidden state entering that layer (the residual stream) has one massive dimension: max_d |h_d| / RMS(h) ≥ τ
@@ -65,7 +65,8 @@ class HeadScores:
         return [(int(i) // m.shape[1], int(i) % m.shape[1]) for i in order]
 
     def as_dict(self) -> dict:
-        """{score: per layer, per head: the mean over episodes, "n": episodes, "meta": …} (JSON-ready; NaN stays NaN)."""
+        """{score: per layer, per head: the mean over episodes, "n": episodes, "meta": …} (JSON-ready; NaN stays
+        NaN)."""
         return {**{s: self.mean(s).tolist() for s in SCORES}, "n": self.induction.shape[0], "meta": self.meta}
 
 
@@ -103,9 +104,10 @@ class Sinks:
 
 
 def previous_token_rows(layout: TokenLayout) -> list[int]:
-    """The text positions whose previous position is a real token: the rows the previous-token score averages."""
-    pad = layout.role == ROLE["pad"]
-    return [p for p in layout.text_positions().tolist() if p > 0 and not pad[p - 1]]
+    """The positions of real tokens whose previous position is a real token too: the rows the previous-token score
+    averages."""
+    real = (layout.role != ROLE["pad"]).tolist()
+    return [p for p in range(1, len(real)) if real[p] and real[p - 1]]
 
 
 def demo_answer_mask(layout: TokenLayout) -> torch.Tensor:

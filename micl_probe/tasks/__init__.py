@@ -17,6 +17,7 @@ from .synthetic import (
     TRUE_MICL_TASKS,
     Task,
     chance,
+    evidence_boxes,
     make_episode,
     matching_demos,
     rule_episodes,
@@ -27,7 +28,7 @@ from .synthetic import (
 
 __all__ = [
     "COLOUR_NAMES", "NOVEL_NAMES", "SHAPE_NAMES", "SHORTCUT_SUFFIX", "SPLIT_SEEDS", "TASKS",
-    "TRUE_MICL_TASKS", "FolderError", "FolderTask", "Task", "chance", "check_task", "demos_per_shot",
+    "TRUE_MICL_TASKS", "FolderError", "FolderTask", "Task", "chance", "check_task", "demos_per_shot", "evidence_boxes",
     "folder_episodes", "load_folder", "make_episode", "matching_demos", "parse_task",
     "query_episodes", "retrieval_episodes", "retrieved_episodes", "rule_episodes", "rule_stream",
     "sample_episodes", "task_labels", "task_names", "task_stream",

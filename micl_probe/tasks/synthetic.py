@@ -125,6 +125,7 @@ class Task:
     n_answers: int = 0  # how many answers the task can have (its chance level is 1 / n_answers)
     n_answers_shortcut: int = 0  # the shortcut twin's, where it differs
     demos_match_query: bool = False  # the demos answered like the query show the query's class (novel binding)
+    evidence: Callable | None = None  # (attrs, rule, setup) -> (cells the answer is read from, distractor cells)
 
 
 def _draw_operator(rng, setup):
@@ -134,7 +135,7 @@ def _draw_operator(rng, setup):
     c.put(row * GRID + 0, DIGITS[str(a)], WHITE)
     c.put(row * GRID + 1, DIGITS["?"], COLOURS["red"])
     c.put(row * GRID + 2, DIGITS[str(b)], WHITE)
-    return c.image(), {"a": a, "b": b}
+    return c.image(), {"a": a, "b": b, "row": row}
 
 
 def _answer_operator(at, rule, setup):
@@ -169,7 +170,8 @@ def _draw_outlier(rng, setup):
         colour = odd_colour if k == 0 else base_colour
         shape = odd_shape if k == 1 else base_shape
         c.put(int(cell), SHAPES[shape], COLOURS[colour])
-    return c.image(), {"odd_colour": str(odd_colour), "base_colour": str(base_colour)}
+    return c.image(), {"odd_colour": str(odd_colour), "base_colour": str(base_colour),
+                       "odd_cells": [int(cells[0]), int(cells[1])]}
 
 
 def _answer_outlier(at, rule, setup):
@@ -189,7 +191,8 @@ def _draw_count(rng, setup):
     c = Canvas(rng)
     for cell, k in zip(cells, which):
         c.put(int(cell), SHAPES[kinds[k]], colour)
-    return c.image(), {"counts": [int((which == k).sum()) for k in range(len(kinds))]}
+    return c.image(), {"counts": [int((which == k).sum()) for k in range(len(kinds))],
+                       "cells": [int(x) for x in cells], "which": [int(k) for k in which]}
 
 
 def _answer_count(at, rule, setup):
@@ -207,7 +210,7 @@ def _draw_grid(rng, setup):
     for j in range(1, 4):
         if j != k:
             c.put(cells[j], ["11", "11"], GREY)
-    return c.image(), {"a": a, "k": k}
+    return c.image(), {"a": a, "k": k, "cells": cells}
 
 
 def _answer_grid(at, rule, setup):
@@ -224,7 +227,7 @@ def _draw_palindrome(rng, setup):
     nxt = (row + 1) % GRID
     c.put(nxt * GRID + 0, DIGITS[str(seq[3])], COLOURS[COLOUR_NAMES[(d2 + 3) % len(COLOUR_NAMES)]])
     c.put(nxt * GRID + 1, DIGITS["?"], COLOURS["red"])
-    return c.image(), {"d1": d1}
+    return c.image(), {"d1": d1, "row": row}
 
 
 def _answer_palindrome(at, rule, setup):
@@ -252,22 +255,72 @@ def _answer_binding(at, rule, setup):
     return setup["names"][setup["classes"].index(at["cls"])]
 
 
+# --- evidence: which cells of an item's image its answer is read from, under a rule ---------------------------
+def _evidence_operator(at, rule, setup):
+    return [at["row"] * GRID, at["row"] * GRID + 2], []  # the two digits; the red "?" marks the operator
+
+
+def _evidence_clock(at, rule, setup):
+    other = "blue" if rule == "red" else "red"
+    return [RIM[at[rule] - 1]], [RIM[at[other] - 1]]  # the rule's hand; the other hand misleads
+
+
+def _evidence_outlier(at, rule, setup):
+    colour, shape = at["odd_cells"]
+    return ([colour], [shape]) if rule == "colour_outlier" else ([shape], [colour])
+
+
+def _evidence_count(at, rule, setup):
+    kind = int(rule[-1])
+    return ([c for c, k in zip(at["cells"], at["which"]) if k == kind],
+            [c for c, k in zip(at["cells"], at["which"]) if k != kind])
+
+
+def _evidence_grid(at, rule, setup):
+    return [at["cells"][0], at["cells"][at["k"]]], []  # the first number and where the "?" stands
+
+
+def _evidence_palindrome(at, rule, setup):
+    row, nxt = at["row"], (at["row"] + 1) % GRID
+    return [row * GRID], [row * GRID + 1, row * GRID + 2, nxt * GRID]  # d1; the other digits
+
+
+def _evidence_binding(at, rule, setup):
+    return [5, 6, 9, 10], []  # the four central cells the one large glyph covers
+
+
+EVIDENCE_KEY = "micl_probe.evidence"  # an image's evidence regions, in its PIL `info` (see `evidence_boxes`)
+
+
+def _cell_box(cell: int) -> tuple[int, int, int, int]:
+    r, c = divmod(cell, GRID)
+    return (c * CELL, r * CELL, (c + 1) * CELL, (r + 1) * CELL)
+
+
+def evidence_boxes(image: Image.Image) -> dict | None:
+    """{"correct": [(x0, y0, x1, y1) px, …], "wrong": […]}: where the image's answer is read from under its episode's
+    rule, and the regions that would give another answer (distractors); None for an image without it (drawn by
+    no procedural task, or a folder item without a mask file). A procedural task puts it in `image.info` when it
+    draws the image, so it travels with the image through every condition."""
+    return image.info.get(EVIDENCE_KEY)
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("operator_induction", "What is the result?", ("plus", "minus"), _draw_operator, _answer_operator,
-         shortcut_question="What is the sum mod 5?", n_answers=5),
+         shortcut_question="What is the sum mod 5?", n_answers=5, evidence=_evidence_operator),
     Task("clock_math", "What hour is it?", ("red", "blue"), _draw_clock, _answer_clock,
-         shortcut_question="What hour is the red hand?", n_answers=6),
+         shortcut_question="What hour is the red hand?", n_answers=6, evidence=_evidence_clock),
     Task("outlier", "Which colour?", ("colour_outlier", "shape_outlier"), _draw_outlier, _answer_outlier,
-         shortcut_question="Which colour is the odd one out?", n_answers=len(COLOURS)),
+         shortcut_question="Which colour is the odd one out?", n_answers=len(COLOURS), evidence=_evidence_outlier),
     Task("shape_count", "How many?", ("kind0", "kind1", "kind2"), _draw_count, _answer_count, _setup_count,
-         shortcut_question="How many circles?", n_answers=8),
+         shortcut_question="How many circles?", n_answers=8, evidence=_evidence_count),
     Task("number_grid", "What is the missing number?", ("step1", "step3"), _draw_grid, _answer_grid,
-         shortcut_question="What is the next number, counting on by one?", n_answers=10),
+         shortcut_question="What is the next number, counting on by one?", n_answers=10, evidence=_evidence_grid),
     Task("palindrome", "What completes it?", ("mirror", "shift"), _draw_palindrome, _answer_palindrome,
-         shortcut_question="Which digit completes the palindrome?", n_answers=10),
+         shortcut_question="Which digit completes the palindrome?", n_answers=10, evidence=_evidence_palindrome),
     Task("novel_binding", "What is it?", ("bound", "fixed"), _draw_binding, _answer_binding, _setup_binding,
          shortcut_question="What colour and shape?", n_answers=2,
-         n_answers_shortcut=len(COLOURS) * len(SHAPES), demos_match_query=True),
+         n_answers_shortcut=len(COLOURS) * len(SHAPES), demos_match_query=True, evidence=_evidence_binding),
 ]}
 TRUE_MICL_TASKS = tuple(TASKS)
 SHORTCUT_SUFFIX = "_shortcut"
@@ -339,6 +392,11 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
         # classes per episode, each with its fixed label, so matching the query to a demo is never wrong there)
         items = _balanced_binding(items, setup, rng, task, shots)
     question = task.shortcut_question if shortcut else task.question
+    if task.evidence is not None:
+        for im, at in items:
+            correct, wrong = task.evidence(at, rule, setup)
+            im.info[EVIDENCE_KEY] = {"correct": [_cell_box(c) for c in correct],
+                                     "wrong": [_cell_box(c) for c in wrong]}
     demos = tuple(Demo((im,), question, task.answer(at, rule, setup)) for im, at in items[:shots])
     im, at = items[shots]
     query = Query((im,), question, task.answer(at, rule, setup))

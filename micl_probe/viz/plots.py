@@ -304,6 +304,43 @@ def head_score_panels(scores: dict, model: str, title: str | None = None):
     return fig
 
 
+REGION_COLOURS = {"correct": "#1a7f37", "wrong": "#b3261e", "other": "0.55"}
+
+
+def evidence_by_layer(evidence: dict, model: str, title: str | None = None):
+    """One model: per task, the share of the demo labels' attention on their own image that falls on its correct
+    evidence, on the distractors and elsewhere, layer by layer (solid; dashed: the answer row on the query image),
+    with each region's share of the image tokens as a dotted line (attention spread evenly). `evidence`: {task:
+    `EvidenceAttention.as_dict()` with "shots"} (the report's)."""
+    style()
+    tasks = list(evidence)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(0.8 + 3.0 * len(tasks), 3.1), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks):
+        cell = evidence[task]
+        for source, dash in (("demo_labels", "-"), ("answer_row", "--")):
+            for region, colour in REGION_COLOURS.items():
+                values = 100 * np.asarray(cell[source]["share"][region], dtype=float)
+                if np.isnan(values).all():
+                    continue
+                ax.plot(np.arange(len(values)), values, dash, color=colour, marker="o", markersize=3,
+                        label=f"{region} ({'demo labels' if source == 'demo_labels' else 'answer row'})")
+                if source == "demo_labels":
+                    ax.axhline(100 * cell[source]["chance"][region], color=colour, linestyle=":", linewidth=1)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    axes[0][0].set_ylabel("% of the row's attention on the image")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.02 - 0.06 * ((len(labels) + 2) // 3)),
+               ncol=3, fontsize=8, frameon=False)
+    first = evidence[tasks[0]]
+    fig.suptitle(title or f"{model}: do the demo labels look at the evidence in their images? ({first['n']} "
+                 f"episodes a task, {first['shots']}-shot; dotted: the region's share of the image tokens)",
+                 fontsize=10, y=1.03)
+    return fig
+
+
 def demo_position(records, title: str | None = None):
     """Attention on each demo's image by its position in the prompt (demo 1 first; then the query image), in % of
     the answer row: one panel per model and condition with demo images, a line per task (mean over episodes,

@@ -44,8 +44,12 @@ CAPTIONS = {
     "fig_heads": "{model}: per task at k shots, each head's rank correlation between its attention on the demo images "
                  "and a correct answer; a dot marks heads significant at a 5% false discovery rate.",
     "fig_head_scores": "{model}: each head's induction score (top: the answer row's attention on the demos' answer "
-                       "tokens minus its attention elsewhere) and previous-token score (bottom: each text token's "
+                       "tokens minus its attention elsewhere) and previous-token score (bottom: each token's "
                        "attention on the token before it), per task, on the calibration episodes at k shots.",
+    "fig_evidence": "{model}: where each demo's label tokens look in their own image, per layer (Wang & Li's "
+                    "figure): on the correct evidence (where the answer is read from under the episode's rule), on "
+                    "the distractors, elsewhere; % of the label rows' attention on that image (solid; dashed: the "
+                    "answer row on the query image). Dotted: each region's share of the image tokens.",
     "fig_patch": "{model}: one episode at k shots: the answer position's attention on each image token, drawn over "
                  "the images (first row: mean over layers and heads; then the three heads that look most at the demo "
                  "images). The % is the share of the row on that image.",
@@ -58,7 +62,7 @@ def _slug(model: str) -> str:
 
 def caption(stem: str) -> str:
     """A figure's caption from its stem (per-model figures end in the model's slug)."""
-    for prefix in ("fig_demo_heads_", "fig_heads_", "fig_head_scores_", "fig_patch_"):
+    for prefix in ("fig_demo_heads_", "fig_heads_", "fig_head_scores_", "fig_evidence_", "fig_patch_"):
         if stem.startswith(prefix):
             return CAPTIONS[prefix[:-1]].format(model=stem[len(prefix):])
     return CAPTIONS[stem]
@@ -215,7 +219,7 @@ def head_scores_markdown(scores: dict, effects: list[dict]) -> list[str]:
     md = ["## Induction heads, previous-token heads and attention sinks", "",
           "Head scores (Huang et al. 2026) on the calibration episodes of each task (its support split, never the "
           "scored queries; the ones +knockout=top-… chooses on): induction = the answer row's attention on the "
-          "demos' answer tokens minus its attention elsewhere (−1 … 1); previous-token = each text token's attention "
+          "demos' answer tokens minus its attention elsewhere (−1 … 1); previous-token = each token's attention "
           "on the token before it (0 … 1). Sinks (Kang et al. 2025): tokens whose hidden state has one massive "
           "dimension, max|h|/RMS(h) ≥ τ, by segment with the most found in a prompt at any layer.", "",
           "| model | task | top induction heads | top previous-token heads | sink tokens | knockout |",
@@ -230,8 +234,27 @@ def head_scores_markdown(scores: dict, effects: list[dict]) -> list[str]:
                 top.append(f"{len(rand)} random set{'s' * (len(rand) > 1)}: {', '.join(f'{a:.0f}' for a in rand)}")
             md.append(f"| {model} | {task} | {_top_text(cell['induction'])} | {_top_text(cell['previous_token'])} "
                       f"| {_sinks_text(cell)} | {'; '.join(top) or '–'} |")
-    return md + ["", "Knockout: accuracy with the heads knocked out vs without (the base condition), on the same "
-                 "queries, % (exact McNemar p); random sets: the same number of random heads, for comparison.", ""]
+    md += ["", "Knockout: accuracy with the heads knocked out vs without (the base condition), on the same "
+           "queries, % (exact McNemar p); random sets: the same number of random heads, for comparison.", ""]
+    rows = [(model, task, cell["evidence"]) for model, tasks in scores.items() for task, cell in tasks.items()
+            if "evidence" in cell]
+    if rows:
+        md += ["## Do the demo labels look at the evidence?", "",
+               "Wang & Li (2026): each demo's label tokens attending to their own image, split into the correct "
+               "evidence (where the answer is read from under the episode's rule), distractors (regions that would "
+               "give another answer) and the rest; the answer row likewise on the query image. % of the rows' "
+               "attention on that image, mean over layers (per layer: the evidence figure), against the region's "
+               "share of the image tokens (attention spread evenly).", "",
+               "| model | task | demo labels: correct / wrong / other | even spread | answer row: correct / wrong "
+               "/ other |", "|---|---|---|---|---|"]
+        for model, task, ev in rows:
+            def trio(source, ev=ev):
+                shares = [np.nanmean(ev[source]["share"][r]) for r in ("correct", "wrong", "other")]
+                return " / ".join("–" if v != v else f"{100 * v:.0f}" for v in shares)
+            even = " / ".join(f"{100 * ev['demo_labels']['chance'][r]:.0f}" for r in ("correct", "wrong", "other"))
+            md.append(f"| {model} | {task} | {trio('demo_labels')} | {even} | {trio('answer_row')} |")
+        md.append("")
+    return md
 
 
 def interventions_markdown(effects: list[dict], described: dict) -> list[str]:
@@ -368,6 +391,9 @@ def write_report(out: Path, records: list[dict], settings: dict, seconds: float,
     figures = report_figures(records, settings, summary["heads"])
     for model, tasks in (head_scores or {}).items():
         figures[f"fig_head_scores_{_slug(model)}"] = plots.head_score_panels(tasks, model)
+        evidence = {t: cell["evidence"] for t, cell in tasks.items() if "evidence" in cell}
+        if evidence:
+            figures[f"fig_evidence_{_slug(model)}"] = plots.evidence_by_layer(evidence, model)
     for model, (maps, heads, label) in (patches or {}).items():
         title = f"{model}: where the answer position looks in each image ({label})"
         figures[f"fig_patch_{_slug(model)}"] = plots.patch_maps(maps, heads, title=title)
