@@ -1,6 +1,8 @@
 """Evidence attention: the tasks' evidence boxes hold what the rule reads, the regions follow the patch grid, and the
 measured attention equals HF eager weights summed by hand over those regions."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,31 @@ def test_evidence_attention_equals_eager_weights_summed_by_hand():
         evidence_attention(loaded, [])
     no_box = Episode((Demo((Image.new("RGB", (32, 32)),), "q?", "a"),), Query((Image.new("RGB", (32, 32)),), "q?"))
     assert evidence_attention(loaded, no_box, progress=False).mass.isnan().all()
+
+
+def test_a_folder_item_brings_its_evidence(tmp_path):
+    """truemicl: items with a mask file and with boxes; the regions follow each; a malformed one is one line."""
+    from micl_probe.tasks import FolderError, folder_episodes
+
+    folder = tmp_path / "truemicl" / "t"
+    (folder / "img").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "img" / "a.png")
+    mask = np.zeros((32, 32), dtype=np.uint8)
+    mask[:, :16] = 1  # left half correct
+    mask[:8, 16:] = 2  # top strip of the right half: distractor
+    Image.fromarray(mask).save(folder / "img" / "a_mask.png")
+    boxes = {"correct": [[0, 0, 8, 8]], "wrong": [[24, 24, 32, 32]]}
+    item = {"image": "img/a.png", "question": "q?", "answer": "a"}
+    (folder / "support.json").write_text(json.dumps([{**item, "evidence": "img/a_mask.png"}] * 2))
+    (folder / "query.json").write_text(json.dumps([{**item, "evidence": boxes}]))
+    (episode,) = folder_episodes("truemicl:" + str(folder), 1, 1)
+    loaded = load("organism:true-micl")  # a 4x4 grid of 8x8 patches: token (r, c) centred at (8c + 4, 8r + 4)
+    grids = patch_grids(loaded, loaded.prepare(episode))
+    demo = token_regions(grids[0], evidence_boxes(episode.demos[0].images[0]))
+    query = token_regions(grids[1], evidence_boxes(episode.query.images[0]))
+    tokens = [grids[0].tiles[0].positions.flatten().tolist(), grids[1].tiles[0].positions.flatten().tolist()]
+    assert [demo[p] for p in tokens[0]] == [0, 0, 1, 1] + [0, 0, 2, 2] * 3
+    assert [query[p] for p in tokens[1]] == [0] + [2] * 14 + [1]
+    (folder / "query.json").write_text(json.dumps([{**item, "evidence": {"correct": [[0, 0, 8]]}}]))
+    with pytest.raises(FolderError, match="'evidence' must be a mask path"):
+        folder_episodes("truemicl:" + str(folder), 1, 1)

@@ -100,3 +100,23 @@ def test_true_micls_causal_binding_heads_matter_at_small_n():
     assert patched_verdicts(loaded, pairs, None).float().mean() == 0  # the misleading run follows the swapped names
     assert patched_verdicts(loaded, pairs, _mask(heads, shape)).float().mean() >= 0.9
     assert np.median([patched_verdicts(loaded, pairs, _mask(s, shape)).float().mean() for s in random_sets]) < 0.2
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_papers_experiment_table_is_its_records(tmp_path):
+    """At toy size: each table cell is recomputed from the records (accuracy, McNemar against 4-shot on the same
+    queries, the random sets' accuracies), and main writes the table, results and figures."""
+    from experiments.papers import main, papers_experiment, papers_table
+    from micl_probe.evaluation import mcnemar_p
+
+    res = papers_experiment(("true-micl",), tasks=("novel_binding",), n=6, draws=2, calibration=3)
+    rows, md = papers_table(res["records"], 2)
+    (row,) = rows
+    cell = lambda c: sorted((r["index"], r["correct"]) for r in res["records"] if r["condition"] == c)  # noqa: E731
+    base, ko = cell("4-shot"), cell("4-shot+knockout=top-3:induction")
+    assert row["4-shot+knockout=top-3:induction"]["correct"] == sum(c for _, c in ko)
+    assert row["4-shot+knockout=top-3:induction"]["p"] == mcnemar_p([c for _, c in base], [c for _, c in ko])
+    assert row["random"]["acc"] == [sum(c for _, c in cell(f"4-shot+knockout=random-3:{s}")) / 6 for s in (0, 1)]
+    assert str(Accuracy(row["no-image"]["correct"], 6)) in md
+    main(["--out", str(tmp_path), "--organisms", "true-micl", "--n", "3", "--draws", "1"])
+    assert (tmp_path / "papers_table.md").is_file() and (tmp_path / "papers_head_scores_true-micl.png").is_file()

@@ -11,7 +11,7 @@ from micl_probe.evaluation.scoring import generate_answers
 from micl_probe.interventions import knockout, least_entropy_layer, mgi, random_heads, uniform
 from micl_probe.interventions.named import build, needs_calibration, parse
 from micl_probe.interventions.reweight import edit_rows
-from micl_probe.measure import capture_attention
+from micl_probe.measure import capture_attention, find_sinks, head_scores
 from micl_probe.testing import noise_episode, tiny_loaded
 
 EPISODES = [noise_episode(2, seed=1), noise_episode(3, seed=2)]
@@ -158,3 +158,19 @@ def test_per_task_interventions_in_the_harness(tmp_path):
     assert chosen[tasks[0]].startswith("L") and "top 2 by induction" in chosen[tasks[0]]
     with pytest.raises(ValueError, match="no entry for task 'outlier'"):
         run(loaded, ["outlier"], ["4-shot+ko"], RunConfig(n=1, progress=False), interventions={"ko": per_task})
+
+
+def test_every_family_runs_the_papers_conditions(family):
+    """On every family's tiny model: head scores and sinks, and the harness under knockout of the top induction
+    heads, MGI and uniform attention, the answers generated (every decoding step through the edit)."""
+    loaded = tiny_loaded(family)
+    calibration = [noise_episode(2, seed=4), noise_episode(2, seed=5)]
+    scores = head_scores(loaded, calibration, progress=False)
+    measured = loaded.adapter.attention_layers(loaded.model)
+    assert scores.induction[:, measured].isfinite().all() and scores.previous_token[:, measured].isfinite().all()
+    assert find_sinks(loaded, calibration).ratio.shape[:2] == (2, loaded.adapter.n_layers(loaded.model))
+    names = ["knockout=top-2:induction", "mgi=1.5,2", "uniform=all"]
+    interventions = {n: build(loaded, n, "clock_math", calibration)[0] for n in names}
+    recs = run(loaded, ["clock_math"], ["2-shot", "no-image"] + [f"2-shot+{n}" for n in names],
+               RunConfig(n=1, progress=False, metric="exact", max_new_tokens=2), interventions=interventions)
+    assert len(recs) == 5 and all(isinstance(r["prediction"], str) and r["copied"] is not None for r in recs)

@@ -60,8 +60,10 @@ class EvidenceAttention:
 
 def token_regions(grid, boxes: dict) -> dict[int, int]:
     """{prompt position: region index} for the image tokens of one image's patch grid (`core.patches.ImageGrid`),
-    by where each token's patch centre falls: in a correct box, a wrong one, or neither."""
+    by where each token's patch centre falls: in a correct box, a wrong one, or neither (or, for a mask, the
+    mask's value there)."""
     width, height = grid.size
+    mask = boxes.get("mask")  # a folder item's mask: 1 correct, 2 wrong, 0 the rest (region index = value - 1)
     out = {}
     for tile in grid.tiles:
         rows, cols = tile.positions.shape
@@ -70,6 +72,10 @@ def token_regions(grid, boxes: dict) -> dict[int, int]:
             for c in range(cols):
                 x = (x0 + (x1 - x0) * (c + 0.5) / cols) * width
                 y = (y0 + (y1 - y0) * (r + 0.5) / rows) * height
+                if mask is not None:
+                    value = int(mask[min(int(y), mask.shape[0] - 1), min(int(x), mask.shape[1] - 1)])
+                    out[int(tile.positions[r, c])] = {1: 0, 2: 1}.get(value, 2)
+                    continue
                 inside = [any(a <= x < b and e <= y < f for a, e, b, f in boxes.get(kind, ()))
                           for kind in ("correct", "wrong")]
                 out[int(tile.positions[r, c])] = 0 if inside[0] else 1 if inside[1] else 2

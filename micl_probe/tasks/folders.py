@@ -29,6 +29,10 @@ to its data root, e.g. "clevr/images/x.png").
 str or number} (an item without "question" gets "What is the answer?"); support items may give a list answer with
 queries naming an "operator" (+, -, x), as VL-ICL does. k demos drawn from support.json.
 
+Any item may carry "evidence" (where its answer is in its image, for `measure.evidence_attention`): a mask PNG of the
+image's size (0 the rest, 1 correct evidence, 2 distractors) or {"correct": [[x0, y0, x1, y1], …], "wrong": […]}
+in pixels; a list of them for an item with several images.
+
 A folder or item that does not match its format is a one-line error naming the file, the item and the field.
 """
 
@@ -42,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.episode import Demo, Episode, Query, image_feature
+from .synthetic import EVIDENCE_KEY
 
 SOURCES = ("truemicl", "vlicl")
 VLICL_TASKS = ("open_mi", "clevr", "operator_induction", "operator_induction_interleaved", "textocr", "matching_mi")
@@ -177,6 +182,36 @@ def _images(task: FolderTask, paths, where: str) -> tuple[Image.Image, ...]:
     return tuple(out)
 
 
+def _with_evidence(task: FolderTask, item: dict, images: tuple, where: str) -> tuple:
+    """`images` with the item's optional "evidence" in each image's info (`synthetic.evidence_boxes`): a mask PNG
+    path (0 the rest, 1 correct evidence, 2 distractors; the image's size) or {"correct": [[x0, y0, x1, y1], …],
+    "wrong": […]} in pixels, one per image (a list when the item has several images)."""
+    if "evidence" not in item:
+        return images
+    given = item["evidence"]
+    given = given if isinstance(given, list) and len(images) > 1 else [given]
+    if len(given) != len(images):
+        raise FolderError(f"{where}: 'evidence' gives {len(given)} entries for {len(images)} images: one per image")
+    for im, ev in zip(images, given):
+        if isinstance(ev, str):
+            found = next((r / ev for r in (task.folder, task.root) if (r / ev).is_file()), None)
+            if found is None:
+                raise FolderError(f"{where}: evidence mask {ev!r} not found under {task.folder} or {task.root}")
+            mask = np.asarray(Image.open(found).convert("L"))
+            if mask.shape != (im.height, im.width) or not set(np.unique(mask).tolist()) <= {0, 1, 2}:
+                raise FolderError(f"{where}: evidence mask {ev!r} must be {im.width}x{im.height} with values 0 (the "
+                                  "rest), 1 (correct evidence) and 2 (distractors)")
+            im.info[EVIDENCE_KEY] = {"mask": mask}
+        elif isinstance(ev, dict) and set(ev) <= {"correct", "wrong"} and all(
+                isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+                for boxes in ev.values() for b in boxes):
+            im.info[EVIDENCE_KEY] = {k: [tuple(b) for b in ev.get(k, [])] for k in ("correct", "wrong")}
+        else:
+            raise FolderError(f"{where}: 'evidence' must be a mask path or {{\"correct\": [[x0, y0, x1, y1], …], "
+                              "\"wrong\": […]}} in pixels")
+    return images
+
+
 def _answer(item, where: str, operator: str | None):
     answer = _field(item, "answer", where)
     if isinstance(answer, list):
@@ -193,7 +228,7 @@ def _item_demo(task, item, where, operator=None, images=None) -> Demo:
         raise FolderError(f"{where}: expected an object with 'image', 'question' and 'answer'")
     q = _field(item, "question", where, (str,)) if "question" in item or task.source == "vlicl" else DEFAULT_QUESTION
     images = images if images is not None else _images(task, _field(item, "image", where, (str, list)), where)
-    return Demo(images, q, _answer(item, where, operator))
+    return Demo(_with_evidence(task, item, images, where), q, _answer(item, where, operator))
 
 
 def _operator(task, q, where) -> str | None:
@@ -235,8 +270,8 @@ def _demo_pool(task: FolderTask, support: list, q: dict, shots: int, rng, where:
 def _query(task: FolderTask, q: dict, where: str) -> Query:
     question = _field(q, "question", where, (str,)) if "question" in q or task.source == "vlicl" \
         else DEFAULT_QUESTION
-    return Query(_images(task, _field(q, "image", where, (str, list)), where), question,
-                 str(_field(q, "answer", where, (str, int, float))))
+    images = _with_evidence(task, q, _images(task, _field(q, "image", where, (str, list)), where), where)
+    return Query(images, question, str(_field(q, "answer", where, (str, int, float))))
 
 
 def _episode(task, q, demos, index, instruction, condition=None) -> Episode:

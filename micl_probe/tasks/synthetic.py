@@ -299,9 +299,10 @@ def _cell_box(cell: int) -> tuple[int, int, int, int]:
 
 def evidence_boxes(image: Image.Image) -> dict | None:
     """{"correct": [(x0, y0, x1, y1) px, …], "wrong": […]}: where the image's answer is read from under its episode's
-    rule, and the regions that would give another answer (distractors); None for an image without it (drawn by
-    no procedural task, or a folder item without a mask file). A procedural task puts it in `image.info` when it
-    draws the image, so it travels with the image through every condition."""
+    rule, and the regions that would give another answer (distractors); or {"mask": HxW array} (1 correct, 2
+    distractors, 0 the rest) from a folder item's mask file; None for an image without it. A procedural task puts
+    it in `image.info` when it draws the image (a folder task when it loads one), so it travels with the image
+    through every condition."""
     return image.info.get(EVIDENCE_KEY)
 
 

@@ -320,8 +320,8 @@ def evidence_by_layer(evidence: dict, model: str, title: str | None = None):
         for source, dash in (("demo_labels", "-"), ("answer_row", "--")):
             for region, colour in REGION_COLOURS.items():
                 values = 100 * np.asarray(cell[source]["share"][region], dtype=float)
-                if np.isnan(values).all():
-                    continue
+                if np.isnan(values).all() or not cell[source]["chance"][region]:
+                    continue  # no such region in these images (novel binding has no distractor)
                 ax.plot(np.arange(len(values)), values, dash, color=colour, marker="o", markersize=3,
                         label=f"{region} ({'demo labels' if source == 'demo_labels' else 'answer row'})")
                 if source == "demo_labels":
@@ -332,12 +332,12 @@ def evidence_by_layer(evidence: dict, model: str, title: str | None = None):
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     axes[0][0].set_ylabel("% of the row's attention on the image")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.02 - 0.06 * ((len(labels) + 2) // 3)),
-               ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
+               title="region (rows)", title_fontsize=8)
     first = evidence[tasks[0]]
-    fig.suptitle(title or f"{model}: do the demo labels look at the evidence in their images? ({first['n']} "
+    fig.suptitle(title or f"{model}: do the demo labels look at the evidence in their images?\n({first['n']} "
                  f"episodes a task, {first['shots']}-shot; dotted: the region's share of the image tokens)",
-                 fontsize=10, y=1.03)
+                 fontsize=10, y=1.06)
     return fig
 
 
