@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from micl_probe import RunConfig, run
+from micl_probe.core.provenance import versions
 from micl_probe.evaluation import Accuracy, mcnemar_p
 from micl_probe.evaluation.compare import query_id
 from micl_probe.evaluation.copying import copy_chance, copy_rate
@@ -118,8 +119,11 @@ def main(argv=None):
     intro = ("Accuracy in % [95% Wilson]; p: exact McNemar against 4-shot on the same queries; copies: the 4-shot "
              "answers that repeat a demo's answer (% of a uniform guess that would). n = "
              f"{args.n} queries a cell.\n\n")
-    write_outputs(Path(args.out), "papers", {"rows": rows, "chosen": res["chosen"], "scores": res["scores"],
-                                             "n": args.n, "draws": args.draws}, figures, intro + md)
+    made = {"settings": {"organisms": args.organisms, "tasks": list(TASKS), "n": args.n, "draws": args.draws,
+                         "seed": 0, "calibration": 16, "conditions": conditions(args.draws)},
+            "versions": versions(), "weights": {r["model"]: r["weights"] for r in res["records"]}}
+    write_outputs(Path(args.out), "papers", {**made, "rows": rows, "chosen": res["chosen"], "scores": res["scores"]},
+                  figures, intro + md)
     print(intro + md)
 
 
