@@ -89,7 +89,6 @@ from .interventions.knockout import AT
 from .interventions.named import ABLATIONS
 from .organisms import shipped
 from .tasks import check_task, evidence_boxes, parse_task, query_episodes, task_labels, task_names, task_stream
-from .viz import write_report
 
 DEFAULT_TASKS = ["novel_binding", "clock_math", "palindrome", "outlier"]  # true-micl reads the first three
 DEFAULT_CONDITIONS = ["zero-shot", "no-image", "4-shot"]
@@ -308,8 +307,8 @@ def head_summary(loaded, args) -> dict:
         episodes = calibration(args, task)
         with_evidence = loaded.adapter.patch_layout != "none" and any(
             evidence_boxes(im) for e in episodes[:1] for im in e.images)
-        scores = head_scores(loaded, episodes, progress=False).as_dict()
-        sinks = find_sinks(loaded, episodes, TAU)
+        scores = head_scores(loaded, episodes, batch_size=args.batch_size, progress=False).as_dict()
+        sinks = find_sinks(loaded, episodes, TAU, batch_size=args.batch_size)
         out[task] = {"induction": scores["induction"], "previous_token": scores["previous_token"],
                      "n": len(episodes), "shots": pool_size(args.conditions)[0], "sinks": sinks.by_segment(),
                      "tau": TAU, "max_ratio": float(sinks.ratio.nan_to_num(0).max()),
@@ -453,6 +452,8 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     records = [{**r, "task": label.get(r["task"], r["task"])} for r in records]
     settings["metrics"] = {r["task"]: r.get("metric", "teacher-forced") for r in records}
     settings["provenance"] = {"versions": manifest["versions"], "models": manifest["model_fingerprints"]}
+    from .viz import write_report  # matplotlib and seaborn only when a report is drawn
+
     scores = {name: {label.get(t, t): cell for t, cell in tasks.items()} for name, tasks in scores.items()}
     page = write_report(out, records, settings, time.time() - t0, summarise(records), patches, scores)
     write_manifest(out, manifest | {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})

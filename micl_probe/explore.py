@@ -19,7 +19,6 @@ from .core.layout import owner_name
 from .measure import PatchMap, top_heads
 from .measure.attention import row_attention
 from .measure.patches import maps_and_attention
-from .viz import plots
 
 
 @dataclass
@@ -70,6 +69,8 @@ class Exploration:
             heads = []
         else:
             heads = [tuple(int(x) for x in label[1:].split("H"))]
+        from .viz import plots  # matplotlib and seaborn only when a figure is drawn
+
         return plots.patch_maps(self.maps, heads)
 
     def show(self, head: str | tuple[int, int] | None = None):

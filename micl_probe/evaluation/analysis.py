@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as sps
 
 from .compare import intervention_effects
 from .harness import accuracy_table
@@ -52,6 +51,8 @@ def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100) -> dict:
 
 def accuracy_vs_attention(records: list[dict], key: str = "visual_share", n_bins: int = 5) -> dict:
     """Binned accuracy (quantile bins of `key`, 95% Wilson CI), logistic fit and Spearman correlation."""
+    from scipy import stats as sps  # scipy only when a test runs
+
     x = np.array([r[key] for r in records], dtype=float)
     y = np.array([r["correct"] for r in records], dtype=float)
     edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
@@ -97,6 +98,8 @@ def right_demo(records: list[dict]) -> list[dict]:
     """Does the answer row look at the right demo? Per model, task and condition with a matching demo (novel
     binding): the mean image share of a demo of the query's class against a demo of the other class, and the
     Wilcoxon signed-rank p of the paired episodes (two-sided)."""
+    from scipy import stats as sps  # scipy only when a test runs
+
     cells: dict = {}
     for r in records:
         if "matching_demo_image" in r:
@@ -133,6 +136,8 @@ def head_tests(records: list[dict], key: str = "demo_image_by_head") -> dict:
     """Per head, Spearman rho between its attention `key` [layer][head] and correctness across `records` (one
     task and condition: never pool them), its p-value and the Benjamini-Hochberg q over all heads:
     {"rho", "p", "q": [layer][head] lists (NaN where a head's attention or the outcome does not vary), "n"}."""
+    from scipy import stats as sps  # scipy only when a test runs
+
     v = np.array([r[key] for r in records], dtype=float)  # [episode, layer, head]
     y = np.array([r["correct"] for r in records], dtype=float)
     rho, p = np.full(v.shape[1:], np.nan), np.full(v.shape[1:], np.nan)
@@ -153,6 +158,8 @@ def heads_that_predict(records: list[dict], fdr: float = 0.05) -> list[dict]:
     The mean demo-image share against correctness (Spearman; logistic slope per s.d. with its standard error, or
     "separated"), and the heads whose demo-image attention predicts it at a false discovery rate of `fdr`
     (Benjamini-Hochberg over all heads)."""
+    from scipy import stats as sps  # scipy only when a test runs
+
     cells: dict = {}
     for r in records:
         if "demo_image_by_head" in r and r.get("shots", 0) > 0:
