@@ -142,3 +142,24 @@ def test_demo_head_heatmap_has_a_labelled_colour_bar_in_percent(attention_record
     assert "%" in bar.get_ylabel() and "demo images" in bar.get_ylabel()
     want = 100 * np.mean([r["demo_image_by_head"] for r in mine if r["task"] == TASKS[0]], 0)
     assert np.allclose(fig.axes[0].collections[0].get_array().reshape(want.shape), want)
+
+
+def test_per_layer_figures_refuse_records_loaded_without_their_head_arrays(tmp_path):
+    """Records read back without their per-head arrays would draw as zero demo-image attention: one line instead;
+    with heads=True the figure's demo-image line is the records' own mean."""
+    import micl_probe
+    from micl_probe.evaluation import load_records
+
+    loaded = micl_probe.load("organism:true-micl")
+    micl_probe.run(loaded, ["clock_math"], ["2-shot"], micl_probe.RunConfig(n=2, progress=False),
+                   results=tmp_path / "results.jsonl")
+    bare = load_records(tmp_path)
+    for draw in (lambda r: plots.image_share_by_layer(r), lambda r: plots.demo_image_heads(r, "2-shot")):
+        with pytest.raises(ValueError, match="heads=True"):
+            draw(bare)
+    full = load_records(tmp_path, heads=True)
+    fig = plots.image_share_by_layer(full)
+    line = fig.axes[0].lines[0].get_ydata()  # demo images, the one condition's mean per layer
+    want = 100 * np.mean([np.nanmean(np.asarray(r["demo_image_by_head"], float), -1) for r in full], 0)
+    np.testing.assert_allclose(line, want, rtol=1e-6)
+    assert want.max() > 0

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,18 +28,28 @@ PART_COLOURS = {"demo_image": PALETTE[0], "query_image": PALETTE[9], "demo_text"
 PART_LABELS = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
                "query_text": "query text", "special": "special tokens", "other": "other"}
 _BASE_COLOURS = {"zero-shot": PALETTE[7], "no-image": PALETTE[1], "shuffled-answers": PALETTE[5]}
-_INTERVENTION_COLOURS = {"dara": PALETTE[3], "mtv": PALETTE[4], "lora": PALETTE[6], "alpha": PALETTE[8]}
+_INTERVENTION_COLOURS = {"dara": PALETTE[3], "mtv": PALETTE[4], "lora": PALETTE[6], "alpha": PALETTE[8],
+                         "knockout": (0.1, 0.1, 0.1), "uniform": (0.09, 0.75, 0.81), "mgi": (0.5, 0.5, 0.0)}
 
 
 def condition_colour(condition: str):
     """The colour of a condition, the same in every figure and every report: the base condition's hue (zero-shot
     grey, no-image orange, shuffled-answers brown, k-shot blue, retrieved-k-shot green) or, under an intervention,
-    the intervention's (dara red, mtv purple, lora pink, alpha yellow); a darker shade for more shots."""
+    the intervention's (dara red, mtv purple, lora pink, alpha yellow, knockout near-black, uniform cyan, mgi olive;
+    a setting of uniform or mgi a fixed lighter step; knockout's random comparison sets light greys); a darker shade
+    for more shots."""
     base, _, name = condition.partition("+")
     words = base.split("-")
     k = int(words[-2]) if base.endswith("-shot") and words[-2].isdigit() else 0
+    if name.startswith("knockout=random-"):  # the comparison sets: light greys, one shade per seed
+        seed = int(name.rpartition(":")[2] or 0) if name.rpartition(":")[2].isdigit() else 0
+        return (0.55 + 0.05 * (seed % 6),) * 3
     if name:
-        colour = _INTERVENTION_COLOURS.get(name.partition("=")[0], PALETTE[9])
+        kind, _, setting = name.partition("=")
+        colour = _INTERVENTION_COLOURS.get(kind, PALETTE[9])
+        if setting and kind in ("uniform", "mgi"):  # one kind's settings: lighter by a fixed step each
+            step = zlib.crc32(setting.encode()) % 3 * 0.22
+            colour = tuple(np.array(colour[:3]) + (1 - np.array(colour[:3])) * step)
     elif base in _BASE_COLOURS:
         colour = _BASE_COLOURS[base]
     else:
@@ -216,6 +227,14 @@ def _demo_by_layer(r) -> np.ndarray:
     return np.nanmean(np.asarray(r["demo_image_by_head"], dtype=float), -1)
 
 
+def _need_heads(records) -> None:
+    """A record with attention but without its per-head arrays (loaded without them) would draw as zero demo-image
+    attention: refuse in one line instead."""
+    if any("visual_share_by_layer" in r and "demo_image_by_head" not in r for r in records):
+        raise ValueError("these records were loaded without their per-head arrays: load them with "
+                         "load_records(path, heads=True) (or Records.heads_frame() for a table)")
+
+
 def image_share_by_layer(records, title: str | None = None):
     """Per layer (mean over heads), in % of the answer row: attention on the demo images (left) and on the query
     image (right), one row of panels per model, a line per condition (its fixed colour), 95% bootstrap bands over
@@ -225,9 +244,10 @@ def image_share_by_layer(records, title: str | None = None):
 
     models = list(dict.fromkeys(r["model"] for r in records))
     conditions = list(dict.fromkeys(r["condition"] for r in records))
+    _need_heads(records)
     rows = []
     for r in records:
-        demo = _demo_by_layer(r) if "demo_image_by_head" in r else np.zeros(len(r["visual_share_by_layer"]))
+        demo = _demo_by_layer(r)
         for layer, (v, d) in enumerate(zip(r["visual_share_by_layer"], demo)):
             rows += [{"layer": layer, "share": 100 * d, "where": "demo images", "model": r["model"],
                       "condition": r["condition"]},
@@ -255,6 +275,7 @@ def image_share_by_layer(records, title: str | None = None):
 def demo_image_heads(records, condition: str, title: str | None = None):
     """One model under one condition: layer x head attention on the demo images (% of the answer row; mean over
     episodes), one panel per task, one colour scale with a labelled bar."""
+    _need_heads(records)
     style()
     tasks = list(dict.fromkeys(r["task"] for r in records if r["condition"] == condition))
     maps = {t: 100 * np.nanmean([np.asarray(r["demo_image_by_head"], dtype=float) for r in records
