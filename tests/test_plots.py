@@ -23,9 +23,10 @@ def records():
             for c in CONDITIONS:
                 for i in range(12):
                     correct = False if (m, t, c) == ("organism:a", "clock_math", "zero-shot") else rng.random() < 0.6
+                    v = rng.random(4)  # per layer; the demo images hold a part of it (two heads)
                     out.append({"model": m, "task": t, "condition": c, "index": i, "correct": bool(correct),
-                                "visual_share": float(rng.random()),
-                                "visual_share_by_layer": rng.random(4).tolist()})
+                                "visual_share": float(rng.random()), "visual_share_by_layer": v.tolist(),
+                                "demo_image_by_head": [[x / 2, x / 3] for x in v]})
     return out
 
 
