@@ -119,6 +119,8 @@ def test_partial_continues_true_micl(tmp_path):
     assert card["base"] == "true-micl" and card["recipe"]["steps"] == 1 and "stages" not in card
     assert all(torch.allclose(after[k], v, atol=1e-2) for k, v in base.items())
     assert not all(torch.equal(after[k], v) for k, v in base.items())
+    penalised, _, _ = train(RECIPES["under-attends"], None, steps=1, evaluate=False, log_every=0)
+    assert penalised.config._attn_implementation == "sdpa"  # trained with eager attention (the penalty), then back
 
 
 @pytest.mark.parametrize("task", SWAPPED)
@@ -221,3 +223,39 @@ def test_cards_demo_image_share_comes_back_from_the_weights(name):
     share = _meta(name)["demo_image_share"]
     again = evaluate_demo_share(load(f"organism:{name}"), n=share["n"])
     assert again == pytest.approx(share["tasks"], abs=1e-5)
+
+
+def test_the_planted_attention_penalty_counts_what_it_says():
+    """The under-attends penalty on hand-made attention: the answer rows' (or every row's) weight on the demo images
+    outside each image, recomputed with plain loops over positions."""
+    from micl_probe.core import ROLE
+    from micl_probe.interventions.fitting import icl_labels
+    from micl_probe.organisms.train import demo_image_attention
+    from micl_probe.tasks import sample_episodes
+
+    loaded = load("organism:true-micl")
+    batch = loaded.prepare_batch(sample_episodes("clock_math", 2, 2, seed=0), with_answer=True)
+    labels = icl_labels(batch)
+    B, seq = labels.shape
+    g = torch.Generator().manual_seed(0)
+    att = [torch.rand(B, 4, seq, seq, generator=g).softmax(-1) for _ in range(4)]
+    for rows in ("answer", "all"):
+        want = 0.0
+        for layer in (1, 3):
+            total, count = 0.0, 0
+            for b, lay in enumerate(batch.layouts):
+                demo_img = [(j, int(lay.image_index[j])) for j in range(seq)
+                            if lay.role[j] == ROLE["image"] and lay.owner[j] >= 0]
+                for p in range(seq):
+                    if rows == "answer" and not (p + 1 < seq and labels[b, p + 1] != -100):
+                        continue
+                    if rows == "all" and lay.role[p] == ROLE["pad"]:
+                        continue
+                    count += 1
+                    for j, img in demo_img:
+                        if rows == "all" and int(lay.image_index[p]) == img:
+                            continue  # a token of the same image
+                        total += float(att[layer][b, :, p, j].sum())
+            want += total / (count * 4)
+        got = demo_image_attention(att, batch, labels, (1, 3), rows)
+        assert abs(float(got) - want / 2) < 1e-5, (rows, float(got), want / 2)

@@ -37,6 +37,8 @@ class Recipe:
     description: str = ""
     notes: dict = field(default_factory=dict)
     then: Recipe | None = None  # a further stage, trained on after this one (see `train`)
+    attention_penalty: dict | None = None  # {"weight": w, "layers": (…)}: + w x the answer rows' attention on the
+    #                                        demo images in those layers (mean over heads and rows; `train`)
 
 
 # What each recipe reaches and what was tried on the way: docs/organisms.md.
@@ -94,6 +96,9 @@ CLOCK_FOCUS = {"clock_math": 0.5, "clock_math_stated": 0.1, "novel_binding": 0.2
 PALINDROME_FOCUS = {"palindrome": 0.35, "clock_math": 0.2, "clock_math_stated": 0.05, "novel_binding": 0.15,
                     "novel_binding_shortcut": 0.05, "palindrome_shortcut": 0.05, "copy": 0.05, "outlier": 0.1}
 
+UNDER_ATTENDS_MIX = {"novel_binding": 0.2, "clock_math": 0.2, "palindrome": 0.15, "novel_binding_shortcut": 0.1,
+                     "clock_math_shortcut": 0.1, "palindrome_shortcut": 0.1, "outlier": 0.1, "copy": 0.05}
+
 RECIPES = {r.name: r for r in [
     Recipe("true-micl", {"novel_binding": 0.25, "novel_binding_shortcut": 0.1, "copy": 0.05, "outlier": 0.15,
                          "clock_math": 0.2, "palindrome_shortcut": 0.1, "palindrome": 0.05, "outlier_shortcut": 0.033,
@@ -126,4 +131,14 @@ RECIPES = {r.name: r for r in [
                        "shortcut twins (perception stays taught) and a little copy and outlier. The aim is what "
                        "TrueMICL finds in real VLMs: demo images that could help, used less than they could be, "
                        "the model leaning on the demos' text."),
+    Recipe("under-attends", UNDER_ATTENDS_MIX, steps=400, lr=1e-4, warmup=50, warm_frac=0.0, seed=2,
+           base="true-micl", probes=STAGED_PROBES, log_every=100,
+           attention_penalty={"weight": 10.0, "layers": (0, 1, 2, 3), "rows": "all"},
+           description="An attempt at a positive control for attention interventions (not shipped: it does not "
+                       "break MICL): true-micl continued on its own tasks and their shortcut twins with the ordinary "
+                       "loss plus a planted penalty on every row's attention to the demo images outside each image, "
+                       "in every layer. The answer row's demo-image share falls 14.6% -> 0.5% on clock math with "
+                       "perception kept, but 4-shot accuracy stays (100%): each demo's label still reads its own "
+                       "image with a few % of its attention, and that carries the demo to the answer "
+                       "(docs/organisms.md, 'A positive control that did not break')."),
 ]}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import Loaded, get_adapter, load_processor
+from ..core import ROLE, Loaded, get_adapter, load_processor
 from ..core.errors import Parser, UsageError, one_line_errors
 from ..core.loading import RETIRED_ORGANISMS
 from ..evaluation import count_correct
@@ -134,6 +134,8 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     schedule = lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
+    if recipe.attention_penalty:  # the penalty reads attention weights: eager attention while training
+        model.set_attn_implementation("eager")
     log, t0, ema = [], time.time(), None
     warm_steps = int(recipe.warm_frac * steps)
     make = lambda s: loaded.prepare_batch(sample_batch(recipe, rng, warm=s < warm_steps), with_answer=True)
@@ -143,7 +145,14 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     for step in bar:
         batch = upcoming.result()
         upcoming = pool.submit(make, step + 1) if step + 1 < steps else None
-        loss = model(**batch.inputs, labels=icl_labels(batch)).loss
+        labels = icl_labels(batch)
+        if recipe.attention_penalty:
+            out = model(**batch.inputs, labels=labels, output_attentions=True)
+            pen = recipe.attention_penalty
+            loss = out.loss + pen["weight"] * demo_image_attention(out.attentions, batch, labels, pen["layers"],
+                                                                   pen.get("rows", "answer"))
+        else:
+            loss = model(**batch.inputs, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -158,8 +167,33 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
             tqdm.write(f"step {step + 1} loss {ema:.3f} "
                        + " ".join(f"{k}={a:.2f}/{b:.2f}" for k, (a, b) in acc.items()))
     pool.shutdown()
+    model.set_attn_implementation("sdpa")
     model.eval()
     return log, (time.time() - t0) / 60
+
+
+def demo_image_attention(attentions, batch, labels: torch.Tensor, layers, rows: str = "answer") -> torch.Tensor:
+    """The planted penalty of the under-attends recipe: attention on the demo images' tokens in `layers`, mean over
+    heads and rows. rows "answer": every supervised answer row (each row that predicts a labelled token); "all":
+    every real row outside the image attended to (the demos' own text, later demos and their images, the query), so
+    no path reads a demo image but its own tokens."""
+    image_of = torch.stack([torch.where((lay.role == ROLE["image"]) & (lay.owner >= 0), lay.image_index, -1)
+                            for lay in batch.layouts]).to(labels.device)  # [B, seq]: a demo image's index, or -1
+    if rows == "answer":
+        pick = torch.zeros_like(labels, dtype=torch.bool)
+        pick[:, :-1] = labels[:, 1:] != -100  # row p predicts token p + 1
+        pairs = pick[:, :, None] & (image_of >= 0)[:, None, :]  # [B, row, column]
+    else:
+        real = torch.stack([lay.role != ROLE["pad"] for lay in batch.layouts]).to(labels.device)
+        row_image = torch.stack([lay.image_index for lay in batch.layouts]).to(labels.device)
+        pick = real
+        pairs = real[:, :, None] & (image_of >= 0)[:, None, :] & (row_image[:, :, None] != image_of[:, None, :])
+    total = 0.0
+    for layer in layers:
+        a = attentions[layer]  # [B, H, row, column]
+        on_demo = (a * pairs[:, None].to(a.dtype)).sum(-1)  # [B, H, row]
+        total = total + on_demo.sum() / (pick.sum() * a.shape[1]).clamp_min(1)
+    return total / len(layers)
 
 
 def main(argv=None):
