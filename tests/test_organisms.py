@@ -239,23 +239,26 @@ def test_the_planted_attention_penalty_counts_what_it_says():
     B, seq = labels.shape
     g = torch.Generator().manual_seed(0)
     att = [torch.rand(B, 4, seq, seq, generator=g).softmax(-1) for _ in range(4)]
-    for rows in ("answer", "all"):
+    for rows in ("answer", "all", "max"):
         want = 0.0
         for layer in (1, 3):
-            total, count = 0.0, 0
+            total, count, largest = 0.0, 0, torch.zeros(B, 4)
             for b, lay in enumerate(batch.layouts):
                 demo_img = [(j, int(lay.image_index[j])) for j in range(seq)
                             if lay.role[j] == ROLE["image"] and lay.owner[j] >= 0]
                 for p in range(seq):
                     if rows == "answer" and not (p + 1 < seq and labels[b, p + 1] != -100):
                         continue
-                    if rows == "all" and lay.role[p] == ROLE["pad"]:
+                    if rows != "answer" and lay.role[p] == ROLE["pad"]:
                         continue
                     count += 1
+                    row = torch.zeros(4)
                     for j, img in demo_img:
-                        if rows == "all" and int(lay.image_index[p]) == img:
+                        if rows != "answer" and int(lay.image_index[p]) == img:
                             continue  # a token of the same image
-                        total += float(att[layer][b, :, p, j].sum())
-            want += total / (count * 4)
+                        row += att[layer][b, :, p, j]
+                    total += float(row.sum())
+                    largest[b] = torch.maximum(largest[b], row)
+            want += float(largest.mean()) if rows == "max" else total / (count * 4)
         got = demo_image_attention(att, batch, labels, (1, 3), rows)
         assert abs(float(got) - want / 2) < 1e-5, (rows, float(got), want / 2)

@@ -140,5 +140,5 @@ RECIPES = {r.name: r for r in [
                        "in every layer. The answer row's demo-image share falls 14.6% -> 0.5% on clock math with "
                        "perception kept, but 4-shot accuracy stays (100%): each demo's label still reads its own "
                        "image with a few % of its attention, and that carries the demo to the answer "
-                       "(docs/organisms.md, 'A positive control that did not break')."),
+                       "(docs/organisms.md, 'A positive control that did not break', with two other recipes)."),
 ]}

@@ -176,7 +176,8 @@ def demo_image_attention(attentions, batch, labels: torch.Tensor, layers, rows: 
     """The planted penalty of the under-attends recipe: attention on the demo images' tokens in `layers`, mean over
     heads and rows. rows "answer": every supervised answer row (each row that predicts a labelled token); "all":
     every real row outside the image attended to (the demos' own text, later demos and their images, the query), so
-    no path reads a demo image but its own tokens."""
+    no path reads a demo image but its own tokens; "max": those rows, but the largest row of each example and head
+    instead of the mean (a few rows that keep reading cannot hide among the many that do not)."""
     image_of = torch.stack([torch.where((lay.role == ROLE["image"]) & (lay.owner >= 0), lay.image_index, -1)
                             for lay in batch.layouts]).to(labels.device)  # [B, seq]: a demo image's index, or -1
     if rows == "answer":
@@ -192,7 +193,10 @@ def demo_image_attention(attentions, batch, labels: torch.Tensor, layers, rows: 
     for layer in layers:
         a = attentions[layer]  # [B, H, row, column]
         on_demo = (a * pairs[:, None].to(a.dtype)).sum(-1)  # [B, H, row]
-        total = total + on_demo.sum() / (pick.sum() * a.shape[1]).clamp_min(1)
+        if rows == "max":
+            total = total + on_demo.amax(-1).mean()
+        else:
+            total = total + on_demo.sum() / (pick.sum() * a.shape[1]).clamp_min(1)
     return total / len(layers)
 
 
