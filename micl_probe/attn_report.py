@@ -237,9 +237,10 @@ def described(path: str, meta: dict, content: str) -> dict:
             "trained": trained or "not recorded (made outside python -m micl_probe.train)"}
 
 
-def interventions_for(loaded, args, artifacts: dict) -> tuple[dict, dict]:
+def interventions_for(loaded, args, artifacts: dict, calibration: Calibration | None = None) -> tuple[dict, dict]:
     """(the named interventions the flags ask for, checked against `loaded`; {name: `described` artifact}, with the
-    content digests `run_settings` took of the files: `artifacts`)."""
+    content digests `run_settings` took of the files: `artifacts`); the training-free ones are chosen on
+    `calibration` (made here when not given)."""
     from .interventions import DARA, TaskVector, alpha_sweep, injection, lora_intervention
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
@@ -269,12 +270,14 @@ def interventions_for(loaded, args, artifacts: dict) -> tuple[dict, dict]:
         info["lora"] = described(args.lora, meta, artifacts["lora"][0]["content"])
     free = list(dict.fromkeys(n for n in (parse_condition(c)[1] for c in args.conditions) if named.parse(n)))
     k, _ = pool_size(args.conditions)
+    calibration = calibration or Calibration(loaded, args)
     for name in free:
         found[name], chosen = {}, {}
         for task in args.tasks:
             wants = named.needs_calibration(name) or args.knockout_ablation == "mean" and name.startswith("knockout=")
-            found[name][task], chosen[task] = named.build(loaded, name, task, calibration(args, task) if wants else [],
-                                                          args.knockout_ablation, args.knockout_at)
+            found[name][task], chosen[task] = named.build(
+                loaded, name, task, calibration.episodes(task) if wants else [], args.knockout_ablation,
+                args.knockout_at, calibration.scores(task) if named.ranks_by_head_score(name) else None)
         said = next(iter(chosen.values())) if len(set(chosen.values())) == 1 else \
             "; ".join(f"{t}: {c}" for t, c in chosen.items())
         info[name] = {"path": "–", "digest": "–", "made_for": {"model": loaded.name, "shots": k},
@@ -282,32 +285,47 @@ def interventions_for(loaded, args, artifacts: dict) -> tuple[dict, dict]:
     return found, info
 
 
-def calibration(args, task: str) -> list:
-    """The calibration episodes of `task` at the run's k shots (its support split, never the scored queries):
-    what +knockout=top-… heads, +mgi's layer, mean ablations and the report's head scores are computed on. Drawn
-    once per task and run (seeded: the same every run)."""
-    cache = args.__dict__.setdefault("_calibration", {})
-    if task not in cache:
-        k, _ = pool_size(args.conditions)
-        stream = task_stream(task, k, "support", args.seed, args.instruction, args.prompt_style)
-        cache[task] = [replace(next(stream), system=args.system) for _ in range(args.calibration)]
-    return cache[task]
+class Calibration:
+    """One model's calibration episodes per task at the run's k shots (the task's support split, never the scored
+    queries) and their head scores, each computed once: what +knockout=top-… heads, +mgi's layer, mean ablations and
+    the report's head scores are chosen or measured on (seeded: the same every run)."""
+
+    def __init__(self, loaded, args):
+        self.loaded, self.args = loaded, args
+        self._episodes, self._scores = {}, {}
+
+    def episodes(self, task: str) -> list:
+        if task not in self._episodes:
+            a = self.args
+            stream = task_stream(task, pool_size(a.conditions)[0], "support", a.seed, a.instruction, a.prompt_style)
+            self._episodes[task] = [replace(next(stream), system=a.system) for _ in range(a.calibration)]
+        return self._episodes[task]
+
+    def scores(self, task: str):
+        """`measure.head_scores` on the task's calibration episodes."""
+        from .measure import head_scores
+
+        if task not in self._scores:
+            self._scores[task] = head_scores(self.loaded, self.episodes(task), batch_size=self.args.batch_size,
+                                             progress=False)
+        return self._scores[task]
 
 
-def head_summary(loaded, args) -> dict:
+def head_summary(loaded, args, calibration: Calibration) -> dict:
     """{task: {"induction", "previous_token": [layer][head] means, "n", "shots", "sinks": Sinks.by_segment(), "tau",
     "max_ratio", "ratio_bound": sqrt(hidden size), the largest ratio a hidden state can have, "evidence":
-    EvidenceAttention.as_dict() where the task's images carry evidence boxes}} on each task's calibration episodes:
-    the report's heads-and-sinks and evidence sections."""
-    from .measure import evidence_attention, find_sinks, head_scores
+    EvidenceAttention.as_dict() where the task's images carry evidence boxes}} on each task's calibration episodes
+    (the head scores the knockout conditions chose on, not computed again): the report's heads-and-sinks and evidence
+    sections."""
+    from .measure import evidence_attention, find_sinks
     from .measure.heads import TAU
 
     out = {}
     for task in args.tasks:
-        episodes = calibration(args, task)
+        episodes = calibration.episodes(task)
         with_evidence = loaded.adapter.patch_layout != "none" and any(
             evidence_boxes(im) for e in episodes[:1] for im in e.images)
-        scores = head_scores(loaded, episodes, batch_size=args.batch_size, progress=False).as_dict()
+        scores = calibration.scores(task).as_dict()
         sinks = find_sinks(loaded, episodes, TAU, batch_size=args.batch_size)
         out[task] = {"induction": scores["induction"], "previous_token": scores["previous_token"],
                      "n": len(episodes), "shots": pool_size(args.conditions)[0], "sinks": sinks.by_segment(),
@@ -422,7 +440,8 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
         loaded = load(name, **placement(device), dtype=dtype)
         loaded.use_template = not args.no_template
         # the artifacts are checked against the model before anything is written
-        interventions, settings["interventions"] = interventions_for(loaded, args, fixed["artifacts"])
+        calibration = Calibration(loaded, args)
+        interventions, settings["interventions"] = interventions_for(loaded, args, fixed["artifacts"], calibration)
         manifest["model_fingerprints"][name] = {"weights": weights_fingerprint(loaded.model),
                                                 "prompt_format": loaded.prompt_format}
         check_manifest(out, {"model_fingerprints": manifest["model_fingerprints"]} | fixed)
@@ -443,7 +462,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
             if not args.no_attention and loaded.adapter.patch_layout != "none":  # latents have no patch map
                 patches[name] = example_patch_maps(loaded, args)
             if not args.no_attention:
-                scores[name] = head_summary(loaded, args)
+                scores[name] = head_summary(loaded, args, calibration)
         if dist is not None:
             dist.barrier()
     if rank != 0 or (world > 1 and dist is None):

@@ -9,7 +9,7 @@ from micl_probe import RunConfig, load, run
 from micl_probe.core import within
 from micl_probe.evaluation.scoring import generate_answers
 from micl_probe.interventions import knockout, least_entropy_layer, mgi, random_heads, uniform
-from micl_probe.interventions.named import build, needs_calibration, parse
+from micl_probe.interventions.named import build, needs_calibration, parse, ranks_by_head_score
 from micl_probe.interventions.reweight import edit_rows
 from micl_probe.measure import capture_attention, find_sinks, head_scores
 from micl_probe.testing import noise_episode, tiny_loaded
@@ -135,6 +135,8 @@ def test_named_forms():
     assert parse("mgi=1.5,2") == ("mgi", {"k": 1.5, "lam": 2.0, "layer": None})
     assert parse("mgi=1.5,6,3")[1]["layer"] == 3 and parse("dara") is None and parse("alpha=2") is None
     assert needs_calibration("knockout=top-1:previous_token") and not needs_calibration("mgi=1,2,0")
+    assert ranks_by_head_score("knockout=top-3:induction") and not ranks_by_head_score("knockout=top-3:demo_image")
+    assert not ranks_by_head_score("mgi=1.5,2") and not ranks_by_head_score("dara")
     for bad in ("knockout=top-3:attention", "knockout=", "knockout=L3", "uniform=x", "mgi=1.5", "mgi=0,2"):
         with pytest.raises(ValueError, match="intervention|rank heads"):
             parse(bad)

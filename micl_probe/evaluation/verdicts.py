@@ -85,7 +85,7 @@ def verdicts(records: list[dict]) -> list[dict]:
         verdict = decide(diff, ci, p, copy, guess_copies, k_shot, chance(task))
         rows.append({"model": model, "task": task, "k": k, "n": len(pairs), "k_shot": k_shot.as_dict(),
                      "no_image": Accuracy(sum(b), len(b)).as_dict(), "difference": diff, "ci": list(ci), "p": p,
-                     "chance": chance(task), "copy_rate": copy.as_dict() if copy else None, "copy_chance": guess_copies,
+                     "chance": chance(task), "copy_rate": _as_dict(copy), "copy_chance": guess_copies,
                      "no_image_copy_rate": _as_dict(copy_rate([blind[i] for i in pairs])), "verdict": verdict})
     return rows
 

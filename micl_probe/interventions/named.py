@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 
 from ..core import Loaded
+from ..measure import HeadScores, capture_attention, head_scores
+from ..measure.heads import top_heads_of
 from .knockout import AT, knockout, parse_heads, random_heads
 from .reweight import least_entropy_layer, mgi, uniform
 
@@ -70,11 +72,17 @@ def needs_calibration(name: str) -> bool:
     return (kind == "knockout" and settings["select"] == "top") or (kind == "mgi" and settings["layer"] is None)
 
 
-def build(loaded: Loaded, name: str, task: str, calibration: list, ablation: str = "zero", at: str = "answer"
-          ) -> tuple:
+def ranks_by_head_score(name: str) -> bool:
+    """Does `name` choose its heads by a `head_scores` score (so precomputed scores can be handed to `build`)?"""
+    kind, settings = parse(name) or (None, {})
+    return kind == "knockout" and settings["select"] == "top" and settings["score"] != "demo_image"
+
+
+def build(loaded: Loaded, name: str, task: str, calibration: list, ablation: str = "zero", at: str = "answer",
+          scores: HeadScores | None = None) -> tuple:
     """(intervention, what was chosen: a line for the report) of the named intervention for one task; `calibration`:
-    episodes of that task to choose heads, the MGI layer or the mean outputs on; `ablation` ("zero" | "mean") and
-    `at` ("answer" | "all") for knockout."""
+    episodes of that task to choose heads, the MGI layer or the mean outputs on (`scores`: their `head_scores`, when
+    already computed); `ablation` ("zero" | "mean") and `at` ("answer" | "all") for knockout."""
     kind, settings = parse(name)
     if kind == "uniform":
         return uniform(loaded, settings["layers"]), f"layers {settings['layers'] or 'all'}"
@@ -88,7 +96,7 @@ def build(loaded: Loaded, name: str, task: str, calibration: list, ablation: str
     if ablation not in ABLATIONS or at not in AT:
         raise ValueError(f"knockout ablation {ablation!r} at {at!r}: use {ABLATIONS} at {AT}")
     if settings["select"] == "top":
-        heads = top_heads(loaded, calibration, settings["score"], settings["k"])
+        heads = top_heads(loaded, calibration, settings["score"], settings["k"], scores)
         chosen = f"top {settings['k']} by {settings['score']} on {len(calibration)} calibration episodes"
     elif settings["select"] == "random":
         heads = random_heads(loaded, settings["k"], settings["seed"])
@@ -104,21 +112,14 @@ def build(loaded: Loaded, name: str, task: str, calibration: list, ablation: str
     return knockout(loaded, heads, at, means), f"{heads_text} ({chosen}); {ablation} ablation at {at} positions"
 
 
-def top_heads(loaded: Loaded, episodes: list, score: str, k: int) -> list[tuple[int, int]]:
+def top_heads(loaded: Loaded, episodes: list, score: str, k: int, scores: HeadScores | None = None
+              ) -> list[tuple[int, int]]:
     """The `k` heads with the highest mean `score` (induction, previous_token or demo_image: the answer row's
-    attention on the demo images) on `episodes`."""
+    attention on the demo images) on `episodes`; `scores`: their `head_scores`, when already computed."""
     if score == "demo_image":
-        import torch
-
-        from ..measure import capture_attention
-
         share, _ = capture_attention(loaded, episodes, progress=False).demo_image_share()  # [E, L, H, owner]
-        mean = share[..., :-1].sum(-1).nanmean(0)  # the demos' images, not the query's
-        order = torch.nan_to_num(mean, nan=-float("inf")).flatten().argsort(descending=True, stable=True)[:k]
-        return [(int(i) // mean.shape[1], int(i) % mean.shape[1]) for i in order]
-    from ..measure import head_scores
-
-    return head_scores(loaded, episodes, progress=False).top(score, k)
+        return top_heads_of(share[..., :-1].sum(-1).nanmean(0), k)  # the demos' images, not the query's
+    return (scores or head_scores(loaded, episodes, progress=False)).top(score, k)
 
 
-__all__ = ["FORMS", "KINDS", "build", "needs_calibration", "parse", "top_heads"]
+__all__ = ["FORMS", "KINDS", "build", "needs_calibration", "parse", "ranks_by_head_score", "top_heads"]

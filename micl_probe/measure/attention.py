@@ -294,41 +294,56 @@ def with_sinks(onehot: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Tensor | None = None,
-                 outputs: list | None = None, sinks: float | None = None) -> torch.Tensor:
-    """One nnsight trace of `inputs` (a batch): at every layer, each episode's rows' attention (averaged over its
-    rows) recomputed from the attention-function call's post-RoPE queries and keys, the model keeping its fast
-    attention. Returns [B, layer, head, seq], or [B, layer, head, n_seg] summed by `onehot` [B, seq, n_seg] inside
-    the forward (the lean path: only [B, head, n_seg] a layer is kept). The logits are appended to `outputs` when
-    given (the pass that scores a batch also measures it). `sinks`: a threshold tau; `onehot`'s last column is the
-    "sink" segment, and each layer moves the tokens whose hidden state entering it is a sink into it."""
+def trace_layers(loaded: Loaded, inputs, per_layer, outputs: list | None = None, hidden: bool = False) -> list:
+    """One nnsight trace of `inputs` (a batch), the model keeping its fast attention: at every softmax-attention
+    layer, `per_layer(x)` on that layer's attention-function call (`x`: query and key after RoPE [B, H, seq, d],
+    [B, H_kv, seq, d], value, attention_mask, scaling; with `hidden`, also x["hidden"]: the hidden states entering the
+    layer). Returns what it returned per layer (a tensor or a tuple of them), in the order of
+    `adapter.attention_layers`, as float32 on the CPU; the logits are appended to `outputs` when given."""
     adapter = loaded.adapter
     decoder = loaded.decoder_envoy()
-    layers = adapter.attention_layers(loaded.model)  # a hybrid decoder's linear-attention layers are left NaN
+    layers = adapter.attention_layers(loaded.model)  # a hybrid decoder's linear-attention layers are skipped
     call = _attention_call(loaded, decoder, layers)
-    pos, weights = _padded_rows(rows)
-    device = inputs["input_ids"].device
-    weights = weights.to(device)[:, None, None, :]  # [B, 1, 1, R]
-    onehot = None if onehot is None else onehot.to(device)[:, None]  # [B, 1, seq, n_seg]
     saved = []
     with torch.no_grad(), loaded.envoy.trace(**inputs):
         for layer in layers:
-            if sinks is not None:
-                sink = sink_ratio(_layer_input(decoder.layers[layer])) >= sinks  # [B, seq]
+            entering = _layer_input(decoder.layers[layer]) if hidden else None
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-            x = adapter.attention_inputs(args, kwargs)  # query/key after RoPE: [B, H, seq, d], [B, H_kv, seq, d]
-            probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
-            here = probs.device  # this layer's device (under a device_map, layers live on several)
-            row = weights.to(here) @ probs  # [B, H, 1, seq]: each episode's mean over its rows
-            if onehot is not None:
-                by = onehot.to(here) if sinks is None else with_sinks(onehot[:, 0].to(here), sink.to(here))[:, None]
-                row = row @ by
-            saved.append(row[:, :, 0].save())  # [B, H, seq | n_seg]
+            x = adapter.attention_inputs(args, kwargs) | ({"hidden": entering} if hidden else {})
+            out = per_layer(x)
+            saved.append(tuple(t.save() for t in out) if isinstance(out, tuple) else out.save())
         if outputs is not None:
             logits = loaded.envoy.output.logits.save()
     if outputs is not None:
         outputs.append(logits)
-    return _all_layers(loaded, layers, [t.float().cpu() for t in saved], 1)
+    cpu = lambda t: t.float().cpu()  # noqa: E731
+    return [tuple(map(cpu, t)) if isinstance(t, tuple) else cpu(t) for t in saved]
+
+
+def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Tensor | None = None,
+                 outputs: list | None = None, sinks: float | None = None) -> torch.Tensor:
+    """Each episode's rows' attention (averaged over its rows) at every layer, recomputed in one trace
+    (`trace_layers`). Returns [B, layer, head, seq], or [B, layer, head, n_seg] summed by `onehot` [B, seq, n_seg]
+    inside the forward (the lean path: only [B, head, n_seg] a layer is kept). The logits are appended to `outputs`
+    when given (the pass that scores a batch also measures it). `sinks`: a threshold tau; `onehot`'s last column is
+    the "sink" segment, and each layer moves the tokens whose hidden state entering it is a sink into it."""
+    pos, weights = _padded_rows(rows)
+    device = inputs["input_ids"].device
+    weights = weights.to(device)[:, None, None, :]  # [B, 1, 1, R]
+    onehot = None if onehot is None else onehot.to(device)[:, None]  # [B, 1, seq, n_seg]
+
+    def per_layer(x):
+        probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
+        here = probs.device  # this layer's device (under a device_map, layers live on several)
+        row = weights.to(here) @ probs  # [B, H, 1, seq]: each episode's mean over its rows
+        if onehot is not None:
+            by = onehot.to(here) if sinks is None else \
+                with_sinks(onehot[:, 0].to(here), (sink_ratio(x["hidden"]) >= sinks).to(here))[:, None]
+            row = row @ by
+        return row[:, :, 0]  # [B, H, seq | n_seg]
+
+    saved = trace_layers(loaded, inputs, per_layer, outputs, hidden=sinks is not None)
+    return _all_layers(loaded, loaded.adapter.attention_layers(loaded.model), saved, 1)
 
 
 def _all_layers(loaded: Loaded, measured: list[int], per_layer: list[torch.Tensor], dim: int) -> torch.Tensor:
@@ -582,4 +597,4 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
 
 
 __all__ = ["AttentionMass", "BACKENDS", "capture_attention", "row_attention", "rows_attention", "score_and_capture",
-           "segment_matrix"]
+           "segment_matrix", "trace_layers"]

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..core import QUERY, Episode, Loaded
 from ..core.patches import patch_grids
 from ..tasks import evidence_boxes
-from .attention import _all_layers, _attention_call, rows_attention
+from .attention import _all_layers, rows_attention, trace_layers
 
 SOURCES = ("demo_labels", "answer_row")
 REGIONS = ("correct", "wrong", "other")
@@ -103,7 +103,6 @@ def _plan(loaded: Loaded, episode: Episode):
     return prepared, rows, plan
 
 
-@torch.no_grad()
 def evidence_attention(loaded: Loaded, episodes: Episode | list[Episode], progress: bool = True
                        ) -> EvidenceAttention:
     """Attention of each demo's label tokens on its own image's evidence regions, and of the answer row on the
@@ -113,8 +112,7 @@ def evidence_attention(loaded: Loaded, episodes: Episode | list[Episode], progre
     if not episodes or not all(isinstance(e, Episode) for e in episodes):
         raise TypeError("evidence_attention takes an Episode or a non-empty list of them")
     adapter = loaded.adapter
-    decoder, layers = loaded.decoder_envoy(), adapter.attention_layers(loaded.model)
-    call = _attention_call(loaded, decoder, layers)
+    layers = adapter.attention_layers(loaded.model)
     n_layers, n_heads = adapter.n_layers(loaded.model), adapter.n_heads(loaded.model)
     mass = torch.full((len(episodes), n_layers, n_heads, len(SOURCES), len(REGIONS)), float("nan"))
     chance = torch.full((len(episodes), len(SOURCES), len(REGIONS)), float("nan"))
@@ -122,15 +120,10 @@ def evidence_attention(loaded: Loaded, episodes: Episode | list[Episode], progre
         prepared, rows, plan = _plan(loaded, episode)
         if not plan:
             continue
-        saved = []
         pos = torch.tensor([rows])
-        with loaded.envoy.trace(**prepared.inputs):
-            for layer in layers:
-                args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-                x = adapter.attention_inputs(args, kwargs)
-                saved.append(rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"],
-                                            pos.to(x["query"].device))[0].save())  # [H, R, seq]
-        probs = _all_layers(loaded, layers, [t.float().cpu() for t in saved], 0)  # [layer, H, R, seq]
+        saved = trace_layers(loaded, prepared.inputs, lambda x, pos=pos: rows_attention(
+            x["query"], x["key"], x["attention_mask"], x["scaling"], pos.to(x["query"].device))[0])  # [H, R, seq]
+        probs = _all_layers(loaded, layers, saved, 0)  # [layer, H, R, seq]
         for s in range(len(SOURCES)):
             parts = [(slots, regions) for source, slots, regions in plan if source == s]
             if not parts:

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import ROLE, Episode, Loaded, PreparedBatch, TokenLayout
-from .attention import _all_layers, _attention_call, _batches, _layer_input, rows_attention, sink_ratio
+from .attention import _all_layers, _batches, _layer_input, _padded_rows, rows_attention, sink_ratio, trace_layers
 
 SCORES = ("induction", "previous_token")
 TAU = 20.0  # Kang et al.'s threshold on max |h_d| / RMS(h)
@@ -58,11 +58,7 @@ class HeadScores:
 
     def top(self, score: str, k: int) -> list[tuple[int, int]]:
         """The `k` heads with the highest mean `score`, as (layer, head), highest first."""
-        m = self.mean(score)
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= m.numel():
-            raise ValueError(f"top {k!r}: give a whole number of heads from 1 to {m.numel()}")
-        order = torch.nan_to_num(m, nan=-float("inf")).flatten().argsort(descending=True, stable=True)[:k]
-        return [(int(i) // m.shape[1], int(i) % m.shape[1]) for i in order]
+        return top_heads_of(self.mean(score), k)
 
     def as_dict(self) -> dict:
         """{score: per layer, per head: the mean over episodes, "n": episodes, "meta": …} (JSON-ready; NaN stays
@@ -129,38 +125,39 @@ def previous_from_probs(probs: torch.Tensor, rows: torch.Tensor, weights: torch.
 
 
 def _text_rows(layouts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rows [B, R], weights [B, R]): each layout's previous-token rows, padded by repeating one (weight 0)."""
+    """(rows [B, R], weights [B, R]): each layout's previous-token rows as `_padded_rows` pads them; a prompt with
+    none gets a placeholder row of weight 0."""
     found = [previous_token_rows(lay) for lay in layouts]
-    rows = [r or [lay.answer_position] for r, lay in zip(found, layouts)]  # none: a placeholder row of weight 0
-    width = max(len(r) for r in rows)
-    pos = torch.tensor([r + r[-1:] * (width - len(r)) for r in rows])
-    weights = torch.tensor([[1 / len(r) if f else 0.0] * len(r) + [0.0] * (width - len(r))
-                            for r, f in zip(rows, found)])
-    return pos, weights
+    pos, weights = _padded_rows([r or [lay.answer_position] for r, lay in zip(found, layouts)])
+    return pos, weights * torch.tensor([[float(bool(r))] for r in found])
 
 
 def _scores_of_batch(loaded: Loaded, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """([B, layer, head] induction, [B, layer, head] previous-token) of one batch in one traced forward pass."""
-    decoder, layers = loaded.decoder_envoy(), loaded.adapter.attention_layers(loaded.model)
-    call = _attention_call(loaded, decoder, layers)
     answer = torch.tensor([[lay.answer_position] for lay in batch.layouts])
     answers = torch.stack([demo_answer_mask(lay) for lay in batch.layouts])  # [B, seq]
     rows, weights = _text_rows(batch.layouts)
-    induction, previous = [], []
-    with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
-        for layer in layers:
-            args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
-            x = loaded.adapter.attention_inputs(args, kwargs)
-            q, k, m, s = x["query"], x["key"], x["attention_mask"], x["scaling"]
-            row = rows_attention(q, k, m, s, answer.to(q.device))[:, :, 0]  # [B, H, seq]
-            induction.append(induction_from_rows(row, answers.to(row.device)).save())
-            total = 0
-            for i in range(0, rows.shape[1], CHUNK):
-                r = rows[:, i:i + CHUNK].to(q.device)
-                total = total + previous_from_probs(rows_attention(q, k, m, s, r), r, weights[:, i:i + CHUNK])
-            previous.append(total.save())
-    return (_all_layers(loaded, layers, [t.float().cpu() for t in induction], 1),
-            _all_layers(loaded, layers, [t.float().cpu() for t in previous], 1))
+
+    def per_layer(x):
+        q, k, m, s = x["query"], x["key"], x["attention_mask"], x["scaling"]
+        row = rows_attention(q, k, m, s, answer.to(q.device))[:, :, 0]  # [B, H, seq]
+        total = 0
+        for i in range(0, rows.shape[1], CHUNK):
+            r = rows[:, i:i + CHUNK].to(q.device)
+            total = total + previous_from_probs(rows_attention(q, k, m, s, r), r, weights[:, i:i + CHUNK])
+        return induction_from_rows(row, answers.to(row.device)), total
+
+    saved = trace_layers(loaded, batch.inputs, per_layer)
+    layers = loaded.adapter.attention_layers(loaded.model)
+    return tuple(_all_layers(loaded, layers, [t[i] for t in saved], 1) for i in (0, 1))
+
+
+def top_heads_of(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """The `k` (layer, head) with the highest values of a [layer, head] map, highest first (NaN last)."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= scores.numel():
+        raise ValueError(f"top {k!r}: give a whole number of heads from 1 to {scores.numel()}")
+    order = torch.nan_to_num(scores, nan=-float("inf")).flatten().argsort(descending=True, stable=True)[:k]
+    return [(int(i) // scores.shape[1], int(i) % scores.shape[1]) for i in order]
 
 
 def head_scores(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, batch_size: int = 1,
@@ -213,4 +210,4 @@ def find_sinks(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch
 
 
 __all__ = ["HeadScores", "SCORES", "Sinks", "TAU", "find_sinks", "head_scores", "induction_from_rows",
-           "previous_from_probs", "sink_ratio"]
+           "previous_from_probs", "sink_ratio", "top_heads_of"]

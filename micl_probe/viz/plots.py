@@ -42,8 +42,8 @@ def condition_colour(condition: str):
     words = base.split("-")
     k = int(words[-2]) if base.endswith("-shot") and words[-2].isdigit() else 0
     if name.startswith("knockout=random-"):  # the comparison sets: light greys, one shade per seed
-        seed = int(name.rpartition(":")[2] or 0) if name.rpartition(":")[2].isdigit() else 0
-        return (0.55 + 0.05 * (seed % 6),) * 3
+        seed = name.rpartition(":")[2]
+        return (0.55 + 0.05 * (int(seed) % 6 if seed.isdigit() else 0),) * 3
     if name:
         kind, _, setting = name.partition("=")
         colour = _INTERVENTION_COLOURS.get(kind, PALETTE[9])
