@@ -164,3 +164,15 @@ def test_per_layer_figures_refuse_records_loaded_without_their_head_arrays(tmp_p
     want = 100 * np.mean([np.nanmean(np.asarray(r["demo_image_by_head"], float), -1) for r in full], 0)
     np.testing.assert_allclose(line, want, rtol=1e-6)
     assert want.max() > 0
+
+
+def test_evidence_legend_names_every_region_any_panel_draws():
+    """A task without distractors (novel binding) first: the legend still names the other panels' "wrong" lines."""
+    def cell(wrong):
+        region = {"correct": [0.3, 0.2], "wrong": [0.2 * wrong, 0.1 * wrong], "other": [0.5, 0.7]}
+        chance = {"correct": 0.25, "wrong": 0.1 * wrong, "other": 0.75 - 0.1 * wrong}
+        return {s: {"share": region, "chance": chance} for s in ("demo_labels", "answer_row")} | {"n": 4, "shots": 4}
+    fig = plots.evidence_by_layer({"novel_binding": cell(0), "clock_math": cell(1)}, "m")
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "wrong (demo labels)" in labels and "wrong (answer row)" in labels and len(labels) == 6
+    _legend_clear_of_axes(fig)

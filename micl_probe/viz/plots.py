@@ -352,9 +352,13 @@ def evidence_by_layer(evidence: dict, model: str, title: str | None = None):
         ax.set_ylim(0, 100)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     axes[0][0].set_ylabel("% of the row's attention on the image")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
-               title="region (rows)", title_fontsize=8)
+    drawn = {}  # every panel's lines (novel binding has no distractor: its panel alone would leave "wrong" out)
+    for ax in axes[0]:
+        drawn.update(zip(*reversed(ax.get_legend_handles_labels())))
+    order = [f"{r} ({w})" for w in ("demo labels", "answer row") for r in REGION_COLOURS]
+    labels = [label for label in order if label in drawn]
+    fig.legend([drawn[label] for label in labels], labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False, title="region (rows)", title_fontsize=8)
     first = evidence[tasks[0]]
     fig.suptitle(title or f"{model}: do the demo labels look at the evidence in their images?\n({first['n']} "
                  f"episodes a task, {first['shots']}-shot; dotted: the region's share of the image tokens)",
