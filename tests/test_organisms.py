@@ -262,3 +262,22 @@ def test_the_planted_attention_penalty_counts_what_it_says():
             want += float(largest.mean()) if rows == "max" else total / (count * 4)
         got = demo_image_attention(att, batch, labels, (1, 3), rows)
         assert abs(float(got) - want / 2) < 1e-5, (rows, float(got), want / 2)
+
+
+def test_a_query_supervised_recipe_trains_on_the_query_answer_alone():
+    """{"supervise": "query"} in a recipe's attention penalty: the targets are the query's answer and its end of turn
+    only (no demo answer), found here from the layout by hand; any other recipe keeps any-shot targets."""
+    from micl_probe.core import QUERY, ROLE
+    from micl_probe.interventions.fitting import icl_labels
+    from micl_probe.organisms.train import training_labels
+
+    loaded = load("organism:true-micl")
+    batch = loaded.prepare_batch(sample_episodes("clock_math", 3, 2, seed=0), with_answer=True)
+    query_only = replace(RECIPES["partial"], attention_penalty={"weight": 1.0, "layers": (0,), "supervise": "query"})
+    labels = training_labels(query_only, batch)
+    for b, lay in enumerate(batch.layouts):
+        answer = [p for p in range(len(lay.role)) if lay.role[p] == ROLE["answer"] and lay.owner[p] == QUERY]
+        want = answer + [answer[-1] + 1]
+        assert (labels[b] != -100).nonzero().flatten().tolist() == want
+    assert torch.equal(training_labels(RECIPES["partial"], batch), icl_labels(batch))
+    assert (icl_labels(batch) != -100).sum() > (labels != -100).sum()

@@ -37,8 +37,9 @@ class Recipe:
     description: str = ""
     notes: dict = field(default_factory=dict)
     then: Recipe | None = None  # a further stage, trained on after this one (see `train`)
-    attention_penalty: dict | None = None  # {"weight": w, "layers": (…)}: + w x the answer rows' attention on the
-    #                                        demo images in those layers (mean over heads and rows; `train`)
+    attention_penalty: dict | None = None  # {"weight": w, "layers": (…), "rows": …, "supervise": …}: + w x the
+    #   attention on the demo images in those layers (`train.demo_image_attention`; "supervise": "query" trains on
+    #   the query's answer alone, `train.training_labels`)
 
 
 # What each recipe reaches and what was tried on the way: docs/organisms.md.
@@ -131,14 +132,15 @@ RECIPES = {r.name: r for r in [
                        "shortcut twins (perception stays taught) and a little copy and outlier. The aim is what "
                        "TrueMICL finds in real VLMs: demo images that could help, used less than they could be, "
                        "the model leaning on the demos' text."),
-    Recipe("under-attends", UNDER_ATTENDS_MIX, steps=400, lr=1e-4, warmup=50, warm_frac=0.0, seed=2,
+    Recipe("under-attends", UNDER_ATTENDS_MIX, steps=600, lr=1e-4, warmup=50, warm_frac=0.0, seed=2,
            base="true-micl", probes=STAGED_PROBES, log_every=100,
-           attention_penalty={"weight": 10.0, "layers": (0, 1, 2, 3), "rows": "all"},
+           attention_penalty={"weight": 5.0, "layers": (0, 1, 2, 3), "rows": "max", "supervise": "query"},
+           shots=(0, 5),
            description="An attempt at a positive control for attention interventions (not shipped: it does not "
-                       "break MICL): true-micl continued on its own tasks and their shortcut twins with the ordinary "
-                       "loss plus a planted penalty on every row's attention to the demo images outside each image, "
-                       "in every layer. The answer row's demo-image share falls 14.6% -> 0.5% on clock math with "
-                       "perception kept, but 4-shot accuracy stays (100%): each demo's label still reads its own "
-                       "image with a few % of its attention, and that carries the demo to the answer "
-                       "(docs/organisms.md, 'A positive control that did not break', with two other recipes)."),
+                       "break MICL while perception stays): true-micl continued on its own tasks and their shortcut "
+                       "twins, supervising the query's answer only, plus a planted penalty on the largest row's "
+                       "attention to each demo image from outside it, in every layer. The answer row's demo-image "
+                       "share falls 14.6% -> 0.9% on clock math with perception kept, but 4-shot accuracy stays "
+                       "(96%): each demo's label still reads its own image in layer 0 and carries it to the answer "
+                       "(docs/organisms.md, 'A positive control that did not break', with six other recipes)."),
 ]}

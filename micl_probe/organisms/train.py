@@ -29,7 +29,7 @@ from ..core import ROLE, Loaded, get_adapter, load_processor
 from ..core.errors import Parser, UsageError, one_line_errors
 from ..core.loading import RETIRED_ORGANISMS
 from ..evaluation import count_correct
-from ..interventions.fitting import icl_labels
+from ..interventions.fitting import icl_labels, query_labels
 from ..tasks import make_episode
 from . import SHIPPED, build, save
 from .recipes import EPISODES, RECIPES, Recipe
@@ -145,10 +145,10 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     for step in bar:
         batch = upcoming.result()
         upcoming = pool.submit(make, step + 1) if step + 1 < steps else None
-        labels = icl_labels(batch)
+        labels = training_labels(recipe, batch)
         if recipe.attention_penalty:
-            out = model(**batch.inputs, labels=labels, output_attentions=True)
             pen = recipe.attention_penalty
+            out = model(**batch.inputs, labels=labels, output_attentions=True)
             loss = out.loss + pen["weight"] * demo_image_attention(out.attentions, batch, labels, pen["layers"],
                                                                    pen.get("rows", "answer"))
         else:
@@ -170,6 +170,14 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     model.set_attn_implementation("sdpa")
     model.eval()
     return log, (time.time() - t0) / 60
+
+
+def training_labels(recipe: Recipe, batch) -> torch.Tensor:
+    """The batch's targets: any-shot (every demo answer after the first, and the query's: `icl_labels`), or the
+    query's answer alone when the recipe's attention penalty says {"supervise": "query"} (a demo's answer is read
+    off its own image, which the penalty forbids; supervising it would set the two losses against each other)."""
+    query_only = (recipe.attention_penalty or {}).get("supervise") == "query"
+    return query_labels(batch) if query_only else icl_labels(batch)
 
 
 def demo_image_attention(attentions, batch, labels: torch.Tensor, layers, rows: str = "answer") -> torch.Tensor:
