@@ -263,6 +263,7 @@ CASES: dict[str, Callable[[Path], object]] = {
     "train --task novel_binding@bound": lambda w: _train("mtv", "--model", "organism:true-micl", "--task",
                                                          "novel_binding@bound", "--out", w / "m"),
     "compare: a folder without results": lambda w: _cli("micl_probe.compare", w, w / "nowhere"),
+    "organisms.card: a folder without an organism": lambda w: _cli("micl_probe.organisms.card", w / "nowhere"),
     "load_records: a folder without results": lambda w: _load_records(w),
     "attn_report --conditions 4-shot+knockout=top-3:attention": lambda w: _report(
         "--conditions", "4-shot+knockout=top-3:attention", "--out", w / "rep"),
@@ -319,7 +320,8 @@ EXPECT = {
     "train --shots 0": "--shots 0",
     "attn_report --dara without a +dara condition": "no condition runs it",
     "attn_report --alphas no condition runs": "no condition runs it", "attn_report --tasks clock_math@green":
-    "its rules: red, blue", "train --task novel_binding@bound": "bound anew", "compare: a folder without results":
+    "its rules: red, blue", "train --task novel_binding@bound": "bound anew",
+    "organisms.card: a folder without an organism": "no organism here", "compare: a folder without results":
     "no results.jsonl there", "load_records: a folder without results": "no results file there",
     "attn_report --conditions 4-shot+knockout=top-3:attention": "rank heads by",
     "attn_report --conditions 4-shot+mgi=1.5": "mgi=<k>,<λ>", "attn_report --conditions 4-shot+knockout=L99H0":

@@ -144,3 +144,17 @@ def test_a_task_under_one_fixed_rule_is_the_rule_stream():
     for bad, said in (("clock_math@green", "its rules: red, blue"), ("novel_binding@bound", "bound anew")):
         with pytest.raises(ValueError, match=said):
             check_task(bad)
+
+
+@pytest.mark.parametrize("task", ["novel_binding", "novel_binding_shortcut"])
+def test_every_binding_prefix_shows_both_classes(task):
+    """A k-shot condition keeps the first k demos of a longer draw (the card's 8, the harness's pool): every prefix
+    of two or more demos must show both of the episode's classes (as its answers tell), or the query's class may be
+    unshown and the query unanswerable; the draw's demos are all kept, each class half of them."""
+    for shots in (2, 3, 4, 8):
+        for e in sample_episodes(task, shots, 60, seed=3):
+            answers = [d.answer for d in e.demos]
+            counts = sorted(Counter(answers).values())
+            assert len(counts) == 2 and counts[1] - counts[0] == shots % 2
+            for k in range(2, shots + 1):
+                assert len(set(answers[:k])) == 2, (shots, k, answers)

@@ -1,7 +1,10 @@
 """The organisms' model cards: accuracy per task x condition with 95% CIs, written into README.md.
 
-Conditions share the same queries: each query is drawn once with 8 demos; "k-shot" keeps the first k,
-"no-image" keeps the first 4 without their images (TrueMICL's control), "zero-shot" keeps none.
+Every number on a card is computed by the harness (`evaluation.run`) on the queries the default report uses:
+conditions of up to 4 shots share one draw of 4 demos per query ("k-shot" keeps the first k, "no-image" all 4
+without their images, "zero-shot" none), as `python -m micl_probe.attn_report` draws them, so the card and the
+report agree query for query; a longer k-shot column is its own draw of k demos (other queries). Recompute a saved
+organism's card from its weights: `python -m micl_probe.organisms.card FOLDER`.
 """
 
 from __future__ import annotations
@@ -9,37 +12,55 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..core import Loaded
-from ..evaluation import Accuracy, condition_episode, count_correct, which_correct
-from ..measure import capture_attention
-from ..measure.attention import PARTS
-from ..tasks import TRUE_MICL_TASKS, sample_episodes, task_names
+from ..evaluation import Accuracy, RunConfig, run
+from ..evaluation.conditions import pool_size
+from ..tasks import TRUE_MICL_TASKS, query_episodes, task_names
+from . import SHIPPED
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
 SHARE_TASKS = ("novel_binding", "clock_math", "palindrome")  # the tasks whose demo images true-micl reads
+REPORT_POOL = ["4-shot"]  # in every short run: its pool is the default report's (4 demos), whatever else is asked
 
 
-def _card_queries(loaded: Loaded, task: str, n: int, seed: int):
-    """The card's `n` query episodes of `task`, drawn once with 8 demos; every condition is cut from them."""
-    return sample_episodes(task, 8, n, seed=seed, split="query")
+def card_records(loaded: Loaded, tasks, conditions, n: int = 200, seed: int = 0, batch_size: int = 50,
+                 attention: bool = False) -> list[dict]:
+    """The harness's records behind a card: the conditions of up to 4 shots in one run whose pool is the default
+    report's (so its 4-shot and no-image are the report's episodes), each longer k-shot in a run of its own."""
+    cfg = RunConfig(n=n, seed=seed, batch_size=batch_size, attention=attention, progress=False)
+    short = [c for c in conditions if pool_size([c])[1] <= 4]
+    records = []
+    if short:
+        both = list(dict.fromkeys(short + REPORT_POOL))
+        records += [r for r in run(loaded, list(tasks), both, cfg) if r["condition"] in short]
+    for cond in conditions:
+        if cond not in short:
+            records += list(run(loaded, list(tasks), [cond], cfg))
+    return records
+
+
+def _cells(records) -> dict:
+    """{task: {condition: {"correct": k, "n": n, "right": "0110…"}}} ("right": each query's verdict, by index)."""
+    table: dict = {}
+    for r in sorted(records, key=lambda r: r["index"]):
+        cell = table.setdefault(r["task"], {}).setdefault(r["condition"], {"correct": 0, "n": 0, "right": ""})
+        cell["correct"] += int(r["correct"])
+        cell["n"] += 1
+        cell["right"] += "1" if r["correct"] else "0"
+    return table
 
 
 @torch.no_grad()
 def evaluate_organism(loaded: Loaded, n: int = 200, tasks=None, conditions=CONDITIONS, seed: int = 0,
                       batch_size: int = 50) -> dict:
-    """{task: {condition: {"correct": k, "n": n}}} on `n` seeded query episodes per task."""
+    """{task: {condition: {"correct": k, "n": n, "right": per-query 0/1}}} on the harness's `n` query episodes per
+    task (`card_records`)."""
     tasks = tasks or task_names() + task_names(shortcut=True)
-    table = {}
-    for task in tqdm(tasks, desc="evaluate", mininterval=2):
-        episodes = _card_queries(loaded, task, n, seed)
-        table[task] = {}
-        for cond in conditions:
-            eps = [condition_episode(e, cond, k_default=4) for e in episodes]
-            table[task][cond] = {"correct": count_correct(loaded, eps, batch_size=batch_size), "n": n}
-    return table
+    cells = _cells(card_records(loaded, tasks, conditions, n, seed, batch_size))
+    return {t: {c: cells[t][c] for c in conditions} for t in tasks}
 
 
 @torch.no_grad()
@@ -52,24 +73,59 @@ def evaluate_rules(loaded: Loaded, n: int = 200, tasks=None, shots: int = 4, see
     table = {}
     # novel_binding has one true-MICL rule (names bound per episode), so nothing to split
     for task in tasks or [t for t in TRUE_MICL_TASKS if t != "novel_binding"]:
-        episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(loaded, task, n, seed)]
-        right = which_correct(loaded, episodes, batch_size=batch_size)
-        rules = [e.meta["rule"] for e in episodes]
-        table[task] = {r: {"correct": int(sum(v for v, q in zip(right.tolist(), rules) if q == r)),
-                           "n": rules.count(r)} for r in sorted(set(rules))}
+        records = card_records(loaded, [task], [f"{shots}-shot"], n, seed, batch_size)
+        episodes = query_episodes(task, records[0]["pool"], n, seed)  # the harness's own draw, for each rule
+        rules = [episodes[r["index"]].meta["rule"] for r in records]
+        table[task] = {q: {"correct": sum(int(r["correct"]) for r, p in zip(records, rules) if p == q),
+                           "n": rules.count(q)} for q in sorted(set(rules))}
     return table
 
 
 @torch.no_grad()
 def evaluate_demo_share(loaded: Loaded, n: int = 50, tasks=SHARE_TASKS, shots: int = 4, seed: int = 0) -> dict:
-    """{task: share}: the answer position's attention on the demos' images, averaged over the first `n` of the
-    card's `shots`-shot queries and every measured layer and head (`AttentionMass.where_it_looks`)."""
-    out = {}
-    for task in tasks:
-        episodes = [condition_episode(e, f"{shots}-shot") for e in _card_queries(loaded, task, n, seed)]
-        parts, _ = capture_attention(loaded, episodes, progress=False).where_it_looks()
-        out[task] = float(parts[..., PARTS.index("demo_image")].nanmean())
-    return out
+    """{task: share}: the answer row's attention on the demos' images (`AttentionMass.where_it_looks`, averaged
+    over every measured layer and head), averaged over the first `n` of the card's `shots`-shot queries."""
+    records = card_records(loaded, tasks, [f"{shots}-shot"], n, seed, attention=True)
+    return {t: float(np.mean([r["looks_at"]["demo_image"] for r in records if r["task"] == t])) for t in tasks}
+
+
+SETUP_KEYS = ("task_content", "seed", "metric", "prompt_format", "style", "instruction", "system", "record_format")
+
+
+@torch.no_grad()
+def evaluate_card(loaded: Loaded, n: int = 200, seed: int = 0, share_n: int = 50) -> dict:
+    """Every number of a card, from the harness: "evaluation" (every task x CONDITIONS), "by_rule", "demo_image_share"
+    and "evaluation_setup" (the records' settings that decide the queries and scoring: two cards are compared only
+    when theirs match)."""
+    tasks = task_names() + task_names(shortcut=True)
+    records = card_records(loaded, tasks, CONDITIONS, n, seed)
+    cells = _cells(records)
+    setup = {k: records[0][k] for k in SETUP_KEYS} | {"n": n, "protocol": "evaluation.run"}
+    share_n = min(share_n, n)
+    return {"evaluation": {t: {c: cells[t][c] for c in CONDITIONS} for t in tasks},
+            "by_rule": evaluate_rules(loaded, n=n, seed=seed),
+            "demo_image_share": {"n": share_n, "tasks": evaluate_demo_share(loaded, n=share_n, seed=seed)},
+            "evaluation_setup": setup}
+
+
+def gap_closed(base: dict, organism: dict, task: str, resamples: int = 2000, seed: int = 0):
+    """(ratio, low, high): how far `organism`'s 4-shot accuracy fell from `base`'s toward its own no-image control,
+    (base 4-shot − 4-shot) / (base 4-shot − no-image), with a 95% percentile interval from a paired bootstrap over
+    the queries both cards share (their "right" strings, query by query). None when the cards carry no per-query
+    verdicts."""
+    try:
+        cols = [np.array([c == "1" for c in card[task][cond]["right"]], float)
+                for card, cond in ((base, "4-shot"), (organism, "4-shot"), (organism, "no-image"))]
+    except KeyError:
+        return None
+    if len({len(c) for c in cols}) != 1:
+        return None
+    ratio = lambda b, o, blind: (b.mean(-1) - o.mean(-1)) / (b.mean(-1) - blind.mean(-1))
+    idx = np.random.default_rng(seed).integers(0, len(cols[0]), (resamples, len(cols[0])))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = ratio(*(c[idx] for c in cols))
+    boot = boot[np.isfinite(boot)]
+    return float(ratio(*cols)), float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
 def table_markdown(evaluation: dict) -> str:
@@ -116,10 +172,17 @@ def write_card(folder: str | Path) -> Path:
     text.append("")
     if "evaluation" in meta:
         n = next(iter(next(iter(meta["evaluation"].values())).values()))["n"]
+        setup = meta.get("evaluation_setup", {})
         text += ["## Accuracy (%, 95% Wilson CI), greedy exact match", "",
-                 f"{n} seeded query episodes per task (query split); every condition uses the same queries. "
-                 "no-image = the first 4 demos without their images.", "",
+                 f"{n} query episodes per task, seed {setup.get('seed', 0)}, scored by the harness "
+                 "(`evaluation.run`): the default report's queries, query for query. Every condition up to 4 shots "
+                 "uses the same queries (k-shot: the first k of 4 demos; no-image: the 4 demos without their "
+                 "images); 8-shot is its own draw of 8 demos. Novel binding's demos show both classes in every "
+                 "prefix of two or more.", "",
                  table_markdown(meta["evaluation"])]
+        gaps = _gap_lines(folder, meta)
+        if gaps:
+            text += gaps
     if "by_rule" in meta:
         text += ["## 4-shot accuracy by hidden rule (%, 95% Wilson CI)", "",
                  "The 4-shot column's queries split by the episode's rule: reading the rule from the demos means "
@@ -145,3 +208,61 @@ def write_card(folder: str | Path) -> Path:
     path = folder / "README.md"
     path.write_text("\n".join(text) + "\n")
     return path
+
+
+def _gap_lines(folder: Path, meta: dict) -> list[str]:
+    """A continued organism's "gap closed" table against its base's card (when both were scored on the same
+    queries: equal `evaluation_setup`), with paired bootstrap intervals (`gap_closed`)."""
+    base_name = meta.get("base")
+    path = SHIPPED / base_name / "micl_probe.json" if base_name else None
+    if not path or not path.is_file():
+        return []
+    base = json.loads(path.read_text())
+    if base.get("evaluation_setup") != meta.get("evaluation_setup"):
+        return ["## Against its base", "", f"Not compared with `{base_name}`: the two cards were scored on different "
+                "queries or settings (`evaluation_setup`); recompute both with `python -m micl_probe.organisms.card`.",
+                ""]
+    lines = ["## Against its base", "",
+             f"Gap closed = (`{base_name}` 4-shot − this 4-shot) / (`{base_name}` 4-shot − this no-image): 0 = as "
+             f"`{base_name}`, 1 = down to its own no-image control; 95% paired bootstrap interval over the shared "
+             "queries.", "", f"| task | `{base_name}` 4-shot | 4-shot | no-image | gap closed |",
+             "|---|---|---|---|---|"]
+    cell = lambda card, task, c: str(Accuracy(card[task][c]["correct"], card[task][c]["n"]))
+    for task in SHARE_TASKS:
+        found = gap_closed(base["evaluation"], meta["evaluation"], task)
+        if found is None:
+            continue
+        lines.append(f"| {task} | {cell(base['evaluation'], task, '4-shot')} | "
+                     f"{cell(meta['evaluation'], task, '4-shot')} | {cell(meta['evaluation'], task, 'no-image')} | "
+                     f"{found[0]:.2f} [{found[1]:.2f}, {found[2]:.2f}] |")
+    return lines + [""]
+
+
+def main(argv=None):
+    from ..core.errors import Parser, UsageError, one_line_errors
+    from ..core.loading import load
+
+    ap = Parser(prog="python -m micl_probe.organisms.card", description="Recompute saved organisms' cards from "
+                "their weights with the harness (micl_probe.json's evaluation, by_rule, demo_image_share; README.md).")
+    ap.add_argument("folders", nargs="+", help="organism folders (micl_probe/organisms/shipped/NAME for a shipped one)")
+    ap.add_argument("--n", type=int, default=200, help="queries per task and condition (default: %(default)s)")
+    args = ap.parse_args(argv)
+    with one_line_errors():
+        for folder in map(Path, args.folders):
+            if not (folder / "micl_probe.json").is_file():
+                raise UsageError(f"{folder}: no organism here (no micl_probe.json); give a folder written by "
+                                 "python -m micl_probe.organisms.train")
+        if args.n < 1:
+            raise UsageError(f"--n {args.n}: give a whole number >= 1")
+    for folder in map(Path, args.folders):  # a base before the organisms continued from it
+        meta = json.loads((folder / "micl_probe.json").read_text())
+        meta |= evaluate_card(load(str(folder)), n=args.n)
+        tmp = folder / "micl_probe.json.tmp"
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(folder / "micl_probe.json")
+        write_card(folder)
+        print(f"recomputed {folder / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()

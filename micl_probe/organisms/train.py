@@ -109,11 +109,8 @@ def train(recipe: Recipe, out_dir=None, steps: int | None = None, log_every: int
     if len(history) > 1:
         card["stages"] = history
     if evaluate:
-        from .card import evaluate_demo_share, evaluate_organism, evaluate_rules
-        card["evaluation"] = evaluate_organism(loaded, n=eval_n)
-        card["by_rule"] = evaluate_rules(loaded, n=eval_n)
-        share_n = min(50, eval_n)
-        card["demo_image_share"] = {"n": share_n, "tasks": evaluate_demo_share(loaded, n=share_n)}
+        from .card import evaluate_card
+        card |= evaluate_card(loaded, n=eval_n)
     if out_dir is not None:
         save(model, processor, out_dir, card)
         from .card import write_card

@@ -414,7 +414,23 @@ def _balanced_binding(items, setup, rng, task, shots):
             if at["cls"] == cls:
                 out.append((im, at))
                 break
-    return out + [items[-1]]
+    return paired_prefixes(out, key=lambda item: item[1]["cls"]) + [items[-1]]
+
+
+def paired_prefixes(items: list, key) -> list:
+    """`items` (two classes by `key`, as even as their count allows) reordered so that every demo pair (0-1, 2-3, …)
+    holds one of each class while both classes last: every prefix of two or more demos shows both classes, so a
+    k-shot condition cut from a longer draw (the first k demos) never leaves the query's class unshown. Each class
+    keeps its order; a pair already mixed keeps its order."""
+    out, rest = [], list(items)
+    while rest:
+        first = rest.pop(0)
+        out.append(first)
+        other = next((i for i, x in enumerate(rest) if key(x) != key(first)), None)
+        if other is None:  # one class left: the rest in order
+            return out + rest
+        out.append(rest.pop(other))
+    return out
 
 
 def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query") -> list[Episode]:
