@@ -120,3 +120,44 @@ def test_which_correct_is_the_per_episode_count_correct():
     assert 0 < int(verdicts.sum()) < 12
     assert int(verdicts.sum()) == count_correct(loaded, episodes, batch_size=12)
     assert verdicts.tolist() == [bool(which_correct(loaded, [e])[0]) for e in episodes]
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "gemma3"])  # 1-D RoPE, M-RoPE, sliding-window layers
+def test_one_prefill_measures_what_a_forward_does_and_generates_what_generate_does(name):
+    """The generated-answer path's one pass (issue 32): tracing `generate` and measuring its prefill gives the
+    attention of a plain forward on the same left-padded batch (to 1e-5) and the tokens `generate` gives alone."""
+    from micl_probe.evaluation.scoring import generate_tokens, generation_kwargs
+    from micl_probe.measure import score_and_capture
+    from micl_probe.testing import noise_episode, tiny_loaded
+
+    loaded = tiny_loaded(name)
+    episodes = [noise_episode(1, seed=1), noise_episode(3, seed=2), noise_episode(2, seed=3)]
+    batch = loaded.prepare_batch(episodes, padding_side="left")
+    assert not bool(batch.inputs["attention_mask"][:, 0].all())  # prompts of different lengths: padding on the left
+    forward, _ = score_and_capture(loaded, batch)
+    generated = generate_tokens(loaded, batch, 5)
+    once, sequences = score_and_capture(loaded, batch, generate=generation_kwargs(loaded, 5))
+    assert torch.equal(sequences[:, batch.inputs["input_ids"].shape[1]:], generated)
+    assert once.segments == forward.segments
+    assert torch.allclose(once.mass, forward.mass, atol=1e-5, equal_nan=True)
+
+
+def test_the_harness_reads_each_prompt_once_under_a_generated_metric():
+    """Under a generated-answer metric with attention, each batch's prompt goes through the decoder once (generate's
+    prefill, measured); under an intervention it is measured by a forward of its own, then generated (twice)."""
+    from micl_probe import RunConfig, load, run
+    from micl_probe.interventions import uniform
+
+    loaded = load("organism:true-micl")
+    lengths = []  # the sequence length of every decoder call: > 1 for a pass over the prompt, 1 for a decoding step
+    hook = lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1])  # noqa: E731
+    handle = loaded.adapter.decoder(loaded.model).register_forward_pre_hook(hook, with_kwargs=True)
+    cfg = RunConfig(n=3, batch_size=3, metric="exact", max_new_tokens=3, progress=False)
+    try:
+        assert len(run(loaded, ["clock_math"], ["2-shot"], cfg)) == 3
+        assert len([n for n in lengths if n > 1]) == 1, lengths
+        lengths.clear()
+        run(loaded, ["clock_math"], ["2-shot+u"], cfg, interventions={"u": uniform(loaded, [3])})
+        assert len([n for n in lengths if n > 1]) == 2, lengths
+    finally:
+        handle.remove()

@@ -56,7 +56,7 @@ from ..tasks import check_task, matching_demos, parse_task, query_episodes, retr
 from .conditions import condition_episode, parse_condition, pool_size
 from .copying import copy_fields, demo_labels, first_label_token, first_tokens
 from .metrics import METRICS, correct, default_metric
-from .scoring import generate_tokens, greedy_exact_match, verdicts_from_logits
+from .scoring import generate_tokens, generation_kwargs, greedy_exact_match, verdicts_from_logits
 from .store import (
     RECORD_KEY,
     Records,
@@ -231,8 +231,10 @@ def _for_task(interventions: dict, name: str, task: str):
 
 
 def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunConfig, task: str) -> list[dict]:
-    """Score a chunk of episodes under `metric` (one forward for teacher-forced; a forward for the attention and a
-    generation otherwise): a partial record per episode (correct, prediction, attention summary)."""
+    """Score a chunk of episodes under `metric`: a partial record per episode (correct, prediction, attention
+    summary). Teacher-forced: one forward scores and measures. Generated: one `generate`, whose prefill (the answer
+    row: the last prompt token) is measured in the same pass; under an intervention, a forward for the attention
+    (the eager path) and a generation."""
     am, tok = None, loaded.processor.tokenizer
     if metric == "teacher-forced":
         batch = loaded.prepare_batch(eps, with_answer=True)
@@ -246,10 +248,15 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
         firsts = [first_label_token([int(t)], tok) for t in first]
     else:
         batch = loaded.prepare_batch(eps, padding_side="left")
-        if cfg.attention:  # the answer row: the last prompt token, which produces the first answer token
-            am, _ = score_and_capture(loaded, batch, intervention=intervention)
-        with within(intervention, batch.layouts) as kwargs:
-            generated = generate_tokens(loaded, batch, cfg.max_new_tokens, **kwargs)
+        prompt = batch.inputs["input_ids"].shape[1]
+        if cfg.attention and intervention is None:  # ONE pass over the prompt: generate's prefill is measured
+            am, sequences = score_and_capture(loaded, batch, generate=generation_kwargs(loaded, cfg.max_new_tokens))
+            generated = sequences[:, prompt:]
+        else:
+            if cfg.attention:  # under an intervention: a forward for the attention (eager), then the generation
+                am, _ = score_and_capture(loaded, batch, intervention=intervention)
+            with within(intervention, batch.layouts) as kwargs:
+                generated = generate_tokens(loaded, batch, cfg.max_new_tokens, **kwargs)
         texts = tok.batch_decode(generated, skip_special_tokens=True)
         chunk = [{"correct": correct(metric, t, ep.query.answer, task), "prediction": t}  # the text scored
                  for t, ep in zip(texts, eps)]

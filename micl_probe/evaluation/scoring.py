@@ -70,6 +70,14 @@ def generate_answers(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int =
     return loaded.processor.tokenizer.batch_decode(generated, skip_special_tokens=True)
 
 
+def generation_kwargs(loaded: Loaded, max_new_tokens: int = 16) -> dict:
+    """`generate`'s keyword arguments for a greedy answer: at most `max_new_tokens`, stopping at `stop_token_ids`
+    (what `generate_tokens` runs, and the harness's one-prefill path traces)."""
+    stops = stop_token_ids(loaded)
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "eos_token_id": stops,
+            "pad_token_id": loaded.processor.tokenizer.pad_token_id or stops[0]}
+
+
 @torch.no_grad()
 def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 16, **forward_kwargs
                     ) -> torch.Tensor:
@@ -77,8 +85,6 @@ def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 
     mask = batch.inputs["attention_mask"]
     if len(batch) > 1 and not bool(mask[:, -1].all()):
         raise ValueError("generation needs left padding: prepare the batch with padding_side='left'")
-    tok = loaded.processor.tokenizer
-    stops = stop_token_ids(loaded)
     # `generate` refuses forward kwargs it does not know, so they reach the attention modules (and from there the
     # attention function, as in a plain forward) through a pre-hook on each, for the duration of this call
     model, adapter = loaded.model, loaded.adapter
@@ -86,8 +92,7 @@ def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 
         lambda module, args, kwargs: (args, {**kwargs, **forward_kwargs}), with_kwargs=True)
         for i in adapter.attention_layers(model)] if forward_kwargs else []
     try:
-        out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             eos_token_id=stops, pad_token_id=tok.pad_token_id or stops[0])
+        out = model.generate(**batch.inputs, **generation_kwargs(loaded, max_new_tokens))
     finally:
         for h in handles:
             h.remove()

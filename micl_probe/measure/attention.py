@@ -294,18 +294,23 @@ def with_sinks(onehot: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def trace_layers(loaded: Loaded, inputs, per_layer, outputs: list | None = None, hidden: bool = False) -> list:
+def trace_layers(loaded: Loaded, inputs, per_layer, outputs: list | None = None, hidden: bool = False,
+                 generate: dict | None = None) -> list:
     """One nnsight trace of `inputs` (a batch), the model keeping its fast attention: at every softmax-attention
     layer, `per_layer(x)` on that layer's attention-function call (`x`: query and key after RoPE [B, H, seq, d],
     [B, H_kv, seq, d], value, attention_mask, scaling; with `hidden`, also x["hidden"]: the hidden states entering the
     layer). Returns what it returned per layer (a tensor or a tuple of them), in the order of
-    `adapter.attention_layers`, as float32 on the CPU; the logits are appended to `outputs` when given."""
+    `adapter.attention_layers`, as float32 on the CPU; the logits are appended to `outputs` when given.
+    `generate`: `model.generate`'s keyword arguments (`scoring.generation_kwargs`): the trace runs generation and
+    measures its prefill (the first call of each layer: the one pass over the whole prompt, with generate's own
+    positions and cache), and `outputs` gets the generated sequences [B, prompt + new] instead of the logits."""
     adapter = loaded.adapter
     decoder = loaded.decoder_envoy()
     layers = adapter.attention_layers(loaded.model)  # a hybrid decoder's linear-attention layers are skipped
     call = _attention_call(loaded, decoder, layers)
     saved = []
-    with torch.no_grad(), loaded.envoy.trace(**inputs):
+    run = {} if generate is None else {"fn": loaded.model.generate, **generate}
+    with torch.no_grad(), loaded.envoy.trace(**inputs, **run) as tracer:
         for layer in layers:
             entering = _layer_input(decoder.layers[layer]) if hidden else None
             args, kwargs = getattr(decoder.layers[layer].self_attn.source, call).inputs
@@ -313,15 +318,16 @@ def trace_layers(loaded: Loaded, inputs, per_layer, outputs: list | None = None,
             out = per_layer(x)
             saved.append(tuple(t.save() for t in out) if isinstance(out, tuple) else out.save())
         if outputs is not None:
-            logits = loaded.envoy.output.logits.save()
+            result = (loaded.envoy.output.logits if generate is None else tracer.result).save()
     if outputs is not None:
-        outputs.append(logits)
+        outputs.append(result)
     cpu = lambda t: t.float().cpu()  # noqa: E731
     return [tuple(map(cpu, t)) if isinstance(t, tuple) else cpu(t) for t in saved]
 
 
 def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Tensor | None = None,
-                 outputs: list | None = None, sinks: float | None = None) -> torch.Tensor:
+                 outputs: list | None = None, sinks: float | None = None, generate: dict | None = None
+                 ) -> torch.Tensor:
     """Each episode's rows' attention (averaged over its rows) at every layer, recomputed in one trace
     (`trace_layers`). Returns [B, layer, head, seq], or [B, layer, head, n_seg] summed by `onehot` [B, seq, n_seg]
     inside the forward (the lean path: only [B, head, n_seg] a layer is kept). The logits are appended to `outputs`
@@ -342,7 +348,7 @@ def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Te
             row = row @ by
         return row[:, :, 0]  # [B, H, seq | n_seg]
 
-    saved = trace_layers(loaded, inputs, per_layer, outputs, hidden=sinks is not None)
+    saved = trace_layers(loaded, inputs, per_layer, outputs, hidden=sinks is not None, generate=generate)
     return _all_layers(loaded, loaded.adapter.attention_layers(loaded.model), saved, 1)
 
 
@@ -359,7 +365,7 @@ def _all_layers(loaded: Loaded, measured: list[int], per_layer: list[torch.Tenso
 
 
 def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None,
-                  sinks: float | None = None) -> list[torch.Tensor]:
+                  sinks: float | None = None, generate: dict | None = None) -> list[torch.Tensor]:
     """[layer, head, n_seg] per episode through `_traced_rows`: the one-hots padded to the batch's widest (with
     sinks, each episode's last column is its "sink" segment, moved to the batch's last column for the trace)."""
     widths = [o.shape[1] for o in onehots]
@@ -369,7 +375,7 @@ def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], o
             onehot[b, :, : o.shape[1]] = o
         else:
             onehot[b, :, : o.shape[1] - 1], onehot[b, :, -1] = o[:, :-1], o[:, -1]
-    mass = _traced_rows(loaded, batch.inputs, rows, onehot, outputs, sinks)  # [B, layer, head, n_seg]
+    mass = _traced_rows(loaded, batch.inputs, rows, onehot, outputs, sinks, generate)  # [B, layer, head, n_seg]
     if sinks is None:
         return [mass[b, ..., :w] for b, w in enumerate(widths)]
     return [torch.cat([mass[b, ..., : w - 1], mass[b, ..., -1:]], -1) for b, w in enumerate(widths)]
@@ -480,12 +486,18 @@ def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, interventio
 
 
 # --- the call --------------------------------------------------------------------------------------------
-def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", intervention=None
-                      ) -> tuple[AttentionMass, torch.Tensor]:
+def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", intervention=None,
+                      generate: dict | None = None) -> tuple[AttentionMass, torch.Tensor]:
     """(AttentionMass, logits[B, seq, vocab]) from ONE forward pass of a prepared batch: the pass that scores it
-    also measures its attention (nnsight; the eager path under an intervention)."""
+    also measures its attention (nnsight; the eager path under an intervention). With `generate` (`model.generate`'s
+    keyword arguments, `scoring.generation_kwargs`; a left-padded batch without answers, no intervention): ONE
+    generation, whose prefill is measured, and the generated sequences [B, prompt + new tokens] instead of logits."""
+    if generate is not None and intervention is not None:
+        raise ValueError("score_and_capture: generate= measures generate's own prefill; under an intervention "
+                         "measure with a forward (generate=None) and generate apart")
     outputs: list = []
-    am = _capture(loaded, [batch], list(batch.episodes), rows, "nnsight", False, None, intervention, outputs)
+    am = _capture(loaded, [batch], list(batch.episodes), rows, "nnsight", False, None, intervention, outputs,
+                  generate=generate)
     return am, outputs[0]
 
 
@@ -556,7 +568,8 @@ def _batches(loaded: Loaded, episodes, batch_size: int, what: str, padding_side=
     return ((loaded.prepare_batch(c, padding_side=padding_side), c) for c in chunks), episodes
 
 
-def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None, sinks=None):
+def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None, sinks=None,
+             generate=None):
     """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given."""
     results, names, positions = [], [], []
     bar = tqdm(total=len(all_episodes), desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
@@ -570,7 +583,7 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
         if intervention is not None:
             masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=outputs)
         elif backend == "nnsight":
-            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks)
+            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks, generate=generate)
         elif backend == "transformer_lens":
             masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:
