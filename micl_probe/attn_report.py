@@ -124,6 +124,9 @@ def parse(argv=None):
                     "(VL-ICL's own, for vlicl: tasks) or any text (default: %(default)s)")
     ap.add_argument("--system", default="", help="a system message, written by the chat template's system turn "
                     "(default: none; the declared formats of --no-template have no system turn)")
+    ap.add_argument("--fixed-demos", action="store_true", help="one demo set per task and seed, shared by every "
+                    "query (as a fixed k-shot support set); each batch's shared prefix then runs once into a cache "
+                    "(teacher-forced scoring; default: each query draws its own demos)")
     ap.add_argument("--no-template", action="store_true", help="write prompts in the adapter's declared chat "
                     "format even where the processor carries a chat template")
     ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")
@@ -412,7 +415,7 @@ def run_settings(args) -> dict:
             "system": args.system, "chat_template": not args.no_template, "attention": not args.no_attention,
             "alphas": args.alphas, "artifacts": artifacts, "knockout": {"ablation": args.knockout_ablation,
                                                                          "at": args.knockout_at},
-            "calibration": args.calibration}
+            "calibration": args.calibration, **({"fixed_demos": True} if args.fixed_demos else {})}
 
 
 def _report(args, rank: int, world: int, dist) -> Path | None:
@@ -427,7 +430,7 @@ def _report(args, rank: int, world: int, dist) -> Path | None:
     settings = {**fixed, "n": args.n, "device": args.device or "cpu"}  # the page's: the run's, with what may vary
     config = RunConfig(n=args.n, seed=args.seed, batch_size=args.batch_size, attention=not args.no_attention,
                        metric=args.metric, max_new_tokens=args.max_new_tokens, style=args.prompt_style,
-                       instruction=args.instruction, system=args.system)
+                       instruction=args.instruction, system=args.system, fixed_demos=args.fixed_demos)
     device = args.device
     if dist is not None and device == "cuda":  # one GPU a process
         device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"

@@ -64,6 +64,7 @@ class Adapter:
     tl_torchvision: bool = False  # ... which needs torchvision (Qwen2.5-VL, Qwen3-VL, GLM-4.1V)
     patch_layout: str = "square"  # how image tokens tile the image (core.patches): square, merged, tiles, ...
     pack_config: tuple[str, ...] = ()  # anyres: the config fields the model's pack_image_features takes by name
+    mrope: bool = False  # 3-D rotary positions from the model's get_rope_index (Qwen-VL, GLM-4.1V)
     notes: str = ""
 
     # --- module tree ------------------------------------------------------------------------------------
@@ -132,6 +133,30 @@ class Adapter:
             return None
         return [list(x) for x in per_sample] if self.nest_images else [im for x in per_sample for im in x]
 
+    # --- shared prefixes (core.prefix) -------------------------------------------------------------------
+    def shared_prefix_unsupported(self, model, length: int) -> str:
+        """Why a prompt of `length` tokens cannot run its prefix once into a cache and its suffix after it ("" if
+        it can): a hybrid decoder's linear-attention state, or sliding-window layers shorter than the prompt (their
+        cache drops the keys before the window)."""
+        tc = self.text_config(model)
+        types = list(getattr(tc, "layer_types", None) or [])
+        if len(self.attention_layers(model)) < self.n_layers(model) or any("linear" in t for t in types):
+            return "a hybrid decoder (its linear-attention state is not a cache of keys to share)"
+        window = getattr(tc, "sliding_window", None)
+        sliding = any("sliding" in t for t in types) or (not types and getattr(tc, "use_sliding_window", True))
+        if window and sliding and length > window:
+            return f"sliding-window layers of {window} tokens, shorter than the {length}-token prompt"
+        return ""
+
+    def rope_positions(self, model, inputs) -> torch.Tensor | None:
+        """The whole batch's position ids where the family's positions are not the token index (M-RoPE: the model's
+        own get_rope_index, [3, B, seq]); None where they are (1-D RoPE: a suffix continues from the cache)."""
+        if not self.mrope:
+            return None
+        keys = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts",
+                "attention_mask")
+        return model.model.get_rope_index(**{k: inputs[k] for k in keys if k in inputs})[0]
+
     def image_feature_counts(self, model, inputs) -> list[int]:
         """Image features the model itself produces for `inputs`, per image (or one total where the family
         flattens images into patches, as Idefics3 does). Runs the vision tower: an independent check of the
@@ -198,20 +223,21 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
     Adapter("llava_onevision", ("llava_onevision",), _ONEVISION, patch_layout="anyres", nest_images=True,
             pack_config=("vision_aspect_ratio",),
             notes="LLaVA-OneVision: anyres_max_9 tiling, variable image-token count; Qwen2 decoder."),
-    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, tl_bridge=False, patch_layout="merged",
+    Adapter("qwen2_vl", ("qwen2_vl",), _QWEN, mrope=True, tl_bridge=False, patch_layout="merged",
             notes="Qwen2-VL: 2x2 patch merging, <|vision_start|>/<|vision_end|> markup, M-RoPE positions."),
-    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, patch_layout="merged", tl_torchvision=True,
+    Adapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN, mrope=True, patch_layout="merged", tl_torchvision=True,
             notes="Qwen2.5-VL: as Qwen2-VL, windowed vision attention; its TransformerLens bridge needs torchvision."),
     Adapter("idefics3", ("idefics3",), _IDEFICS3, decoder_path="model.text_model", nest_images=True,
             patch_layout="tiles",
             notes="Idefics3 / SmolVLM(v1): image splitting into row/col tiles plus a global image, each tile "
                   "framed by <fake_token_around_image> and <row_i_col_j>/<global-img> markup."),
-    Adapter("qwen3_vl", ("qwen3_vl",), _QWEN3, patch_layout="merged", tl_torchvision=True,
+    Adapter("qwen3_vl", ("qwen3_vl",), _QWEN3, mrope=True, patch_layout="merged", tl_torchvision=True,
             notes="Qwen3-VL: " + _QWEN3_NOTES),
-    Adapter("qwen3_vl_moe", ("qwen3_vl_moe",), _QWEN3, patch_layout="merged", tl_torchvision=True,
+    Adapter("qwen3_vl_moe", ("qwen3_vl_moe",), _QWEN3, mrope=True, patch_layout="merged", tl_torchvision=True,
             notes="Qwen3-VL MoE (a mixture-of-experts decoder; attention as the dense model's): " + _QWEN3_NOTES),
-    Adapter("qwen3_5", ("qwen3_5",), _QWEN3, patch_layout="merged", tl_bridge=False, notes="Qwen3.5: " + _HYBRID),
-    Adapter("qwen3_5_moe", ("qwen3_5_moe",), _QWEN3, patch_layout="merged", tl_bridge=False,
+    Adapter("qwen3_5", ("qwen3_5",), _QWEN3, mrope=True, patch_layout="merged", tl_bridge=False,
+            notes="Qwen3.5: " + _HYBRID),
+    Adapter("qwen3_5_moe", ("qwen3_5_moe",), _QWEN3, mrope=True, patch_layout="merged", tl_bridge=False,
             notes="Qwen3.5 MoE (mixture-of-experts MLPs): " + _HYBRID),
     Adapter("internvl", ("internvl",), _INTERNVL, tl_bridge=False, nest_images=True, patch_layout="none",
             notes="InternVL (hf checkpoints, e.g. InternVL3-*-hf): each image is cut into up to max_patches tiles "
@@ -224,7 +250,7 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
                   "both ways (a bidirectional block inside the causal mask) and sliding-window layers alternate with "
                   "global ones: the capture recomputes each layer with the mask that layer is given. The assistant "
                   "role is written 'model'."),
-    Adapter("glm4v", ("glm4v",), _GLM4V, patch_layout="merged", tl_torchvision=True,
+    Adapter("glm4v", ("glm4v",), _GLM4V, mrope=True, patch_layout="merged", tl_torchvision=True,
             notes="GLM-4.1V: Qwen2-VL-style merged patches framed by <|begin_of_image|>/<|end_of_image|>, 3-D "
                   "rotary positions (M-RoPE on half of each head's dimensions); turns are <|user|>\\n… and "
                   "<|assistant|>\\n… with no end-of-turn token between them, so the teacher-forced scorer checks the "

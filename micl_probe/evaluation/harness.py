@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ..core import Loaded, within
 from ..core.episode import STYLES
+from ..core.prefix import split_prefix
 from ..core.provenance import digest, file_digest, folder_digest, intervention_fingerprint, weights_fingerprint
 from ..measure import score_and_capture
 from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
@@ -92,6 +93,7 @@ class RunConfig:
     instruction: str = "nothing"  # nothing | concise | detailed (VL-ICL's, for vlicl: tasks) | any text
     system: str = ""  # a system message (the chat template's system turn; "" for none)
     shard: tuple[int, int] = (0, 1)  # (rank, world): this process runs every world-th batch job, from the rank-th
+    fixed_demos: bool = False  # one demo set per task and seed for every query (its prefix runs once a batch)
 
     def __post_init__(self):
         for name, least in (("n", 1), ("batch_size", 1), ("seed", 0)):
@@ -155,7 +157,8 @@ def provenance(loaded: Loaded, task: str, conditions: list[str], cfg: RunConfig,
             "pool": pool_size(conditions)[1], "seed": cfg.seed, "style": cfg.style, "instruction": cfg.instruction,
             "system": cfg.system, "metric": metric,
             "max_new_tokens": None if metric == "teacher-forced" else cfg.max_new_tokens,
-            "capture": "nnsight" if cfg.attention else None, "record_format": RECORD_FORMAT}
+            "capture": "nnsight" if cfg.attention else None, "record_format": RECORD_FORMAT,
+            **({"demos": "fixed"} if cfg.fixed_demos else {})}  # other queries: part of the key only when set
 
 
 def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list[dict]:
@@ -178,7 +181,7 @@ def _run(loaded, tasks, conditions, cfg, results, target, interventions) -> list
     artifact = {k: intervention_fingerprint(f) if f else None
                 for k, f in factory.items()}  # each intervention's artifact (`core.provenance.tagged`)
     draw = {"instruction": cfg.instruction, "style": cfg.style, "system": cfg.system}
-    base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw) for t in tasks}
+    base_of = {t: query_episodes(t, k_max, cfg.n, cfg.seed, **draw, fixed_demos=cfg.fixed_demos) for t in tasks}
     retrieved: dict[tuple, list | None] = {}  # (task, k) -> a folder task's episodes retrieved from its support set
     records, wanted = [], set()
     jobs = [(t, c, i) for t in tasks for c in conditions for i in range(0, len(base_of[t]), cfg.batch_size)]
@@ -237,10 +240,17 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     (the eager path) and a generation."""
     am, tok = None, loaded.processor.tokenizer
     if metric == "teacher-forced":
-        batch = loaded.prepare_batch(eps, with_answer=True)
+        # episodes with one demo set (--fixed-demos) share their prompt up to the query: right-padded, the prefix
+        # runs once into a cache and the queries after it (`core.prefix`; not under an intervention)
+        same_demos = intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
+        batch = loaded.prepare_batch(eps, with_answer=True, padding_side="right" if same_demos else None)
+        prefix = split_prefix(loaded, batch)[0] if same_demos else None
+        offset = prefix.length if prefix else 0
         if cfg.attention:  # one forward pass scores the batch and measures its attention
-            am, logits = score_and_capture(loaded, batch, intervention=intervention)
-            verdicts, first = verdicts_from_logits(logits, batch)
+            am, logits = score_and_capture(loaded, batch, intervention=intervention, prefix=prefix)
+            verdicts, first = verdicts_from_logits(logits, batch, offset)
+        elif prefix is not None:
+            verdicts, first = verdicts_from_logits(prefix.suffix_logits(loaded.model), batch, offset)
         else:
             with within(intervention, batch.layouts) as kwargs:
                 verdicts, first = greedy_exact_match(loaded.model, batch, **kwargs)

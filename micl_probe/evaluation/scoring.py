@@ -26,8 +26,10 @@ def greedy_exact_match(model, batch: PreparedBatch, **forward_kwargs) -> tuple[t
     return verdicts_from_logits(model(**batch.inputs, **forward_kwargs).logits, batch)
 
 
-def verdicts_from_logits(logits: torch.Tensor, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct[B] bool, first_token[B]) from the teacher-forced logits[B, seq, vocab] of a with-answer batch."""
+def verdicts_from_logits(logits: torch.Tensor, batch: PreparedBatch, offset: int = 0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct[B] bool, first_token[B]) from the teacher-forced logits[B, seq, vocab] of a with-answer batch
+    (`offset`: the logits begin at that position, a suffix's after a shared prefix)."""
     ids = batch.inputs["input_ids"]
     correct, first = [], []
     for b, lay in enumerate(batch.layouts):
@@ -40,7 +42,7 @@ def verdicts_from_logits(logits: torch.Tensor, batch: PreparedBatch) -> tuple[to
             targets = torch.cat([ids[b, answer], ids[b, stop:stop + 1]])
         else:  # a format with no end-of-turn token (GLM-4.1V): the answer tokens only
             predictors, targets = answer - 1, ids[b, answer]
-        argmax = logits[b, predictors].argmax(-1)
+        argmax = logits[b, predictors - offset].argmax(-1)
         correct.append(bool((argmax == targets).all()))
         first.append(int(argmax[0]))
     return torch.tensor(correct), torch.tensor(first)

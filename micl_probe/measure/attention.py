@@ -234,12 +234,13 @@ def segment_matrix(layout: TokenLayout) -> tuple[list[str], torch.Tensor]:
     return names, onehot
 
 
-def rows_attention(query, key, mask, scaling: float, rows) -> torch.Tensor:
-    """probs[B, H, R, seq] = softmax(q[rows]·kᵀ·scaling + mask[rows]) for the given rows only.
+def rows_attention(query, key, mask, scaling: float, rows, offset: int = 0) -> torch.Tensor:
+    """probs[B, H, R, keys] = softmax(q[rows]·kᵀ·scaling + mask[rows]) for the given rows only.
 
-    query [B, H, seq, d], key [B, H_kv, seq, d] (grouped-query heads repeated), mask: None (causal), bool
-    (True = attend) or additive float [B, 1, seq, seq]; rows: a list of positions (the same for every episode) or a
-    [B, R] tensor (each episode its own)."""
+    query [B, H, q, d], key [B, H_kv, keys, d] (grouped-query heads repeated), mask: None (causal), bool
+    (True = attend) or additive float [B, 1, q, keys]; rows: a list of positions among the queries (the same for
+    every episode) or a [B, R] tensor (each episode its own); `offset`: the position of the first query when the
+    keys begin before it (a suffix run after a cached prefix: keys = offset + q)."""
     rows = torch.as_tensor(rows, device=query.device)
     if rows.dim() == 1:
         rows = rows.expand(query.shape[0], -1)
@@ -250,7 +251,7 @@ def rows_attention(query, key, mask, scaling: float, rows) -> torch.Tensor:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, seq, d]
     scores = q @ k.transpose(-1, -2) * scaling  # [B, H, R, seq]
     if mask is None:
-        causal = torch.arange(k.shape[2], device=q.device)[None, None, :] > rows[:, :, None]  # [B, R, seq]
+        causal = torch.arange(k.shape[2], device=q.device)[None, None, :] > rows[:, :, None] + offset  # [B, R, keys]
         scores = scores.masked_fill(causal[:, None], float("-inf"))
     else:
         picked = mask[b, :, rows][..., : k.shape[2]].transpose(1, 2)  # [B, 1, R, seq]
@@ -326,8 +327,8 @@ def trace_layers(loaded: Loaded, inputs, per_layer, outputs: list | None = None,
 
 
 def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Tensor | None = None,
-                 outputs: list | None = None, sinks: float | None = None, generate: dict | None = None
-                 ) -> torch.Tensor:
+                 outputs: list | None = None, sinks: float | None = None, generate: dict | None = None,
+                 offset: int = 0) -> torch.Tensor:
     """Each episode's rows' attention (averaged over its rows) at every layer, recomputed in one trace
     (`trace_layers`). Returns [B, layer, head, seq], or [B, layer, head, n_seg] summed by `onehot` [B, seq, n_seg]
     inside the forward (the lean path: only [B, head, n_seg] a layer is kept). The logits are appended to `outputs`
@@ -339,7 +340,7 @@ def _traced_rows(loaded: Loaded, inputs, rows: list[list[int]], onehot: torch.Te
     onehot = None if onehot is None else onehot.to(device)[:, None]  # [B, 1, seq, n_seg]
 
     def per_layer(x):
-        probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos)  # [B, H, R, seq]
+        probs = rows_attention(x["query"], x["key"], x["attention_mask"], x["scaling"], pos - offset, offset)
         here = probs.device  # this layer's device (under a device_map, layers live on several)
         row = weights.to(here) @ probs  # [B, H, 1, seq]: each episode's mean over its rows
         if onehot is not None:
@@ -365,7 +366,7 @@ def _all_layers(loaded: Loaded, measured: list[int], per_layer: list[torch.Tenso
 
 
 def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], onehots, outputs: list | None = None,
-                  sinks: float | None = None, generate: dict | None = None) -> list[torch.Tensor]:
+                  sinks: float | None = None, generate: dict | None = None, prefix=None) -> list[torch.Tensor]:
     """[layer, head, n_seg] per episode through `_traced_rows`: the one-hots padded to the batch's widest (with
     sinks, each episode's last column is its "sink" segment, moved to the batch's last column for the trace)."""
     widths = [o.shape[1] for o in onehots]
@@ -375,7 +376,10 @@ def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], o
             onehot[b, :, : o.shape[1]] = o
         else:
             onehot[b, :, : o.shape[1] - 1], onehot[b, :, -1] = o[:, :-1], o[:, -1]
-    mass = _traced_rows(loaded, batch.inputs, rows, onehot, outputs, sinks, generate)  # [B, layer, head, n_seg]
+    inputs, offset = batch.inputs, 0
+    if prefix is not None:  # the suffixes after the prefix's cache: their rows, every key (`core.prefix`)
+        inputs, offset = prefix.suffix_inputs(loaded.model), prefix.length
+    mass = _traced_rows(loaded, inputs, rows, onehot, outputs, sinks, generate, offset)  # [B, layer, head, n_seg]
     if sinks is None:
         return [mass[b, ..., :w] for b, w in enumerate(widths)]
     return [torch.cat([mass[b, ..., : w - 1], mass[b, ..., -1:]], -1) for b, w in enumerate(widths)]
@@ -487,17 +491,19 @@ def _eager_mass(loaded: Loaded, batch: PreparedBatch, rows, onehots, interventio
 
 # --- the call --------------------------------------------------------------------------------------------
 def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", intervention=None,
-                      generate: dict | None = None) -> tuple[AttentionMass, torch.Tensor]:
+                      generate: dict | None = None, prefix=None) -> tuple[AttentionMass, torch.Tensor]:
     """(AttentionMass, logits[B, seq, vocab]) from ONE forward pass of a prepared batch: the pass that scores it
     also measures its attention (nnsight; the eager path under an intervention). With `generate` (`model.generate`'s
     keyword arguments, `scoring.generation_kwargs`; a left-padded batch without answers, no intervention): ONE
-    generation, whose prefill is measured, and the generated sequences [B, prompt + new tokens] instead of logits."""
-    if generate is not None and intervention is not None:
-        raise ValueError("score_and_capture: generate= measures generate's own prefill; under an intervention "
-                         "measure with a forward (generate=None) and generate apart")
+    generation, whose prefill is measured, and the generated sequences [B, prompt + new tokens] instead of logits.
+    With `prefix` (`core.prefix.split_prefix` of this right-padded batch): the shared prefix runs once into a cache
+    and the suffixes after it; the logits are the suffixes' [B, seq - prefix.length, vocab]."""
+    if (generate is not None or prefix is not None) and intervention is not None:
+        raise ValueError("score_and_capture: generate= and prefix= measure the model's own pass; under an "
+                         "intervention measure the whole batch with a forward")
     outputs: list = []
     am = _capture(loaded, [batch], list(batch.episodes), rows, "nnsight", False, None, intervention, outputs,
-                  generate=generate)
+                  generate=generate, prefix=prefix)
     return am, outputs[0]
 
 
@@ -569,7 +575,7 @@ def _batches(loaded: Loaded, episodes, batch_size: int, what: str, padding_side=
 
 
 def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None, sinks=None,
-             generate=None):
+             generate=None, prefix=None):
     """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given."""
     results, names, positions = [], [], []
     bar = tqdm(total=len(all_episodes), desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
@@ -583,7 +589,8 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
         if intervention is not None:
             masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=outputs)
         elif backend == "nnsight":
-            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks, generate=generate)
+            masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks, generate=generate,
+                                   prefix=prefix)
         elif backend == "transformer_lens":
             masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:

@@ -286,10 +286,15 @@ def _episode(task, q, demos, index, instruction, condition=None) -> Episode:
                    instruction=instruction)
 
 
+FIXED_DEMOS = 2**31 - 1  # the demo generator's second seed under fixed demos (in place of the query index)
+
+
 def folder_episodes(spec: str | FolderTask, shots: int, n: int | None = None, seed: int = 0,
-                    instruction: str = "nothing") -> list[Episode]:
+                    instruction: str = "nothing", fixed_demos: bool = False) -> list[Episode]:
     """The first `n` queries of the folder task `spec` (all when None), each with `shots` shots of demos drawn
-    from the support set (a generator seeded by (seed, query index)); see the module docstring for each format."""
+    from the support set (a generator seeded by (seed, query index)); see the module docstring for each format.
+    `fixed_demos`: every query's generator seeded alike, so the queries share one demo set wherever the draw does
+    not depend on the query (VL-ICL's open_mi and operator tasks keep each query's own)."""
     task = spec if isinstance(spec, FolderTask) else parse_task(spec)
     if task is None:
         raise FolderError(f"{spec!r} is not a folder task; use truemicl:PATH/TASK or vlicl:PATH/TASK")
@@ -300,7 +305,7 @@ def folder_episodes(spec: str | FolderTask, shots: int, n: int | None = None, se
         where = _at(task, "query.json", index)
         if not isinstance(q, dict):
             raise FolderError(f"{where}: expected an object with 'image', 'question' and 'answer'")
-        rng = np.random.default_rng([seed, index])
+        rng = np.random.default_rng([seed, FIXED_DEMOS if fixed_demos else index])
         episodes.append(_episode(task, q, _demo_pool(task, support, q, shots, rng, where), index, text))
     return episodes
 

@@ -16,7 +16,16 @@ import numpy as np
 
 from ..core.episode import Episode
 from .folders import LEVELS, FolderError, folder_episodes, folder_stream, parse_task, retrieved_episodes
-from .synthetic import SPLIT_SEEDS, make_episode, rule_episodes, rule_stream, sample_episodes, split_rule, task_names
+from .synthetic import (
+    SPLIT_SEEDS,
+    fixed_demo_episodes,
+    make_episode,
+    rule_episodes,
+    rule_stream,
+    sample_episodes,
+    split_rule,
+    task_names,
+)
 
 
 def check_task(task: str) -> None:
@@ -54,15 +63,21 @@ def _styled(episodes: list[Episode], style: str, instruction: str | None, system
 
 
 def query_episodes(task: str, shots: int, n: int, seed: int = 0, instruction: str = "nothing",
-                   style: str = "turns", system: str = "") -> list[Episode]:
-    """`n` query episodes of `task` with `shots` shots each (a folder task may hold fewer queries: all of them)."""
+                   style: str = "turns", system: str = "", fixed_demos: bool = False) -> list[Episode]:
+    """`n` query episodes of `task` with `shots` shots each (a folder task may hold fewer queries: all of them).
+    `fixed_demos`: one demo set per task and seed, shared by every query (`synthetic.fixed_demo_episodes`,
+    `folders.folder_episodes`): prompts that differ only after the demos, whose prefix the harness runs once."""
     folder = parse_task(task) if ":" in task else None
     if folder is not None:
-        return _styled(folder_episodes(folder, shots, n, seed, instruction), style, None, system)
+        return _styled(folder_episodes(folder, shots, n, seed, instruction, fixed_demos), style, None, system)
     text = "" if instruction in LEVELS else instruction
     base, rule = split_rule(task)
-    drawn = rule_episodes(base, rule, shots, n, "query", seed) if rule else sample_episodes(task, shots, n, seed=seed,
-                                                                                             split="query")
+    if fixed_demos:
+        drawn = fixed_demo_episodes(task, shots, n, seed, "query")
+    elif rule:
+        drawn = rule_episodes(base, rule, shots, n, "query", seed)
+    else:
+        drawn = sample_episodes(task, shots, n, seed=seed, split="query")
     return _styled(drawn, style, text, system)
 
 

@@ -379,6 +379,13 @@ def _parse(name: str) -> tuple[Task, bool]:
 
 def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | None = None) -> Episode:
     """One episode of task `name` (`<task>_shortcut` for the fixed-rule counterpart) with `shots` demos."""
+    return episodes_sharing_demos(name, shots, 1, rng, rule)[0]
+
+
+def episodes_sharing_demos(name: str, shots: int, n: int, rng: np.random.Generator, rule: str | None = None
+                           ) -> list[Episode]:
+    """`n` episodes of task `name` with one demo set: one episode's draw (its classes and names, its rule) with
+    `shots` demos and `n` queries (n = 1: `make_episode`, the same draws)."""
     task, shortcut = _parse(name)
     if task.name == "novel_binding":
         rule = "fixed" if shortcut else "bound"
@@ -387,7 +394,7 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
     setup = task.episode_setup(rng)
     if shortcut and task.name == "shape_count":
         setup = {"kinds": SHAPE_NAMES[:3]}  # fixed kinds; always count circles
-    items = [task.draw(rng, setup) for _ in range(shots + 1)]
+    items = [task.draw(rng, setup) for _ in range(shots + n)]
     if task.name == "novel_binding" and shots >= 2:
         # balance the two classes among the demos so both labels are shown (the shortcut twin has the same two
         # classes per episode, each with its fixed label, so matching the query to a demo is never wrong there)
@@ -399,9 +406,8 @@ def make_episode(name: str, shots: int, rng: np.random.Generator, rule: str | No
             im.info[EVIDENCE_KEY] = {"correct": [_cell_box(c) for c in correct],
                                      "wrong": [_cell_box(c) for c in wrong]}
     demos = tuple(Demo((im,), question, task.answer(at, rule, setup)) for im, at in items[:shots])
-    im, at = items[shots]
-    query = Query((im,), question, task.answer(at, rule, setup))
-    return Episode(demos, query, task=name, meta={"rule": rule, "shortcut": shortcut})
+    return [Episode(demos, Query((im,), question, task.answer(at, rule, setup)), task=name,
+                    meta={"rule": rule, "shortcut": shortcut}) for im, at in items[shots:]]
 
 
 def _balanced_binding(items, setup, rng, task, shots):
@@ -414,7 +420,7 @@ def _balanced_binding(items, setup, rng, task, shots):
             if at["cls"] == cls:
                 out.append((im, at))
                 break
-    return paired_prefixes(out, key=lambda item: item[1]["cls"]) + [items[-1]]
+    return paired_prefixes(out, key=lambda item: item[1]["cls"]) + items[shots:]
 
 
 def paired_prefixes(items: list, key) -> list:
@@ -441,6 +447,16 @@ def sample_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
     rng = np.random.default_rng([seed, SPLIT_SEEDS[split]])
     return [make_episode(name, shots, rng) for _ in range(n)]
+
+
+def fixed_demo_episodes(name: str, shots: int, n: int, seed: int = 0, split: str = "query") -> list[Episode]:
+    """`n` seeded episodes that share one demo set (the `--fixed-demos` protocol: one demo set per task and seed):
+    one draw of the task's setup and rule with `shots` demos and `n` queries (`episodes_sharing_demos`); `name` may
+    fix the rule (`task@rule`). An independent stream from `sample_episodes`'."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
+    base, rule = split_rule(name) if "@" in name else (name, None)
+    return episodes_sharing_demos(base, shots, n, np.random.default_rng([seed, SPLIT_SEEDS[split], 13]), rule)
 
 
 def rule_stream(task: str, rule: str, shots: int, split: str, seed: int = 0):

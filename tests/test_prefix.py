@@ -1,0 +1,75 @@
+"""Fixed demos and shared prefixes (issue 32): one demo set per task and seed; a batch that shares its prompt up to
+the query runs that prefix once into a cache, with the same records as running every prompt whole."""
+
+import pytest
+import torch
+
+from micl_probe import RunConfig, load, run
+from micl_probe.core.prefix import split_prefix
+from micl_probe.tasks import query_episodes
+from micl_probe.testing import tiny_loaded
+
+FIELDS = ("visual_share", "special_share")
+
+
+def test_fixed_demos_share_one_draw_and_keep_its_rule():
+    """Every query gets the same demos (its names and rule with them); the queries differ; the default draw is
+    untouched by the option."""
+    for task in ("novel_binding", "clock_math", "clock_math@blue", "palindrome_shortcut"):
+        eps = query_episodes(task, 4, 12, fixed_demos=True)
+        assert all(e.demos == eps[0].demos for e in eps) and len({e.query.images[0].tobytes() for e in eps}) == 12
+        assert len({e.meta["rule"] for e in eps}) == 1
+        if task == "novel_binding":  # the query's name is one the demos bound
+            assert all(e.query.answer in {d.answer for d in e.demos} for e in eps)
+    plain = query_episodes("clock_math", 4, 5)
+    assert len({tuple(d.images[0].tobytes() for d in e.demos) for e in plain}) == 5
+    assert query_episodes("clock_math", 4, 5, fixed_demos=True)[0].demos != plain[0].demos
+
+
+def _records(loaded, batch_size, task="clock_math"):
+    cfg = RunConfig(n=5, batch_size=batch_size, progress=False, fixed_demos=True)
+    return run(loaded, [task], ["no-image", "3-shot"], cfg)
+
+
+@pytest.mark.parametrize("name", ["organism", "llava", "qwen2_vl", "gemma3"])  # + 1-D RoPE, M-RoPE, sliding window
+def test_shared_prefix_records_equal_whole_prompt_records(name):
+    """Batches of 5 (prefix once, suffixes after it) against one episode a batch (each prompt whole): the same
+    verdicts, predictions and copy fields, the attention summaries equal to 1e-5. Gemma 3's sliding-window layers are
+    shorter than these prompts: it falls back to whole prompts and says why."""
+    loaded = load("organism:true-micl") if name == "organism" else tiny_loaded(name)
+    eps = query_episodes("clock_math", 3, 5, fixed_demos=True)
+    split, why = split_prefix(loaded, loaded.prepare_batch(eps, with_answer=True, padding_side="right"))
+    if name == "gemma3":
+        assert split is None and "sliding-window layers" in why
+    else:
+        assert split is not None and 0 < split.length < min(len(lay) for lay in loaded.prepare_batch(eps).layouts)
+    shared, whole = _records(loaded, 5), _records(loaded, 1)
+    assert len(shared) == len(whole) == 10
+    for a, b in zip(shared, whole):
+        assert {k: a[k] for k in ("correct", "prediction", "cla", "copied")} == \
+            {k: b[k] for k in ("correct", "prediction", "cla", "copied")}
+        for key in FIELDS:
+            assert a[key] == pytest.approx(b[key], abs=1e-5)
+        assert torch.allclose(torch.tensor(a["visual_share_by_head"]), torch.tensor(b["visual_share_by_head"]),
+                              atol=1e-5, equal_nan=True)
+        assert a["image_share"] == pytest.approx(b["image_share"], abs=1e-5)
+        assert a["looks_at"] == pytest.approx(b["looks_at"], abs=1e-5)
+
+
+def test_the_prefix_runs_once_a_batch():
+    """With fixed demos each batch's decoder sees the prefix once (one batch-of-one pass) and the suffixes once;
+    per-query demos run every prompt whole; the records say which protocol drew them."""
+    loaded = load("organism:true-micl")
+    calls = []  # (batch, length) of every decoder call
+    hook = lambda module, args, kwargs: calls.append(tuple(kwargs["inputs_embeds"].shape[:2]))  # noqa: E731
+    handle = loaded.adapter.decoder(loaded.model).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        records = run(loaded, ["palindrome"], ["4-shot"], RunConfig(n=4, batch_size=4, progress=False,
+                                                                    fixed_demos=True))
+        (one, prefix), (four, suffix) = calls
+        assert one == 1 and four == 4 and suffix < prefix and records[0]["demos"] == "fixed"
+        calls.clear()
+        records = run(loaded, ["palindrome"], ["4-shot"], RunConfig(n=4, batch_size=4, progress=False))
+        assert [b for b, _ in calls] == [4] and "demos" not in records[0]
+    finally:
+        handle.remove()
