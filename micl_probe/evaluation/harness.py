@@ -42,6 +42,7 @@ format: each batch is prepared once and run once, the forward pass that scores i
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +245,9 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
         # runs once into a cache and the queries after it (`core.prefix`; not under an intervention)
         same_demos = intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
         batch = loaded.prepare_batch(eps, with_answer=True, padding_side="right" if same_demos else None)
-        prefix = split_prefix(loaded, batch)[0] if same_demos else None
+        prefix, why = split_prefix(loaded, batch) if same_demos else (None, "")
+        if cfg.fixed_demos and why and why != "a single episode":
+            warnings.warn(f"fixed demos: each prompt runs whole here ({why})", stacklevel=2)
         offset = prefix.length if prefix else 0
         if cfg.attention:  # one forward pass scores the batch and measures its attention
             am, logits = score_and_capture(loaded, batch, intervention=intervention, prefix=prefix)
@@ -259,6 +262,9 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     else:
         batch = loaded.prepare_batch(eps, padding_side="left")
         prompt = batch.inputs["input_ids"].shape[1]
+        if cfg.fixed_demos:
+            warnings.warn("fixed demos: generated answers run each prompt whole (the shared prefix serves "
+                          "teacher-forced scoring)", stacklevel=2)
         if cfg.attention and intervention is None:  # ONE pass over the prompt: generate's prefill is measured
             am, sequences = score_and_capture(loaded, batch, generate=generation_kwargs(loaded, cfg.max_new_tokens))
             generated = sequences[:, prompt:]
