@@ -31,12 +31,24 @@ def _records(loaded, batch_size, task="clock_math"):
     return run(loaded, [task], ["no-image", "3-shot"], cfg)
 
 
-@pytest.mark.parametrize("name", ["organism", "llava", "qwen2_vl", "gemma3"])  # + 1-D RoPE, M-RoPE, sliding window
+def _wide_gemma3():
+    """Gemma 3's tiny model with sliding-window layers of 512 tokens, longer than these prompts."""
+    from micl_probe import Loaded, adapter_for
+    from micl_probe.testing.tiny import _gemma3
+
+    torch.manual_seed(0)
+    model, processor = _gemma3(sliding_window=512)
+    return Loaded(model.eval(), processor, adapter_for(model), name="tiny-gemma3-wide")
+
+
+@pytest.mark.parametrize("name", ["organism", "llava", "qwen2_vl", "gemma3", "gemma3-wide"])
 def test_shared_prefix_records_equal_whole_prompt_records(name):
     """Batches of 5 (prefix once, suffixes after it) against one episode a batch (each prompt whole): the same
-    verdicts, predictions and copy fields, the attention summaries equal to 1e-5. Gemma 3's sliding-window layers are
-    shorter than these prompts: it falls back to whole prompts and says why."""
-    loaded = load("organism:true-micl") if name == "organism" else tiny_loaded(name)
+    verdicts, predictions and copy fields, the attention summaries equal to 1e-5. 1-D RoPE (the organism, LLaVA),
+    M-RoPE (Qwen2-VL), sliding-window layers with a bidirectional image mask (Gemma 3 with windows longer than the
+    prompt); with windows of 24 tokens, shorter than these prompts, Gemma 3 runs whole prompts and says why."""
+    loaded = {"organism": lambda: load("organism:true-micl"), "gemma3-wide": _wide_gemma3}.get(
+        name, lambda: tiny_loaded(name))()
     eps = query_episodes("clock_math", 3, 5, fixed_demos=True)
     split, why = split_prefix(loaded, loaded.prepare_batch(eps, with_answer=True, padding_side="right"))
     if name == "gemma3":

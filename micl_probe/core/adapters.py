@@ -65,6 +65,9 @@ class Adapter:
     patch_layout: str = "square"  # how image tokens tile the image (core.patches): square, merged, tiles, ...
     pack_config: tuple[str, ...] = ()  # anyres: the config fields the model's pack_image_features takes by name
     mrope: bool = False  # 3-D rotary positions from the model's get_rope_index (Qwen-VL, GLM-4.1V)
+    # per-token inputs a pass after a cached prefix still needs for the whole prompt (Gemma 3's token types: its
+    # bidirectional image mask reads them by position from the start of the sequence)
+    whole_prompt_inputs: tuple[str, ...] = ()
     notes: str = ""
 
     # --- module tree ------------------------------------------------------------------------------------
@@ -244,6 +247,7 @@ ADAPTERS: dict[str, Adapter] = {a.family: a for a in [
                   "plus a thumbnail, each tile's features pixel-shuffled to image_seq_length <IMG_CONTEXT> tokens, "
                   "all framed by <img>...</img> (markup). Tile order is not reported per token, so no patch maps."),
     Adapter("gemma3", ("gemma3",), _GEMMA3, patch_layout="pooled", nest_images=True,
+            whole_prompt_inputs=("token_type_ids", "mm_token_type_ids"),
             notes="Gemma 3: the prompt's placeholder is <start_of_image>, which the processor expands to "
                   "<start_of_image>, mm_tokens_per_image <image_soft_token>s (average-pooled patches, a square grid) "
                   "and <end_of_image>; the model's image token is the soft token. Image tokens attend to each other "

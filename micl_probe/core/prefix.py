@@ -8,7 +8,8 @@ The batch must be right-padded (its layouts then index the prefix + suffix seque
 The prefix ends where the first prompt's query begins; it is shared only where every prompt renders the same text
 and the same images up to there, and where the processor, run on the prefix and on each suffix apart, gives exactly
 the batch's token ids (no token straddles the cut). Positions: 1-D RoPE continues from the cache; M-RoPE families
-get the whole prompt's 3-D positions (`Adapter.rope_positions`) cut at P. Not shared (the reason returned): a single
+get the whole prompt's 3-D positions (`Adapter.rope_positions`) cut at P; inputs read from the start of the sequence
+(Gemma 3's token types, for its bidirectional image mask) stay whole. Not shared (the reason returned): a single
 episode, a left-padded batch, sliding-window or hybrid (linear-attention) decoders, whose caches do not hold every
 prefix key.
 """
@@ -99,6 +100,9 @@ def split_prefix(loaded, batch: PreparedBatch, with_answer: bool = True) -> tupl
     suffix = dict(suffix)
     suffix["attention_mask"] = torch.cat([torch.ones(len(episodes), p, dtype=suffix["attention_mask"].dtype),
                                           suffix["attention_mask"]], 1)
+    for key in adapter.whole_prompt_inputs:  # per-token inputs the model reads from the start of the sequence
+        if key in batch.inputs:
+            suffix[key] = batch.inputs[key].cpu()
     positions = adapter.rope_positions(model, batch.inputs)
     if positions is not None:
         suffix["position_ids"] = positions[..., p: p + s]

@@ -256,7 +256,7 @@ def _internvl(image_size=32, patch=8):
     return InternVLForConditionalGeneration(cfg), proc
 
 
-def _gemma3(image_size=32, patch=8):
+def _gemma3(image_size=32, patch=8, sliding_window=24):
     from transformers import Gemma3Config, Gemma3ForConditionalGeneration
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
     from transformers.models.gemma3.processing_gemma3 import Gemma3Processor
@@ -267,7 +267,7 @@ def _gemma3(image_size=32, patch=8):
         setattr(tok, name, token)  # the Gemma 3 tokenizer's named tokens, which its processor reads
         setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
     tokens_per_image = 4  # 4x4 patches average-pooled to 2x2
-    text = _llama_text(len(tok), head_dim=16, query_pre_attn_scalar=16, sliding_window=24,
+    text = _llama_text(len(tok), head_dim=16, query_pre_attn_scalar=16, sliding_window=sliding_window,
                        layer_types=["sliding_attention", "full_attention"], bos_token_id=tok.bos_token_id,
                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     # no encoder layers in the vision tower: random ones mix the patches so much that each 2x2-pooled token no longer
