@@ -263,6 +263,9 @@ CASES: dict[str, Callable[[Path], object]] = {
     "train --task novel_binding@bound": lambda w: _train("mtv", "--model", "organism:true-micl", "--task",
                                                          "novel_binding@bound", "--out", w / "m"),
     "compare: a folder without results": lambda w: _cli("micl_probe.compare", w, w / "nowhere"),
+    "attn_report --fixed-demos with retrieved-4-shot": lambda w: _report(
+        "--fixed-demos", "--conditions", "retrieved-4-shot", "--out", w / "rep"),
+    "run: fixed_demos='yes'": lambda w: _api("RunConfig")(fixed_demos="yes"),
     "organisms.card: a folder without an organism": lambda w: _cli("micl_probe.organisms.card", w / "nowhere"),
     "load_records: a folder without results": lambda w: _load_records(w),
     "attn_report --conditions 4-shot+knockout=top-3:attention": lambda w: _report(
@@ -321,7 +324,9 @@ EXPECT = {
     "attn_report --dara without a +dara condition": "no condition runs it",
     "attn_report --alphas no condition runs": "no condition runs it", "attn_report --tasks clock_math@green":
     "its rules: red, blue", "train --task novel_binding@bound": "bound anew",
-    "organisms.card: a folder without an organism": "no organism here", "compare: a folder without results":
+    "organisms.card: a folder without an organism": "no organism here",
+    "attn_report --fixed-demos with retrieved-4-shot": "fixed demos rule out",
+    "run: fixed_demos='yes'": "give True or False", "compare: a folder without results":
     "no results.jsonl there", "load_records: a folder without results": "no results file there",
     "attn_report --conditions 4-shot+knockout=top-3:attention": "rank heads by",
     "attn_report --conditions 4-shot+mgi=1.5": "mgi=<k>,<λ>", "attn_report --conditions 4-shot+knockout=L99H0":

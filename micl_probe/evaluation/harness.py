@@ -110,6 +110,8 @@ class RunConfig:
             raise ValueError(f"unknown prompt style {self.style!r}; styles: {', '.join(STYLES)}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if not isinstance(self.fixed_demos, bool):
+            raise ValueError(f"RunConfig(fixed_demos={self.fixed_demos!r}): give True or False")
 
 
 def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConfig | None = None,
@@ -135,6 +137,9 @@ def run(loaded: Loaded, tasks: list[str], conditions: list[str], config: RunConf
         name = parse_condition(c)[1]
         if name and name not in interventions:
             raise ValueError(f"condition {c!r} names intervention {name!r}; given: {sorted(interventions) or 'none'}")
+        if cfg.fixed_demos and c.startswith("retrieved-"):
+            raise ValueError(f"condition {c!r} picks each query's own demos by similarity, which fixed demos rule out: "
+                             "drop fixed_demos (--fixed-demos) or the retrieved condition")
     results = Path(results) if results else None
     rank, world = cfg.shard
     if world > 1 and results is None:
