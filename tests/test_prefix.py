@@ -113,3 +113,28 @@ def test_every_family_shares_its_prefix_or_says_why(family):
     shared, suffix_logits = score_and_capture(loaded, batch, prefix=split)
     assert torch.allclose(whole.mass, shared.mass, atol=1e-5, equal_nan=True)
     assert torch.allclose(logits[:, split.length:], suffix_logits, atol=1e-4)
+
+
+def test_capture_attention_runs_a_shared_prefix_once():
+    """capture_attention on episodes with one demo set, several a batch: the prefix runs once a batch and the masses
+    equal one episode at a time (1e-5); rows inside the prefix keep whole prompts."""
+    from micl_probe import capture_attention
+
+    loaded = load("organism:true-micl")
+    eps = query_episodes("novel_binding", 4, 6, fixed_demos=True)
+    calls = []
+    hook = lambda module, args, kwargs: calls.append(tuple(kwargs["inputs_embeds"].shape[:2]))  # noqa: E731
+    handle = loaded.adapter.decoder(loaded.model).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        shared = capture_attention(loaded, eps, batch_size=3, progress=False)
+        assert [b for b, _ in calls] == [1, 3, 1, 3] and calls[0][1] > calls[1][1]
+        calls.clear()
+        one = capture_attention(loaded, eps, batch_size=1, progress=False)
+        assert [b for b, _ in calls] == [1] * 6
+        calls.clear()
+        capture_attention(loaded, eps, rows=[2, 40], batch_size=3, progress=False)  # rows in the demos: whole
+        assert [b for b, _ in calls] == [3, 3]
+    finally:
+        handle.remove()
+    assert shared.segments == one.segments
+    assert torch.allclose(shared.mass, one.mass, atol=1e-5, equal_nan=True)

@@ -45,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, within
+from ..core.prefix import split_prefix
 from ..core.provenance import artifact_paths, dumps, write_atomic
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
@@ -524,11 +525,15 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends: {', '.join(BACKENDS)}")
     sinks = _check_sinks(sinks, backend, intervention)
-    side = None if isinstance(rows, str) else "right"  # explicit positions stay where they are in each prompt
+    # episodes with one demo set share their prompt up to the query: right-padded batches whose prefix runs once
+    share = (backend == "nnsight" and intervention is None and sinks is None and batch_size > 1
+             and isinstance(episodes, (list, tuple)) and len(episodes) > 1
+             and all(isinstance(e, Episode) and e.demos == episodes[0].demos for e in episodes))
+    side = "right" if share or not isinstance(rows, str) else None  # explicit positions stay where they are
     batches, all_episodes = _batches(loaded, episodes, batch_size, "capture_attention", side)
     progress = progress and not isinstance(episodes, PreparedBatch)
     return _capture(loaded, (b for b, _ in batches), all_episodes, rows, backend, progress, meta, intervention,
-                    sinks=sinks)
+                    sinks=sinks, share=share)
 
 
 def _check_sinks(sinks, backend: str, intervention) -> float | None:
@@ -575,8 +580,10 @@ def _batches(loaded: Loaded, episodes, batch_size: int, what: str, padding_side=
 
 
 def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, intervention, outputs=None, sinks=None,
-             generate=None, prefix=None):
-    """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given."""
+             generate=None, prefix=None, share=False):
+    """`capture_attention` over prepared batches; the logits of each batch go to `outputs` when given. `share`:
+    a batch whose prompts agree up to the query runs that prefix once (`core.prefix`) when every measured row lies
+    after it."""
     results, names, positions = [], [], []
     bar = tqdm(total=len(all_episodes), desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
     for batch in batches:
@@ -589,8 +596,12 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
         if intervention is not None:
             masses = _eager_mass(loaded, batch, pos, onehots, intervention, outputs=outputs)
         elif backend == "nnsight":
+            split = prefix
+            if share:
+                split = split_prefix(loaded, batch, with_answer=False)[0]
+                split = split if split is not None and min(min(p) for p in pos) >= split.length else None
             masses = _nnsight_mass(loaded, batch, pos, onehots, outputs=outputs, sinks=sinks, generate=generate,
-                                   prefix=prefix)
+                                   prefix=split)
         elif backend == "transformer_lens":
             masses = _transformer_lens_mass(loaded, batch, pos, onehots)
         else:
