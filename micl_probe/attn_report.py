@@ -126,7 +126,7 @@ def parse(argv=None):
                     "(default: none; the declared formats of --no-template have no system turn)")
     ap.add_argument("--fixed-demos", action="store_true", help="one demo set per task and seed, shared by every "
                     "query (as a fixed k-shot support set); each batch's shared prefix then runs once into a cache "
-                    "(teacher-forced scoring; default: each query draws its own demos)")
+                    "(default: each query draws its own demos)")
     ap.add_argument("--no-template", action="store_true", help="write prompts in the adapter's declared chat "
                     "format even where the processor carries a chat template")
     ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")

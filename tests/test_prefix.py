@@ -138,3 +138,34 @@ def test_capture_attention_runs_a_shared_prefix_once():
         handle.remove()
     assert shared.segments == one.segments
     assert torch.allclose(shared.mass, one.mass, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", ["organism", "llava", "qwen2_vl", "gemma3-wide"])
+def test_generation_continues_from_a_shared_prefix(name):
+    """Generated answers with one demo set: the measured prefill after the prefix's cache gives the whole prompts'
+    attention (1e-5) and the same tokens; with prompts of different lengths (left padding moved between prefix and
+    suffix) too, except under M-RoPE (Qwen2-VL), which then runs whole prompts and says why."""
+    from dataclasses import replace
+
+    from micl_probe.evaluation.scoring import generation_kwargs
+    from micl_probe.measure import score_and_capture
+
+    loaded = {"organism": lambda: load("organism:true-micl"), "gemma3-wide": _wide_gemma3}.get(
+        name, lambda: tiny_loaded(name))()
+    eps = query_episodes("palindrome", 3, 3, fixed_demos=True)
+    longer = replace(eps[1], query=replace(eps[1].query, question="What is it? Look closely at it."))
+    gen = generation_kwargs(loaded, 6)
+    for episodes in (eps, [eps[0], longer, eps[2]]):
+        batch = loaded.prepare_batch(episodes, padding_side="left")
+        padded = not bool(batch.inputs["attention_mask"].all())
+        split, why = split_prefix(loaded, batch, with_answer=False)
+        if name == "qwen2_vl" and padded:
+            assert split is None and "M-RoPE" in why
+            continue
+        assert split is not None, why
+        prompt = batch.inputs["input_ids"].shape[1]
+        whole, sequences = score_and_capture(loaded, batch, generate=gen)
+        shared, shared_sequences = score_and_capture(loaded, batch, generate=gen, prefix=split)
+        assert torch.equal(sequences[:, prompt:], shared_sequences[:, prompt:])
+        assert torch.allclose(whole.mass, shared.mass, atol=1e-5, equal_nan=True)
+    assert padded  # the second batch was left-padded

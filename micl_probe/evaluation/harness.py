@@ -47,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, within
@@ -267,12 +268,17 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     else:
         batch = loaded.prepare_batch(eps, padding_side="left")
         prompt = batch.inputs["input_ids"].shape[1]
-        if cfg.fixed_demos:
-            warnings.warn("fixed demos: generated answers run each prompt whole (the shared prefix serves "
-                          "teacher-forced scoring)", stacklevel=2)
+        same_demos = intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
+        prefix, why = split_prefix(loaded, batch, with_answer=False) if same_demos else (None, "")
+        if cfg.fixed_demos and why and why != "a single episode":
+            warnings.warn(f"fixed demos: each prompt runs whole here ({why})", stacklevel=2)
+        gen = generation_kwargs(loaded, cfg.max_new_tokens)
         if cfg.attention and intervention is None:  # ONE pass over the prompt: generate's prefill is measured
-            am, sequences = score_and_capture(loaded, batch, generate=generation_kwargs(loaded, cfg.max_new_tokens))
+            am, sequences = score_and_capture(loaded, batch, generate=gen, prefix=prefix)
             generated = sequences[:, prompt:]
+        elif prefix is not None:  # generation continues from the shared prefix's cache
+            with torch.no_grad():
+                generated = loaded.model.generate(**prefix.generate_inputs(loaded.model), **gen)[:, prompt:]
         else:
             if cfg.attention:  # under an intervention: a forward for the attention (eager), then the generation
                 am, _ = score_and_capture(loaded, batch, intervention=intervention)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,7 +380,8 @@ def _nnsight_mass(loaded: Loaded, batch: PreparedBatch, rows: list[list[int]], o
             onehot[b, :, : o.shape[1] - 1], onehot[b, :, -1] = o[:, :-1], o[:, -1]
     inputs, offset = batch.inputs, 0
     if prefix is not None:  # the suffixes after the prefix's cache: their rows, every key (`core.prefix`)
-        inputs, offset = prefix.suffix_inputs(loaded.model), prefix.length
+        inputs = (prefix.suffix_inputs if generate is None else prefix.generate_inputs)(loaded.model)
+        offset = prefix.length
     mass = _traced_rows(loaded, inputs, rows, onehot, outputs, sinks, generate, offset)  # [B, layer, head, n_seg]
     if sinks is None:
         return [mass[b, ..., :w] for b, w in enumerate(widths)]
@@ -497,12 +499,15 @@ def score_and_capture(loaded: Loaded, batch: PreparedBatch, rows="answer", inter
     also measures its attention (nnsight; the eager path under an intervention). With `generate` (`model.generate`'s
     keyword arguments, `scoring.generation_kwargs`; a left-padded batch without answers, no intervention): ONE
     generation, whose prefill is measured, and the generated sequences [B, prompt + new tokens] instead of logits.
-    With `prefix` (`core.prefix.split_prefix` of this right-padded batch): the shared prefix runs once into a cache
-    and the suffixes after it; the logits are the suffixes' [B, seq - prefix.length, vocab]."""
+    With `prefix` (`core.prefix.split_prefix` of this batch): the shared prefix runs once into a cache and the
+    suffixes after it (the layouts measured are `prefix.layouts`); the logits are the suffixes' [B, seq -
+    prefix.length, vocab]; with `generate` too, generation continues from the prefix's cache."""
     if (generate is not None or prefix is not None) and intervention is not None:
         raise ValueError("score_and_capture: generate= and prefix= measure the model's own pass; under an "
                          "intervention measure the whole batch with a forward")
     outputs: list = []
+    if prefix is not None:
+        batch = dataclasses.replace(batch, layouts=prefix.layouts)
     am = _capture(loaded, [batch], list(batch.episodes), rows, "nnsight", False, None, intervention, outputs,
                   generate=generate, prefix=prefix)
     return am, outputs[0]
