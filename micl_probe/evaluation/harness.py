@@ -247,13 +247,9 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     (the eager path) and a generation."""
     am, tok = None, loaded.processor.tokenizer
     if metric == "teacher-forced":
-        # episodes with one demo set (--fixed-demos) share their prompt up to the query: right-padded, the prefix
-        # runs once into a cache and the queries after it (`core.prefix`; not under an intervention)
-        same_demos = intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
-        batch = loaded.prepare_batch(eps, with_answer=True, padding_side="right" if same_demos else None)
-        prefix, why = split_prefix(loaded, batch) if same_demos else (None, "")
-        if cfg.fixed_demos and why and why != "a single episode":
-            warnings.warn(f"fixed demos: each prompt runs whole here ({why})", stacklevel=2)
+        same = _one_demo_set(eps, intervention)  # right-padded, a shared prefix's layouts are the batch's own
+        batch = loaded.prepare_batch(eps, with_answer=True, padding_side="right" if same else None)
+        prefix = _shared_prefix(loaded, batch, cfg, with_answer=True) if same else None
         offset = prefix.length if prefix else 0
         if cfg.attention:  # one forward pass scores the batch and measures its attention
             am, logits = score_and_capture(loaded, batch, intervention=intervention, prefix=prefix)
@@ -268,10 +264,7 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     else:
         batch = loaded.prepare_batch(eps, padding_side="left")
         prompt = batch.inputs["input_ids"].shape[1]
-        same_demos = intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
-        prefix, why = split_prefix(loaded, batch, with_answer=False) if same_demos else (None, "")
-        if cfg.fixed_demos and why and why != "a single episode":
-            warnings.warn(f"fixed demos: each prompt runs whole here ({why})", stacklevel=2)
+        prefix = _shared_prefix(loaded, batch, cfg, with_answer=False) if _one_demo_set(eps, intervention) else None
         gen = generation_kwargs(loaded, cfg.max_new_tokens)
         if cfg.attention and intervention is None:  # ONE pass over the prompt: generate's prefill is measured
             am, sequences = score_and_capture(loaded, batch, generate=gen, prefix=prefix)
@@ -293,6 +286,20 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     if am is not None:
         _add_attention(chunk, am, eps)
     return chunk
+
+
+def _one_demo_set(eps: list, intervention) -> bool:
+    """Whether the chunk's episodes share one demo set (--fixed-demos), so their prompts may share a prefix up to
+    the query (not under an intervention, which measures and scores whole prompts)."""
+    return intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
+
+
+def _shared_prefix(loaded: Loaded, batch, cfg: RunConfig, with_answer: bool):
+    """`core.prefix.split_prefix` of the batch, or None; with fixed demos, a one-line warning saying why not."""
+    prefix, why = split_prefix(loaded, batch, with_answer=with_answer)
+    if prefix is None and cfg.fixed_demos and why != "a single episode":
+        warnings.warn(f"fixed demos: each prompt runs whole here ({why})", stacklevel=3)
+    return prefix
 
 
 def _add_attention(chunk: list[dict], am, episodes) -> None:
