@@ -237,3 +237,22 @@ def test_a_failed_first_report_leaves_no_folder(tmp_path, monkeypatch):
         report.main(["--model", "organism:true-micl", "--tasks", "clock_math", "--n", "1", "--out",
                      str(tmp_path / "rep")])
     assert not (tmp_path / "rep").exists()
+
+
+def test_the_weights_fingerprint_sums_large_parameters_in_chunks_to_the_same_hash():
+    """A parameter of more than 2^24 values is summed chunk by chunk (no float64 copy of it); the hash equals the
+    one a whole float64 sum gives, written out here."""
+    import hashlib
+
+    import torch
+
+    from micl_probe.core.provenance import weights_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4200, 4100, bias=False)  # 17.2 M values: two chunks
+    h = hashlib.sha1()
+    for name, p in model.named_parameters():
+        flat = p.detach().flatten()
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum(dtype=torch.float64)):.7e}".encode())
+        h.update(flat[:: max(1, flat.numel() // 64)][:64].float().numpy().tobytes())
+    assert weights_fingerprint(model) == h.hexdigest()[:12]

@@ -79,12 +79,14 @@ def weights_fingerprint(model) -> str:
     """A short hash of the model's parameters: records of a retrained model under the same name are not reused. It
     hashes each parameter's name, shape, dtype, the bytes of 64 evenly spaced values and its float64 sum rounded to
     8 significant digits (any edit shows; the rounding keeps the hash independent of how the sum is parallelised:
-    thread count, device), so every process of a sharded run computes the same one."""
+    thread count, device), so every process of a sharded run computes the same one. The sum runs over chunks of
+    2^24 values, so no float64 copy of a whole (embedding-sized) parameter is made on the model's device."""
     h = hashlib.sha1()
     for name, p in model.named_parameters():
         flat = p.detach().flatten()
         sample = flat[:: max(1, flat.numel() // 64)][:64]
-        h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum(dtype=torch.float64)):.7e}".encode())
+        total = sum(float(chunk.sum(dtype=torch.float64)) for chunk in flat.split(2**24))
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}{total:.7e}".encode())
         h.update(sample.float().cpu().numpy().tobytes())
     return h.hexdigest()[:12]
 
