@@ -415,7 +415,7 @@ def run_settings(args) -> dict:
             "system": args.system, "chat_template": not args.no_template, "attention": not args.no_attention,
             "alphas": args.alphas, "artifacts": artifacts, "knockout": {"ablation": args.knockout_ablation,
                                                                          "at": args.knockout_at},
-            "calibration": args.calibration, **({"fixed_demos": True} if args.fixed_demos else {})}
+            "calibration": args.calibration, "fixed_demos": args.fixed_demos}
 
 
 def _report(args, rank: int, world: int, dist) -> Path | None:

@@ -1,6 +1,8 @@
 """Fixed demos and shared prefixes (issue 32): one demo set per task and seed; a batch that shares its prompt up to
 the query runs that prefix once into a cache, with the same records as running every prompt whole."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -88,6 +90,10 @@ def test_the_prefix_runs_once_a_batch():
         calls.clear()
         records = run(loaded, ["palindrome"], ["4-shot"], RunConfig(n=4, batch_size=4, progress=False))
         assert [b for b, _ in calls] == [4] and "demos" not in records[0]
+        with warnings.catch_warnings(record=True) as said:  # zero-shot: no demos to share, nothing to warn of
+            warnings.simplefilter("always")
+            run(loaded, ["palindrome"], ["zero-shot"], RunConfig(n=4, batch_size=4, progress=False, fixed_demos=True))
+        assert not [w for w in said if "fixed demos" in str(w.message)]
     finally:
         handle.remove()
 

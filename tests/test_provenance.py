@@ -198,7 +198,8 @@ def test_report_folder_has_a_manifest_and_refuses_other_settings(tmp_path):
     json.loads((out / "results.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
     before = (out / "results.jsonl").read_text()
     for flags, named in ((["--seed", "1"], "seed: 0 there, 1 now"), (["--no-attention"], "attention"),
-                         (["--max-new-tokens", "3"], "max_new_tokens")):
+                         (["--max-new-tokens", "3"], "max_new_tokens"),
+                         (["--fixed-demos"], "fixed_demos: false there, true now")):
         code, err = _report(*flags, out=out)
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert code == 2 and len(errors) == 1 and named in errors[0], err

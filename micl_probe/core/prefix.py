@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .layout import QUERY, ROLE, TokenLayout
+from .layout import NONE, QUERY, ROLE, TokenLayout
 from .prompt import PreparedBatch, Prompt, _special_tokens, render
 
 
@@ -100,6 +100,8 @@ def split_prefix(loaded, batch: PreparedBatch, with_answer: bool = True) -> tupl
     cuts = [_cut(p) for p in prompts]
     heads, tails = zip(*(_halves(p, c) for p, c in zip(prompts, cuts)))
     same = lambda a, b: a is b or a == b  # noqa: E731  (PIL images compare by content)
+    if not any(p.owner not in (QUERY, NONE) for p in prompts[0].pieces):
+        return None, "no demos before the query"
     if cuts[0] == 0 or any(h.text != heads[0].text or len(h.images) != len(heads[0].images)
                            or not all(map(same, h.images, heads[0].images)) for h in heads):
         return None, "the prompts differ before the query"

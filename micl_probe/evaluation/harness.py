@@ -291,7 +291,8 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
 def _one_demo_set(eps: list, intervention) -> bool:
     """Whether the chunk's episodes share one demo set (--fixed-demos), so their prompts may share a prefix up to
     the query (not under an intervention, which measures and scores whole prompts)."""
-    return intervention is None and len(eps) > 1 and all(e.demos == eps[0].demos for e in eps[1:])
+    return intervention is None and len(eps) > 1 and bool(eps[0].demos) and all(e.demos == eps[0].demos
+                                                                                 for e in eps[1:])
 
 
 def _shared_prefix(loaded: Loaded, batch, cfg: RunConfig, with_answer: bool):
