@@ -278,9 +278,11 @@ def interventions_for(loaded, args, artifacts: dict, calibration: Calibration | 
         found[name], chosen = {}, {}
         for task in args.tasks:
             wants = named.needs_calibration(name) or args.knockout_ablation == "mean" and name.startswith("knockout=")
+            mean = args.knockout_ablation == "mean" and name.startswith("knockout=")
             found[name][task], chosen[task] = named.build(
                 loaded, name, task, calibration.episodes(task) if wants else [], args.knockout_ablation,
-                args.knockout_at, calibration.scores(task) if named.ranks_by_head_score(name) else None)
+                args.knockout_at, calibration.scores(task) if named.ranks_by_head_score(name) else None,
+                calibration.means(task) if mean else None)
         said = next(iter(chosen.values())) if len(set(chosen.values())) == 1 else \
             "; ".join(f"{t}: {c}" for t, c in chosen.items())
         info[name] = {"path": "–", "digest": "–", "made_for": {"model": loaded.name, "shots": k},
@@ -295,7 +297,7 @@ class Calibration:
 
     def __init__(self, loaded, args):
         self.loaded, self.args = loaded, args
-        self._episodes, self._scores = {}, {}
+        self._episodes, self._scores, self._means = {}, {}, {}
 
     def episodes(self, task: str) -> list:
         if task not in self._episodes:
@@ -312,6 +314,12 @@ class Calibration:
             self._scores[task] = head_scores(self.loaded, self.episodes(task), batch_size=self.args.batch_size,
                                              progress=False)
         return self._scores[task]
+
+    def means(self, task: str):
+        """Every head's mean output at the answer row on the task's calibration episodes (mean ablations)."""
+        if task not in self._means:
+            self._means[task] = named.mean_outputs(self.loaded, self.episodes(task))
+        return self._means[task]
 
 
 def head_summary(loaded, args, calibration: Calibration) -> dict:

@@ -176,3 +176,25 @@ def test_every_family_runs_the_papers_conditions(family):
     recs = run(loaded, ["clock_math"], ["2-shot", "no-image"] + [f"2-shot+{n}" for n in names],
                RunConfig(n=1, progress=False, metric="exact", max_new_tokens=2), interventions=interventions)
     assert len(recs) == 5 and all(isinstance(r["prediction"], str) and r["copied"] is not None for r in recs)
+
+
+def test_mean_ablation_means_are_computed_once_a_task(monkeypatch):
+    """Under --knockout-ablation mean, every knockout condition of a task ablates to the same calibration means,
+    extracted once per task (not once per condition), and they are the means `named.mean_outputs` gives."""
+    from micl_probe import attn_report
+    from micl_probe.interventions import named
+
+    calls = []
+    real = named.mean_outputs
+    monkeypatch.setattr(named, "mean_outputs", lambda loaded, eps: calls.append(len(eps)) or real(loaded, eps))
+    loaded = load("organism:true-micl")
+    args = attn_report.parse(["--tasks", "clock_math", "palindrome", "--calibration", "4", "--knockout-ablation",
+                              "mean", "--conditions", "4-shot+knockout=random-2:0", "4-shot+knockout=random-2:1",
+                              "4-shot+knockout=L0H0"])
+    found, _ = attn_report.interventions_for(loaded, args, {})
+    assert calls == [4, 4] and set(found) == {"knockout=random-2:0", "knockout=random-2:1", "knockout=L0H0"}
+    episodes = attn_report.Calibration(loaded, args).episodes("palindrome")  # the same seeded calibration draw
+    fresh, _ = build(loaded, "knockout=L0H0", "palindrome", episodes, ablation="mean")
+    batch = loaded.prepare_batch(EPISODES, with_answer=True)
+    torch.testing.assert_close(_logits(loaded, batch, found["knockout=L0H0"]["palindrome"]),
+                               _logits(loaded, batch, fresh))

@@ -79,10 +79,11 @@ def ranks_by_head_score(name: str) -> bool:
 
 
 def build(loaded: Loaded, name: str, task: str, calibration: list, ablation: str = "zero", at: str = "answer",
-          scores: HeadScores | None = None) -> tuple:
+          scores: HeadScores | None = None, means=None) -> tuple:
     """(intervention, what was chosen: a line for the report) of the named intervention for one task; `calibration`:
     episodes of that task to choose heads, the MGI layer or the mean outputs on (`scores`: their `head_scores`, when
-    already computed); `ablation` ("zero" | "mean") and `at` ("answer" | "all") for knockout."""
+    already computed; `means`: their `mean_outputs`, likewise); `ablation` ("zero" | "mean") and `at` ("answer" |
+    "all") for knockout."""
     kind, settings = parse(name)
     if kind == "uniform":
         return uniform(loaded, settings["layers"]), f"layers {settings['layers'] or 'all'}"
@@ -103,13 +104,19 @@ def build(loaded: Loaded, name: str, task: str, calibration: list, ablation: str
         chosen = f"{settings['k']} random heads (seed {settings['seed']})"
     else:
         heads, chosen = settings["heads"], "given"
-    means = None
-    if ablation == "mean":
-        from .mtv import extract
-
-        means = extract(loaded, iter(calibration), n_prompts=len(calibration)).mean
+    if ablation == "mean" and means is None:
+        means = mean_outputs(loaded, calibration)
     heads_text = ", ".join(f"L{layer}H{head}" for layer, head in heads)
-    return knockout(loaded, heads, at, means), f"{heads_text} ({chosen}); {ablation} ablation at {at} positions"
+    return knockout(loaded, heads, at, means if ablation == "mean" else None), \
+        f"{heads_text} ({chosen}); {ablation} ablation at {at} positions"
+
+
+def mean_outputs(loaded: Loaded, calibration: list):
+    """Every head's mean output at the answer row over the calibration episodes (`mtv.extract`'s means): what a mean
+    ablation puts in place of a knocked-out head."""
+    from .mtv import extract
+
+    return extract(loaded, iter(calibration), n_prompts=len(calibration)).mean
 
 
 def top_heads(loaded: Loaded, episodes: list, score: str, k: int, scores: HeadScores | None = None
