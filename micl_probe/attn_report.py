@@ -277,8 +277,8 @@ def interventions_for(loaded, args, artifacts: dict, calibration: Calibration | 
     for name in free:
         found[name], chosen = {}, {}
         for task in args.tasks:
-            wants = named.needs_calibration(name) or args.knockout_ablation == "mean" and name.startswith("knockout=")
             mean = args.knockout_ablation == "mean" and name.startswith("knockout=")
+            wants = named.needs_calibration(name) or mean
             found[name][task], chosen[task] = named.build(
                 loaded, name, task, calibration.episodes(task) if wants else [], args.knockout_ablation,
                 args.knockout_at, calibration.scores(task) if named.ranks_by_head_score(name) else None,

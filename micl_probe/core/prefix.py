@@ -66,6 +66,12 @@ class SharedPrefix:
         return model(**self.suffix_inputs(model)).logits
 
 
+def one_demo_set(episodes) -> bool:
+    """Whether `episodes` (two or more) share one non-empty demo set (`--fixed-demos`): prompts that may share a
+    prefix up to the query (`split_prefix` then checks the rendered text and tokens)."""
+    return len(episodes) > 1 and bool(episodes[0].demos) and all(e.demos == episodes[0].demos for e in episodes[1:])
+
+
 def _cut(prompt: Prompt) -> int:
     """The index of the first piece the query owns."""
     return next(i for i, p in enumerate(prompt.pieces) if p.owner == QUERY)
@@ -97,11 +103,11 @@ def split_prefix(loaded, batch: PreparedBatch, with_answer: bool = True) -> tupl
         return None, "M-RoPE positions after a cached prefix are not generate's (a left-padded batch)"
     template = processor if loaded.use_template else None
     prompts = [render(e, adapter, with_answer=with_answer, processor=template) for e in episodes]
+    if not any(p.owner not in (QUERY, NONE) for p in prompts[0].pieces):
+        return None, "no demos before the query"
     cuts = [_cut(p) for p in prompts]
     heads, tails = zip(*(_halves(p, c) for p, c in zip(prompts, cuts)))
     same = lambda a, b: a is b or a == b  # noqa: E731  (PIL images compare by content)
-    if not any(p.owner not in (QUERY, NONE) for p in prompts[0].pieces):
-        return None, "no demos before the query"
     if cuts[0] == 0 or any(h.text != heads[0].text or len(h.images) != len(heads[0].images)
                            or not all(map(same, h.images, heads[0].images)) for h in heads):
         return None, "the prompts differ before the query"
@@ -120,11 +126,11 @@ def split_prefix(loaded, batch: PreparedBatch, with_answer: bool = True) -> tupl
         if not torch.equal(torch.cat([prefix["input_ids"][0], tail]), ids[b][real[b]]):
             return None, "the tokens at the cut differ from the whole prompt's"
     suffix = dict(suffix)
-    ones = lambda key: prefix[key].expand(len(episodes), -1)  # noqa: E731
-    suffix["attention_mask"] = torch.cat([torch.ones_like(ones("input_ids")), suffix["attention_mask"]], 1)
+    repeated = lambda key: prefix[key].expand(len(episodes), -1)  # noqa: E731  (the prefix's, for every row)
+    suffix["attention_mask"] = torch.cat([torch.ones_like(repeated("input_ids")), suffix["attention_mask"]], 1)
     for key in adapter.whole_prompt_inputs:  # per-token inputs the model reads from the start of the sequence
         if key in suffix:
-            suffix[key] = torch.cat([ones(key), suffix[key]], 1)
+            suffix[key] = torch.cat([repeated(key), suffix[key]], 1)
     positions = adapter.rope_positions(model, batch.inputs)
     if positions is not None:
         suffix["position_ids"] = positions[..., p: p + s]

@@ -47,12 +47,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from ..core import Loaded, within
 from ..core.episode import STYLES
-from ..core.prefix import split_prefix
+from ..core.prefix import one_demo_set, split_prefix
 from ..core.provenance import digest, file_digest, folder_digest, intervention_fingerprint, weights_fingerprint
 from ..measure import score_and_capture
 from ..tasks import check_task, matching_demos, parse_task, query_episodes, retrieval_episodes
@@ -247,7 +246,9 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     (the eager path) and a generation."""
     am, tok = None, loaded.processor.tokenizer
     if metric == "teacher-forced":
-        same = _one_demo_set(eps, intervention)  # right-padded, a shared prefix's layouts are the batch's own
+        # episodes with one demo set may share a prefix (not under an intervention, which runs whole prompts);
+        # right-padded, the shared prefix's layouts are the batch's own
+        same = intervention is None and one_demo_set(eps)
         batch = loaded.prepare_batch(eps, with_answer=True, padding_side="right" if same else None)
         prefix = _shared_prefix(loaded, batch, cfg, with_answer=True) if same else None
         offset = prefix.length if prefix else 0
@@ -264,19 +265,17 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     else:
         batch = loaded.prepare_batch(eps, padding_side="left")
         prompt = batch.inputs["input_ids"].shape[1]
-        prefix = _shared_prefix(loaded, batch, cfg, with_answer=False) if _one_demo_set(eps, intervention) else None
-        gen = generation_kwargs(loaded, cfg.max_new_tokens)
+        same = intervention is None and one_demo_set(eps)
+        prefix = _shared_prefix(loaded, batch, cfg, with_answer=False) if same else None
         if cfg.attention and intervention is None:  # ONE pass over the prompt: generate's prefill is measured
+            gen = generation_kwargs(loaded, cfg.max_new_tokens)
             am, sequences = score_and_capture(loaded, batch, generate=gen, prefix=prefix)
             generated = sequences[:, prompt:]
-        elif prefix is not None:  # generation continues from the shared prefix's cache
-            with torch.no_grad():
-                generated = loaded.model.generate(**prefix.generate_inputs(loaded.model), **gen)[:, prompt:]
         else:
             if cfg.attention:  # under an intervention: a forward for the attention (eager), then the generation
                 am, _ = score_and_capture(loaded, batch, intervention=intervention)
-            with within(intervention, batch.layouts) as kwargs:
-                generated = generate_tokens(loaded, batch, cfg.max_new_tokens, **kwargs)
+            with within(intervention, batch.layouts) as kwargs:  # from the shared prefix's cache, where one is
+                generated = generate_tokens(loaded, batch, cfg.max_new_tokens, prefix=prefix, **kwargs)
         texts = tok.batch_decode(generated, skip_special_tokens=True)
         chunk = [{"correct": correct(metric, t, ep.query.answer, task), "prediction": t}  # the text scored
                  for t, ep in zip(texts, eps)]
@@ -286,13 +285,6 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
     if am is not None:
         _add_attention(chunk, am, eps)
     return chunk
-
-
-def _one_demo_set(eps: list, intervention) -> bool:
-    """Whether the chunk's episodes share one demo set (--fixed-demos), so their prompts may share a prefix up to
-    the query (not under an intervention, which measures and scores whole prompts)."""
-    return intervention is None and len(eps) > 1 and bool(eps[0].demos) and all(e.demos == eps[0].demos
-                                                                                 for e in eps[1:])
 
 
 def _shared_prefix(loaded: Loaded, batch, cfg: RunConfig, with_answer: bool):

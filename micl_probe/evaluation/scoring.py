@@ -81,9 +81,10 @@ def generation_kwargs(loaded: Loaded, max_new_tokens: int = 16) -> dict:
 
 
 @torch.no_grad()
-def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 16, **forward_kwargs
+def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 16, prefix=None, **forward_kwargs
                     ) -> torch.Tensor:
-    """The generated token ids [B, new tokens] of `generate_answers` (padded after a row stops)."""
+    """The generated token ids [B, new tokens] of `generate_answers` (padded after a row stops); with `prefix`
+    (`core.prefix.split_prefix` of this batch), generation continues from the shared prefix's cache."""
     mask = batch.inputs["attention_mask"]
     if len(batch) > 1 and not bool(mask[:, -1].all()):
         raise ValueError("generation needs left padding: prepare the batch with padding_side='left'")
@@ -94,7 +95,8 @@ def generate_tokens(loaded: Loaded, batch: PreparedBatch, max_new_tokens: int = 
         lambda module, args, kwargs: (args, {**kwargs, **forward_kwargs}), with_kwargs=True)
         for i in adapter.attention_layers(model)] if forward_kwargs else []
     try:
-        out = model.generate(**batch.inputs, **generation_kwargs(loaded, max_new_tokens))
+        inputs = batch.inputs if prefix is None else prefix.generate_inputs(model)
+        out = model.generate(**inputs, **generation_kwargs(loaded, max_new_tokens))
     finally:
         for h in handles:
             h.remove()

@@ -129,4 +129,5 @@ def top_heads(loaded: Loaded, episodes: list, score: str, k: int, scores: HeadSc
     return (scores or head_scores(loaded, episodes, progress=False)).top(score, k)
 
 
-__all__ = ["FORMS", "KINDS", "build", "needs_calibration", "parse", "ranks_by_head_score", "top_heads"]
+__all__ = ["FORMS", "KINDS", "build", "mean_outputs", "needs_calibration", "parse", "ranks_by_head_score",
+           "top_heads"]

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, within
-from ..core.prefix import split_prefix
+from ..core.prefix import one_demo_set, split_prefix
 from ..core.provenance import artifact_paths, dumps, write_atomic
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
@@ -532,8 +532,8 @@ def capture_attention(loaded: Loaded, episodes: Episode | list[Episode] | Prepar
     sinks = _check_sinks(sinks, backend, intervention)
     # episodes with one demo set share their prompt up to the query: right-padded batches whose prefix runs once
     share = (backend == "nnsight" and intervention is None and sinks is None and batch_size > 1
-             and isinstance(episodes, (list, tuple)) and len(episodes) > 1
-             and all(isinstance(e, Episode) and e.demos == episodes[0].demos for e in episodes))
+             and isinstance(episodes, (list, tuple)) and all(isinstance(e, Episode) for e in episodes)
+             and one_demo_set(episodes))
     side = "right" if share or not isinstance(rows, str) else None  # explicit positions stay where they are
     batches, all_episodes = _batches(loaded, episodes, batch_size, "capture_attention", side)
     progress = progress and not isinstance(episodes, PreparedBatch)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..core import Loaded
+from ..core.provenance import write_atomic
 from ..evaluation import Accuracy, RunConfig, run
 from ..evaluation.conditions import pool_size
 from ..tasks import TRUE_MICL_TASKS, query_episodes, task_names
@@ -23,6 +24,7 @@ from . import SHIPPED
 
 CONDITIONS = ("zero-shot", "no-image", "1-shot", "2-shot", "4-shot", "8-shot")
 SHARE_TASKS = ("novel_binding", "clock_math", "palindrome")  # the tasks whose demo images true-micl reads
+RULE_TASKS = [t for t in TRUE_MICL_TASKS if t != "novel_binding"]  # binding: names bound per episode, one rule
 REPORT_POOL = ["4-shot"]  # in every short run: its pool is the default report's (4 demos), whatever else is asked
 
 
@@ -70,13 +72,19 @@ def evaluate_rules(loaded: Loaded, n: int = 200, tasks=None, shots: int = 4, see
     split by each episode's hidden rule. A model that reads the rule from the demos is right under every rule; one
     that ignores them answers by one default rule, right under it and near chance under the others. The average
     over rules (the card's column) cannot tell the two apart."""
+    tasks = tasks or RULE_TASKS
+    return _by_rule(card_records(loaded, tasks, [f"{shots}-shot"], n, seed, batch_size), tasks, f"{shots}-shot")
+
+
+def _by_rule(records, tasks, condition: str) -> dict:
+    """`evaluate_rules`' table from harness records of `condition` (each record's rule from the harness's own draw
+    of its queries)."""
     table = {}
-    # novel_binding has one true-MICL rule (names bound per episode), so nothing to split
-    for task in tasks or [t for t in TRUE_MICL_TASKS if t != "novel_binding"]:
-        records = card_records(loaded, [task], [f"{shots}-shot"], n, seed, batch_size)
-        episodes = query_episodes(task, records[0]["pool"], n, seed)  # the harness's own draw, for each rule
-        rules = [episodes[r["index"]].meta["rule"] for r in records]
-        table[task] = {q: {"correct": sum(int(r["correct"]) for r, p in zip(records, rules) if p == q),
+    for task in tasks:
+        mine = [r for r in records if r["task"] == task and r["condition"] == condition]
+        episodes = query_episodes(task, mine[0]["pool"], len(mine), mine[0]["seed"])
+        rules = [episodes[r["index"]].meta["rule"] for r in mine]
+        table[task] = {q: {"correct": sum(int(r["correct"]) for r, p in zip(mine, rules) if p == q),
                            "n": rules.count(q)} for q in sorted(set(rules))}
     return table
 
@@ -103,7 +111,7 @@ def evaluate_card(loaded: Loaded, n: int = 200, seed: int = 0, share_n: int = 50
     setup = {k: records[0][k] for k in SETUP_KEYS} | {"n": n, "protocol": "evaluation.run"}
     share_n = min(share_n, n)
     return {"evaluation": {t: {c: cells[t][c] for c in CONDITIONS} for t in tasks},
-            "by_rule": evaluate_rules(loaded, n=n, seed=seed),
+            "by_rule": _by_rule(records, RULE_TASKS, "4-shot"),  # the 4-shot column's records, split by rule
             "demo_image_share": {"n": share_n, "tasks": evaluate_demo_share(loaded, n=share_n, seed=seed)},
             "evaluation_setup": setup}
 
@@ -257,9 +265,7 @@ def main(argv=None):
     for folder in map(Path, args.folders):  # a base before the organisms continued from it
         meta = json.loads((folder / "micl_probe.json").read_text())
         meta |= evaluate_card(load(str(folder)), n=args.n)
-        tmp = folder / "micl_probe.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1))
-        tmp.replace(folder / "micl_probe.json")
+        write_atomic(folder / "micl_probe.json", json.dumps(meta, indent=1))
         write_card(folder)
         print(f"recomputed {folder / 'README.md'}")
 

@@ -131,6 +131,7 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
     schedule = lambda s: min(1.0, (s + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     model.train()
+    previous = model.config._attn_implementation
     if recipe.attention_penalty:  # the penalty reads attention weights: eager attention while training
         model.set_attn_implementation("eager")
     log, t0, ema = [], time.time(), None
@@ -164,7 +165,7 @@ def train_stage(loaded: Loaded, recipe: Recipe, steps: int, log_every: int = 500
             tqdm.write(f"step {step + 1} loss {ema:.3f} "
                        + " ".join(f"{k}={a:.2f}/{b:.2f}" for k, (a, b) in acc.items()))
     pool.shutdown()
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(previous)
     model.eval()
     return log, (time.time() - t0) / 60
 

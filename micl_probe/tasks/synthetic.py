@@ -455,7 +455,7 @@ def fixed_demo_episodes(name: str, shots: int, n: int, seed: int = 0, split: str
     fix the rule (`task@rule`). An independent stream from `sample_episodes`'."""
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLIT_SEEDS)}")
-    base, rule = split_rule(name) if "@" in name else (name, None)
+    base, rule = split_rule(name)
     return episodes_sharing_demos(base, shots, n, np.random.default_rng([seed, SPLIT_SEEDS[split], 13]), rule)
 
 
