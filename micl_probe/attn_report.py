@@ -27,10 +27,11 @@ declared format), one chat turn per demo or, with --prompt-style single, VL-ICL'
 
 Interventions: a condition "<condition>+<name>" runs under the named intervention: "dara" (factors saved by
 `DARA.save`, --dara), "mtv" (MTV means and head mask saved by `TaskVector.save`, --mtv), "lora" (a peft adapter
-folder, --lora: active only in +lora conditions), "alpha=<a>" (fixed factor a on every demo image in the first
-decoder layer, --alphas). Train any of them on your model with python -m micl_probe.train. Artifacts are checked
-against the model they are used with. Training-free, chosen per task on calibration episodes of its support split
-(--calibration, never the scored queries): "knockout=top-<k>:<score>" (the k heads of highest induction,
+folder, --lora: active only in +lora conditions), "mmict" (an MMICT hub, --mmict: its tokens join the prompt as the
+role "hub"), "alpha=<a>" (fixed factor a on every demo image in the first decoder layer, --alphas). Train any of them
+on your model with python -m micl_probe.train. Artifacts are checked against the model they are used with.
+Training-free, chosen per task on calibration episodes of its support split (--calibration, never the scored
+queries): "knockout=top-<k>:<score>" (the k heads of highest induction,
 previous_token or demo_image score knocked out; --knockout-ablation zero|mean, --knockout-at answer|all),
 "knockout=random-<k>:<seed>", "knockout=L3H2,L5H0", "uniform=<layers>|all" (the answer row's attention uniform),
 "mgi=<k>,<λ>[,<layer>]" (Mapping-Guided Inference), e.g.
@@ -104,7 +105,7 @@ def parse(argv=None):
                          "<task>_shortcut), or a benchmark folder truemicl:PATH/TASK or vlicl:PATH/TASK")
     ap.add_argument("--conditions", nargs="+", default=DEFAULT_CONDITIONS,
                     help="zero-shot, no-image, shuffled-answers, <k>-shot, retrieved-<k>-shot, each optionally "
-                         "+dara / +mtv / +lora / +alpha=<a> / +knockout=… / +uniform=… / +mgi=… (default: "
+                         "+dara / +mtv / +lora / +mmict / +alpha=<a> / +knockout=… / +uniform=… / +mgi=… (default: "
                          "%(default)s)")
     ap.add_argument("--n", "--queries", dest="n", type=int, default=40, help="query episodes per task and condition "
                     "(default: %(default)s; under torchrun write --queries: its own parser takes --n for its --nnodes)")
@@ -130,10 +131,12 @@ def parse(argv=None):
     ap.add_argument("--no-template", action="store_true", help="write prompts in the adapter's declared chat "
                     "format even where the processor carries a chat template")
     ap.add_argument("--dara", metavar="PATH", help="DARA factors (DARA.save) for +dara conditions")
+    ap.add_argument("--mmict", metavar="PATH", help="an MMICT hub (python -m micl_probe.train mmict) for +mmict "
+                    "conditions: the prompt gains the hub's tokens")
     ap.add_argument("--mtv", nargs=2, metavar=("MEANS", "HEADS"), help="MTV means and head mask (TaskVector.save) "
                     "for +mtv conditions")
-    ap.add_argument("--lora", metavar="FOLDER", help="a LoRA adapter folder (peft; python -m micl_probe.train lora "
-                    "or icl-tune) for +lora conditions")
+    ap.add_argument("--lora", metavar="FOLDER", help="a LoRA adapter folder (peft; python -m micl_probe.train lora, "
+                    "icl-tune or finetune) for +lora conditions")
     ap.add_argument("--alphas", nargs="+", type=float, default=[], help="factors for +alpha=<a> conditions")
     ap.add_argument("--knockout-ablation", choices=ABLATIONS, default="zero", help="what a +knockout=… head is "
                     "replaced by: zero, or its mean output on the calibration episodes (default: %(default)s)")
@@ -177,13 +180,13 @@ def check(args) -> None:
     bad = [a for a in args.alphas if not (math.isfinite(a) and a > 0)]
     if bad:
         raise UsageError(f"--alphas {' '.join(map(str, bad))}: factors must be finite numbers > 0")
-    given = {"dara": "--dara PATH", "mtv": "--mtv MEANS HEADS", "lora": "--lora FOLDER"}
+    given = {"dara": "--dara PATH", "mtv": "--mtv MEANS HEADS", "lora": "--lora FOLDER", "mmict": "--mmict PATH"}
     for c in args.conditions:
         try:
             _, name = parse_condition(c)
         except ValueError as e:
             raise UsageError(f"--conditions: {e}") from None
-        if name == "dara" and not args.dara or name == "mtv" and not args.mtv or name == "lora" and not args.lora:
+        if name in given and not getattr(args, name):
             raise UsageError(f"--conditions {c} needs {given[name]} (the saved artifact to run it with)")
         try:
             training_free = named.parse(name)
@@ -193,10 +196,10 @@ def check(args) -> None:
             if f"alpha={name[6:]}" not in {f"alpha={a:g}" for a in args.alphas}:
                 raise UsageError(f"--conditions {c} needs --alphas {name[6:]}")
         elif name and name not in given and training_free is None:
-            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv, +lora, +alpha=<a> "
-                             f"or {named.FORMS}")
+            raise UsageError(f"--conditions {c}: unknown intervention {name!r}; use +dara, +mtv, +lora, +mmict, "
+                             f"+alpha=<a> or {named.FORMS}")
     used = {parse_condition(c)[1] for c in args.conditions}
-    for name, flag in (("dara", "--dara"), ("mtv", "--mtv"), ("lora", "--lora")):
+    for name, flag in (("dara", "--dara"), ("mtv", "--mtv"), ("lora", "--lora"), ("mmict", "--mmict")):
         if getattr(args, name) and name not in used:
             raise UsageError(f"{flag} is given but no condition runs it: add a condition such as 4-shot+{name} to "
                              "--conditions (or drop the flag)")
@@ -213,19 +216,20 @@ def check(args) -> None:
     if args.lora and not (Path(args.lora) / "adapter_config.json").is_file():
         raise UsageError(f"--lora {args.lora}: no adapter_config.json there (the folder a peft adapter was saved to: "
                          "python -m micl_probe.train lora|icl-tune --out FOLDER)")
-    for path in ([args.dara] if args.dara else []) + (args.mtv or []):
-        missing = [str(p) for p in artifact_paths(path) if not p.is_file()]
-        if missing:
-            flag = "--dara" if path == args.dara else "--mtv"
-            raise UsageError(f"{flag} {path}: no {' or '.join(missing)} (the path given to DARA.save / "
-                             "TaskVector.save)")
+    for flag, paths in (("--dara", [args.dara]), ("--mtv", args.mtv or []), ("--mmict", [args.mmict])):
+        for path in filter(None, paths):
+            missing = [str(p) for p in artifact_paths(path) if not p.is_file()]
+            if missing:
+                raise UsageError(f"{flag} {path}: no {' or '.join(missing)} (the path given to DARA.save / "
+                                 "TaskVector.save / python -m micl_probe.train mmict --out)")
     for m in args.model or []:
         problem = organism_problem(m.removeprefix("organism:")) if m.startswith("organism:") else None
         if problem:
             raise UsageError(f"--model {m}: {problem}")
 
 
-MADE_FOR = ("model", "family", "task", "shots", "style", "instruction", "rule", "n_prompts")  # shown in the report
+MADE_FOR = ("model", "family", "task", "tasks", "shots", "style", "instruction", "rule",
+            "n_prompts")  # shown in the report
 
 
 def described(path: str, meta: dict, content: str) -> dict:
@@ -236,7 +240,8 @@ def described(path: str, meta: dict, content: str) -> dict:
     if "steps_run" in meta:
         trained += f"{', ' if trained else ''}ran {meta['steps_run']} steps"
     return {"path": path, "digest": content,
-            "made_for": {k: meta[k] for k in MADE_FOR if meta.get(k) not in (None, "")},
+            "made_for": {k: " ".join(map(str, meta[k])) if isinstance(meta[k], list) else meta[k] for k in MADE_FOR
+                         if meta.get(k) not in (None, "") and not (k == "task" and meta.get("tasks"))},
             "trained": trained or "not recorded (made outside python -m micl_probe.train)"}
 
 
@@ -244,7 +249,7 @@ def interventions_for(loaded, args, artifacts: dict, calibration: Calibration | 
     """(the named interventions the flags ask for, checked against `loaded`; {name: `described` artifact}, with the
     content digests `run_settings` took of the files: `artifacts`); the training-free ones are chosen on
     `calibration` (made here when not given)."""
-    from .interventions import DARA, TaskVector, alpha_sweep, injection, lora_intervention
+    from .interventions import DARA, MHub, TaskVector, alpha_sweep, injection, lora_intervention
 
     found = alpha_sweep(loaded, args.alphas) if args.alphas else {}
     info = {f"alpha={a:g}": {"path": "–", "digest": "–", "made_for": {"model": "any"},
@@ -261,9 +266,16 @@ def interventions_for(loaded, args, artifacts: dict, calibration: Calibration | 
         found["mtv"] = injection(loaded, means.mean, heads.values)
         made.append(("--mtv", means.meta))
         info["mtv"] = described(" + ".join(args.mtv), means.meta, digest(*(a["safetensors"] for a in artifacts["mtv"])))
+    if args.mmict:
+        hub = MHub.load(args.mmict, loaded)
+        found["mmict"] = hub.on(loaded)
+        made.append(("--mmict", hub.meta))
+        info["mmict"] = described(args.mmict, hub.meta, artifacts["mmict"][0]["safetensors"])
     for flag, meta in made:  # another task, style or instruction is allowed: said in one line
         for task in args.tasks:
-            said = setting_mismatches(meta, task=task, style=args.prompt_style, instruction=args.instruction)
+            trained_on = meta.get("tasks") or [meta.get("task")]  # a hub trained on several tasks
+            said = setting_mismatches({**meta, "task": task if task in trained_on else " ".join(map(str, trained_on))},
+                                      task=task, style=args.prompt_style, instruction=args.instruction)
             if said:
                 print(f"warning: {flag} was made for {', '.join(said)}", file=sys.stderr)
     if args.lora:
@@ -410,7 +422,8 @@ def run_settings(args) -> dict:
     """Everything in the flags that determines the report's numbers (what `manifest.json` records and a rerun into
     the same folder must match; --n may grow or shrink: the records of the common queries are the same)."""
     artifacts = {}
-    for flag, paths in (("dara", [args.dara] if args.dara else []), ("mtv", args.mtv or [])):
+    for flag, paths in (("dara", [args.dara] if args.dara else []), ("mtv", args.mtv or []),
+                        ("mmict", [args.mmict] if args.mmict else [])):
         artifacts[flag] = [{"path": p, **{s: file_digest(q) for s, q in zip(("json", "safetensors"),
                                                                               artifact_paths(p))}} for p in paths]
     if args.lora:

@@ -34,6 +34,13 @@ def test_train_every_intervention_and_report_with_them(setup, capsys):
     train(["lora", "--task", task, "--out", str(root / "lora")] + common)
     train(["icl-tune", "--task", task, "clock_math", "--out", str(root / "icl")] + common)
     train(["mtv", "--task", task, "--out", str(root / "mtv"), "--n-prompts", "2"] + common)
+    train(["mmict", "--task", task, "clock_math", "--out", str(root / "hub"), "--hub-queries", "3", "--hub-width",
+           "16", "--hub-layers", "1"] + common)
+    assert "2-shot+mmict --mmict " + str(root / "hub") in capsys.readouterr().out
+    train(["finetune", "--task", task, "--out", str(root / "ft")] + common)
+    hub = json.loads((root / "hub.json").read_text())
+    assert hub["tasks"] == [task, "clock_math"] and hub["hub"]["n_queries"] == 3 and hub["training"]["lr"] == 1e-3
+    assert (root / "ft" / "adapter_config.json").is_file()
     info = json.loads((root / "dara.json").read_text())
     assert info["task"] == task and info["shots"] == 2 and info["shape"] == [1, 4, 3]
     assert (root / "lora" / "adapter_config.json").is_file() and (root / "icl" / "adapter_config.json").is_file()
@@ -41,10 +48,13 @@ def test_train_every_intervention_and_report_with_them(setup, capsys):
     assert (root / "mtv_means.safetensors").is_file() and (root / "mtv_heads.json").is_file()
     out = root / "report"
     report(["--model", str(model), "--tasks", task, "--conditions", "2-shot", "2-shot+dara", "2-shot+lora",
-            "zero-shot+mtv", "--dara", str(root / "dara"), "--lora", str(root / "icl"), "--mtv",
+            "zero-shot+mtv", "2-shot+mmict", "--dara", str(root / "dara"), "--lora", str(root / "icl"), "--mmict",
+            str(root / "hub"), "--mtv",
             str(root / "mtv_means"), str(root / "mtv_heads"), "--n", "2", "--max-new-tokens", "2", "--out", str(out)])
     table = json.loads((out / "results.json").read_text())["accuracy"][str(model)]["vlicl:clevr"]
-    assert set(table) == {"2-shot", "2-shot+dara", "2-shot+lora", "zero-shot+mtv"}
+    assert set(table) == {"2-shot", "2-shot+dara", "2-shot+lora", "zero-shot+mtv", "2-shot+mmict"}
+    md = (out / "report.md").read_text()
+    assert "query hub tokens" in md and "tasks vlicl:clevr" not in md and f"tasks {task} clock_math" in md
 
 
 def test_a_lora_adapter_acts_only_inside_its_condition(tmp_path):
@@ -73,11 +83,13 @@ def test_a_lora_adapter_acts_only_inside_its_condition(tmp_path):
 
 @pytest.mark.parametrize("flags, says", [
     (["dara", "--task", "sudoku"], "--task: unknown task 'sudoku'"),
-    (["dara", "--task", "clock_math", "outlier"], "--task: dara trains on one task; icl-tune takes several"),
+    (["dara", "--task", "clock_math", "outlier"], "--task: dara trains on one task; icl-tune, finetune, mmict take"),
     (["lora", "--task", "clock_math", "--steps", "0"], "--steps 0: give at least 1"),
     (["dara", "--task", "clock_math", "--device", "cuda"], "--device cuda: this machine has no CUDA device"),
     (["dara", "--task", "clock_math", "--model", "organism:nope"], "--model organism:nope: no shipped organism 'nope'"),
     (["dara", "--task", "OPEN_MI"], "open_mi has no training split"),
+    (["mmict", "--task", "clock_math", "--hub-width", "18"], "--hub-width 18: give a multiple of 4"),
+    (["mmict", "--task", "clock_math", "--hub-queries", "0"], "--hub-queries 0: give at least 1"),
 ])
 def test_train_cli_mistakes_are_one_line(setup, flags, says, capsys):
     from micl_probe.train import main as train

@@ -1,7 +1,7 @@
 """TokenLayout: for every position of a built prompt, which demonstration owns it and what it is.
 
     layout.owner[pos]        # demo index 0..k-1, QUERY (-1) or NONE (-2: system prompt, BOS)
-    layout.role[pos]         # index into ROLES: image | image_markup | question | answer | template | special
+    layout.role[pos]         # index into ROLES: image | image_markup | question | answer | template | special | hub
     layout.image_index[pos]  # which image of the prompt (prompt order) an image/markup token belongs to, else -1
 
     layout.positions(owner=2, role="image")    # all image tokens of demo 2
@@ -18,6 +18,8 @@ Roles:
   answer        a demo's answer text (including the separator the model is trained to emit before it)
   template      chat-template text of a turn ("USER:", "<|im_start|>user\\n" when not special …)
   special       special tokens outside images (BOS, <|im_start|>, </s>, <end_of_utterance>): attention sinks
+  hub           positions an intervention added to the processor's prompt (MMICT's M-Hub tokens:
+                `interventions.mmict`); owned by the demo or query whose features they carry
   pad           padding added when episodes are batched (never attended to)
 """
 
@@ -27,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-ROLES = ("image", "image_markup", "question", "answer", "template", "special", "pad")
+ROLES = ("image", "image_markup", "question", "answer", "template", "special", "hub", "pad")
 ROLE = {name: i for i, name in enumerate(ROLES)}
+_ROLES_BEFORE_HUB = ("image", "image_markup", "question", "answer", "template", "special", "pad")  # to_dict's, before
 QUERY = -1
 NONE = -2
 
@@ -40,7 +43,7 @@ def owner_name(owner: int) -> str:
 @dataclass(frozen=True)
 class TokenLayout:
     """Who owns each token of a prompt and what it is: per position an owner (demo i, the query, or nobody),
-    a role (`ROLES`: image, image_markup, question, answer, template, special, pad) and the image it belongs to,
+    a role (`ROLES`: image, image_markup, question, answer, template, special, hub, pad) and the image it belongs to,
     plus the row whose logits give the first answer token. Made by `Loaded.prepare` from the processor's own ids,
     or by `from_spans` for a prompt you built; `describe()` prints its segments in half-open spans [start, end)
     and `spans()` returns them in the form `from_spans` takes."""
@@ -129,8 +132,10 @@ class TokenLayout:
         return "\n".join(rows)
 
     def to_dict(self) -> dict:
+        """JSON-ready; roles as indices into the `roles` it names (so a later list of roles reads it right)."""
         return {"owner": self.owner.tolist(), "role": self.role.tolist(), "image_index": self.image_index.tolist(),
-                "n_demos": self.n_demos, "n_images": self.n_images, "answer_position": self.answer_position}
+                "n_demos": self.n_demos, "n_images": self.n_images, "answer_position": self.answer_position,
+                "roles": list(ROLES)}
 
     @classmethod
     def from_spans(cls, input_ids, spans: dict[str, list[tuple[int, int]]], image_token_id: int | None = None,
@@ -224,4 +229,6 @@ class TokenLayout:
     @classmethod
     def from_dict(cls, d: dict) -> TokenLayout:
         t = lambda k: torch.tensor(d[k], dtype=torch.long)  # noqa: E731
-        return cls(t("owner"), t("role"), t("image_index"), d["n_demos"], d["n_images"], d["answer_position"])
+        saved = d.get("roles", _ROLES_BEFORE_HUB)  # a dict written before "hub" was a role has no "roles"
+        role = torch.tensor([ROLE[saved[r]] for r in d["role"]], dtype=torch.long)
+        return cls(t("owner"), role, t("image_index"), d["n_demos"], d["n_images"], d["answer_position"])

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..core import Loaded, within
+from ..core import Loaded, prepared, within
 from ..core.episode import STYLES
 from ..core.prefix import one_demo_set, split_prefix
 from ..core.provenance import digest, file_digest, folder_digest, intervention_fingerprint, weights_fingerprint
@@ -249,7 +249,8 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
         # episodes with one demo set may share a prefix (not under an intervention, which runs whole prompts);
         # right-padded, the shared prefix's layouts are the batch's own
         same = intervention is None and one_demo_set(eps)
-        batch = loaded.prepare_batch(eps, with_answer=True, padding_side="right" if same else None)
+        batch = prepared(intervention, loaded.prepare_batch(eps, with_answer=True,
+                                                            padding_side="right" if same else None))
         prefix = _shared_prefix(loaded, batch, cfg, with_answer=True) if same else None
         offset = prefix.length if prefix else 0
         if cfg.attention:  # one forward pass scores the batch and measures its attention
@@ -263,7 +264,7 @@ def _score_chunk(loaded: Loaded, eps: list, intervention, metric: str, cfg: RunC
         chunk = [{"correct": bool(v), "prediction": tok.decode([int(t)]).strip()} for v, t in zip(verdicts, first)]
         firsts = [first_label_token([int(t)], tok) for t in first]
     else:
-        batch = loaded.prepare_batch(eps, padding_side="left")
+        batch = prepared(intervention, loaded.prepare_batch(eps, padding_side="left"))
         prompt = batch.inputs["input_ids"].shape[1]
         same = intervention is None and one_demo_set(eps)
         prefix = _shared_prefix(loaded, batch, cfg, with_answer=False) if same else None

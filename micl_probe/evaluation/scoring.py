@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..core import Loaded, PreparedBatch, within
+from ..core import Loaded, PreparedBatch, prepared, within
 from ..tasks import sample_episodes
 from .statistics import Accuracy
 
@@ -110,7 +110,7 @@ def which_correct(loaded: Loaded, episodes, intervention=None, batch_size: int =
     around each batch when given."""
     verdicts = []
     for i in range(0, len(episodes), batch_size):
-        batch = loaded.prepare_batch(episodes[i:i + batch_size], with_answer=True)
+        batch = prepared(intervention, loaded.prepare_batch(episodes[i:i + batch_size], with_answer=True))
         with within(intervention, batch.layouts) as kwargs:
             verdicts.append(greedy_exact_match(loaded.model, batch, **kwargs)[0])
     return torch.cat(verdicts) if verdicts else torch.zeros(0, dtype=torch.bool)

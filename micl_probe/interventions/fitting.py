@@ -64,16 +64,18 @@ def episode_batches(loaded: Loaded, task: str, shots: int, batch: int, seed: int
 
 
 def any_shot_batches(loaded: Loaded, tasks: list[str], max_shots: int, batch: int, seed: int, split: str,
-                     config: FitConfig | None = None):
+                     config: FitConfig | None = None, demos: bool = True):
     """Endless seeded stream for any-shot ICL tuning: each batch from one of `tasks` (in turn) with 1..max_shots
-    shots (drawn per batch), prepared with answers."""
+    shots (drawn per batch), prepared with answers. `demos=False`: the same episodes with their demos dropped (plain
+    fine-tuning on the same queries)."""
     cfg = config or FitConfig()
     rng = np.random.default_rng([seed, len(tasks), max_shots])
     streams = {(t, k): task_stream(t, k, split, seed + k, cfg.instruction, cfg.style)
                for t in tasks for k in range(1, max_shots + 1)}
     for step in range(10**12):
         stream = streams[tasks[step % len(tasks)], int(rng.integers(1, max_shots + 1))]
-        yield loaded.prepare_batch([next(stream) for _ in range(batch)], with_answer=True)
+        episodes = [next(stream) for _ in range(batch)]
+        yield loaded.prepare_batch(episodes if demos else [e.zero_shot() for e in episodes], with_answer=True)
 
 
 def icl_labels(batch: PreparedBatch) -> torch.Tensor:

@@ -7,8 +7,9 @@
     loaded.model = peft_model.unload()          # the base model back (LoRA weights dropped)
     interventions = {"lora": lora_intervention(loaded, "runs/lora")}        # "<condition>+lora" in the harness
 
-Objectives: "query" (the query's answer, as DARA: the same data and steps) and "any-shot" (Doveh et al.: every demo
-answer after the first and the query's, shots drawn from 1..k per batch; `fitting.icl_labels`).
+Objectives: "query" (the query's answer, as DARA: the same data and steps), "any-shot" (Doveh et al.: every demo
+answer after the first and the query's, shots drawn from 1..k per batch; `fitting.icl_labels`) and "plain" (plain
+fine-tuning, MMICT's first baseline: any-shot's episodes with their demos dropped, the query's answer).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..core import Loaded
 from ..core.provenance import check_made_for, folder_digest, tagged
 from .fitting import FitConfig, any_shot_batches, episode_batches, fit, icl_labels, query_labels
 
-OBJECTIVES = ("query", "any-shot")
+OBJECTIVES = ("query", "any-shot", "plain")
 
 
 def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers="first", rank: int = 4,
@@ -40,7 +41,7 @@ def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers="fi
         raise ValueError(f"unknown objective {objective!r}; objectives: {', '.join(OBJECTIVES)}")
     tasks = [task] if isinstance(task, str) else list(task)
     if objective == "query" and len(tasks) != 1:
-        raise ValueError("objective 'query' trains on one task; use objective='any-shot' for several")
+        raise ValueError("objective 'query' trains on one task; use objective='any-shot' or 'plain' for several")
     cfg = (fit_config or FitConfig()).with_lr(1e-3)
     torch.manual_seed(cfg.seed)
     prefix = loaded.adapter.decoder_path
@@ -58,8 +59,8 @@ def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers="fi
           f"layer(s)), objective {objective}")
 
     def batches(split):
-        if objective == "any-shot":
-            return any_shot_batches(loaded, tasks, shots, cfg.batch, cfg.seed, split, cfg)
+        if objective in ("any-shot", "plain"):
+            return any_shot_batches(loaded, tasks, shots, cfg.batch, cfg.seed, split, cfg, demos=objective != "plain")
         return episode_batches(loaded, tasks[0], shots, cfg.batch, cfg.seed, split, cfg)
 
     labels = icl_labels if objective == "any-shot" else query_labels

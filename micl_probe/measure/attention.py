@@ -45,12 +45,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, within
+from ..core import ADAPTERS, QUERY, ROLE, ROLES, Episode, Loaded, PreparedBatch, TokenLayout, prepared, within
 from ..core.prefix import one_demo_set, split_prefix
 from ..core.provenance import artifact_paths, dumps, write_atomic
 
 BACKENDS = ("nnsight", "transformer_lens", "eager")
 PARTS = ("demo_image", "query_image", "demo_text", "query_text", "special", "other")  # see where_it_looks
+HUB_PARTS = ("demo_hub", "query_hub")  # where_it_looks' parts for MMICT's hub tokens, when a prompt has them
 SINK = "sink"  # the segment (and part) of sink tokens, when capture_attention is given sinks=
 
 
@@ -133,16 +134,18 @@ class AttentionMass:
     def where_it_looks(self) -> tuple[torch.Tensor, tuple[str, ...]]:
         """([episode, layer, head, part], PARTS): the mass on the demos' images, the query's image, the demos' text
         (question, answer, template), the query's text, special tokens, and everything else (image markup, system
-        text). The parts sum to 1 for every row."""
+        text). The parts sum to 1 for every row. Prompts with MMICT hub tokens (`interventions.mmict`) add the parts
+        "demo_hub" and "query_hub"; captured with sinks, "sink"."""
         def part(s: str) -> str:
             if s in ("special", SINK):
                 return s
             owner, role = s.split(".")
             who = "demo" if owner.startswith("demo") else "query" if owner == "query" else None
-            kind = "image" if role == "image" else "text" if role in ("question", "answer", "template") else None
+            kind = {"image": "image", "hub": "hub", "question": "text", "answer": "text", "template": "text"}.get(role)
             return f"{who}_{kind}" if who and kind else "other"
 
-        parts = PARTS + ((SINK,) if SINK in self.segments else ())
+        hubs = tuple(p for p in HUB_PARTS if any(part(s) == p for s in self.segments if s not in ("special", SINK)))
+        parts = PARTS + hubs + ((SINK,) if SINK in self.segments else ())
         index = [parts.index(part(s)) for s in self.segments]
         out = torch.zeros(*self.mass.shape[:3], len(parts))
         out.index_add_(3, torch.tensor(index, dtype=torch.long), self.mass)
@@ -592,6 +595,7 @@ def _capture(loaded, batches, all_episodes, rows, backend, progress, meta, inter
     results, names, positions = [], [], []
     bar = tqdm(total=len(all_episodes), desc=f"attention ({backend})", disable=not progress or len(all_episodes) < 2)
     for batch in batches:
+        batch = prepared(intervention, batch)  # an intervention's own prompt (MMICT's hub tokens), if it has one
         bar.update(len(batch.layouts))
         pos = [row_positions(layout, rows) for layout in batch.layouts]
         seg = [segment_matrix(layout) for layout in batch.layouts]

@@ -24,9 +24,18 @@ ROLE_COLOURS = {"image": PALETTE[0], "image_markup": PALETTE[9], "question": PAL
 
 N_BOOT = 200  # bootstrap resamples of the 95% bands over episodes (fixed seed): seaborn's 1,000 cost ~1 s a figure
 PART_COLOURS = {"demo_image": PALETTE[0], "query_image": PALETTE[9], "demo_text": PALETTE[1], "query_text": PALETTE[8],
-                "special": PALETTE[7], "other": "0.85"}
+                "special": PALETTE[7], "other": "0.85", "demo_hub": PALETTE[2], "query_hub": PALETTE[4]}
 PART_LABELS = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
-               "query_text": "query text", "special": "special tokens", "other": "other"}
+               "query_text": "query text", "special": "special tokens", "other": "other",
+               "demo_hub": "demo hub tokens", "query_hub": "query hub tokens"}
+HUB_PARTS = ("demo_hub", "query_hub")  # parts only prompts with MMICT's hub tokens have
+
+
+def parts_present(cells) -> list[str]:
+    """The parts of `PART_LABELS` to show for `cells` (records' `looks_at` dicts, or summary cells): every part but
+    the hub tokens', which only when some cell has them."""
+    cells = list(cells)
+    return [p for p in PART_LABELS if p not in HUB_PARTS or any(p in c for c in cells)]
 _BASE_COLOURS = {"zero-shot": PALETTE[7], "no-image": PALETTE[1], "shuffled-answers": PALETTE[5]}
 _INTERVENTION_COLOURS = {"dara": PALETTE[3], "mtv": PALETTE[4], "lora": PALETTE[6], "alpha": PALETTE[8],
                          "knockout": (0.1, 0.1, 0.1), "uniform": (0.09, 0.75, 0.81), "mgi": (0.5, 0.5, 0.0)}
@@ -193,33 +202,40 @@ def looks_at_bars(records, title: str | None = None):
     style()
     models = list(dict.fromkeys(r["model"] for r in records))
     conditions = list(dict.fromkeys(r["condition"] for r in records))
-    parts = list(PART_LABELS)
+    parts = parts_present(r["looks_at"] for r in records)
     fig, axes = plt.subplots(1, len(models), figsize=(0.8 + 3.6 * len(models), 1.6 + 0.38 * len(conditions)),
                              sharey=True, squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = [c for c in conditions if any(r["model"] == model and r["condition"] == c for r in records)]
-        left = np.zeros(len(mine))
-        for part in parts:
-            vals = np.array([100 * np.nanmean([r["looks_at"][part] for r in records
-                                               if r["model"] == model and r["condition"] == c]) for c in mine])
-            ax.barh(range(len(mine)), vals, left=left, color=PART_COLOURS[part], label=PART_LABELS[part],
-                    edgecolor="white", lw=0.5)
-            for y, (x0, v) in enumerate(zip(left, vals)):
-                if v >= 7:
-                    ax.text(x0 + v / 2, y, f"{v:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if part in ("demo_image", "special") else "0.1")
-            left += vals
-        ax.set_yticks(range(len(mine)), mine)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 100)
-        ax.set_xlabel("% of the answer row's attention")
+        _part_stack(ax, mine, {part: [100 * np.nanmean([r["looks_at"].get(part, 0.0) for r in records
+                                                         if r["model"] == model and r["condition"] == c])
+                                      for c in mine] for part in parts}, "% of the answer row's attention")
         ax.set_title(model, fontsize=10)
-        ax.grid(axis="y", visible=False)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=6, frameon=False, fontsize=8)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(parts), 6), frameon=False,
+               fontsize=8)
     fig.suptitle(title or "Where the answer position looks: demo images apart from the query image", y=1.02)
     fig.tight_layout()
     return fig
+
+
+def _part_stack(ax, rows: list[str], values: dict[str, list[float]], xlabel: str) -> None:
+    """One stacked horizontal bar per row: each part's value (% of the row), labelled where it is wide enough."""
+    left = np.zeros(len(rows))
+    for part, vals in values.items():
+        vals = np.asarray(vals, dtype=float)
+        ax.barh(range(len(rows)), vals, left=left, color=PART_COLOURS[part], label=PART_LABELS[part],
+                edgecolor="white", lw=0.5)
+        for y, (x0, v) in enumerate(zip(left, vals)):
+            if v >= 7:
+                ax.text(x0 + v / 2, y, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if part in ("demo_image", "special") else "0.1")
+        left += vals
+    ax.set_yticks(range(len(rows)), rows)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="y", visible=False)
 
 
 def _demo_by_layer(r) -> np.ndarray:
@@ -717,3 +733,32 @@ def micl_single_head_ablation(res: dict):
     return _head_maps(res, res["single_ablation"], "causal_heads", f"{res['organism']}: 4-shot accuracy with one head "
                       f"mean-ablated at the answer position (support split, n = {res['n']}; boxed: the {res['k']} "
                       "causal heads)", "4-shot accuracy", edge=PALETTE[2], cmap="rocket", vmin=0.4, vmax=1.0)
+
+
+def mmict_figure(results: dict):
+    """MMICT against plain fine-tuning and in-context tuning (`experiments.mmict`): accuracy per task at 4 shots and
+    with the demo images removed (95% Wilson intervals), and where the answer row looks at 4 shots (stacked, % of
+    the row, mean over tasks)."""
+    style()
+    methods, tasks = results["methods"], results["tasks"]
+    labels = {"base": "base", "finetune": "plain fine-tuning", "icl-tune": "in-context tuning",
+              "mmict-tokens": "MMICT, hub tokens", "mmict-residual": "MMICT, residual hub"}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+    for ax, cond in zip(axes[:2], ("4-shot", "no-image")):
+        _grouped_bars(ax, tasks, {labels.get(m, m): [r["tasks"][t][cond] for t in tasks] for m, r in methods.items()})
+        ax.set_title(f"accuracy, {cond}" + (" (demo images removed)" if cond == "no-image" else ""), fontsize=10)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, ncol=len(names), frameon=False, loc="upper center",
+               bbox_to_anchor=(0.36, 0.99))
+    cells = [r["tasks"][t]["4-shot"]["looks_at"] for r in methods.values() for t in tasks]
+    parts = parts_present(c for c in cells if any(v > 0 for v in c.values()))
+    ax = axes[2]
+    _part_stack(ax, [labels.get(m, m) for m in methods],
+                {part: [100 * np.mean([r["tasks"][t]["4-shot"]["looks_at"].get(part, 0.0) for t in tasks])
+                        for r in methods.values()] for part in parts}, "% of the answer row's attention (4-shot)")
+    ax.set_title("where the answer row looks", fontsize=10)
+    ax.legend(fontsize=7, ncol=3, frameon=False, loc="upper center", bbox_to_anchor=(0.45, -0.22))
+    fig.suptitle(f"{results['organism']}: MMICT vs plain fine-tuning vs in-context tuning, the same "
+                 f"{results['steps']} training steps (n = {results['n']} queries a cell, 95% CI)", y=1.03)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig

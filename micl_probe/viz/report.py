@@ -136,7 +136,7 @@ def looks_markdown(where: dict, right: list[dict]) -> list[str]:
     query's class against the others."""
     if not where:
         return []
-    parts = list(plots.PART_LABELS)
+    parts = plots.parts_present(cell for conditions in where.values() for cell in conditions.values())
     md = ["## Where the answer looks", "",
           "Attention of the answer position (the one whose logits give the first answer token), % of the row, mean "
           "over layers, heads, tasks and episodes.", "",
