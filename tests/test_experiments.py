@@ -120,3 +120,27 @@ def test_papers_experiment_table_is_its_records(tmp_path):
     assert str(Accuracy(row["no-image"]["correct"], 6)) in md
     main(["--out", str(tmp_path), "--organisms", "true-micl", "--n", "3", "--draws", "1"])
     assert (tmp_path / "papers_table.md").is_file() and (tmp_path / "papers_head_scores_true-micl.png").is_file()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_mmict_experiment_writes_its_table_from_its_verdicts(tmp_path):
+    """experiments.mmict on a few queries and steps: every method's cells, the paired tests of the same queries, the
+    hub artifacts, the table and the figure; the table's numbers are the results file's."""
+    from experiments.mmict import METHODS, mmict_experiment
+
+    res = mmict_experiment(tasks=("clock_math",), n=4, steps=2, out=tmp_path)
+    assert list(res["methods"]) == list(METHODS)
+    cells = {m: r["tasks"]["clock_math"] for m, r in res["methods"].items()}
+    assert all(c[cond]["n"] == 4 for c in cells.values() for cond in ("4-shot", "no-image"))
+    assert cells["mmict-tokens"]["4-shot"]["looks_at"]["query_hub"] > 0
+    assert cells["mmict-residual"]["4-shot"]["looks_at"]["query_hub"] == 0  # no hub tokens: nothing there
+    assert res["methods"]["base"]["params"] == 0 and res["methods"]["finetune"]["params"] == \
+        res["methods"]["icl-tune"]["params"]
+    gap = res["tests"]["clock_math"]["icl-tune: 4-shot vs no-image"]
+    assert gap["difference"] == cells["icl-tune"]["4-shot"]["acc"] - cells["icl-tune"]["no-image"]["acc"]
+    table = (tmp_path / "mmict_table.md").read_text()
+    assert str(Accuracy(cells["mmict-residual"]["4-shot"]["correct"], 4)) in table and "query hub tokens" in table
+    assert json.loads((tmp_path / "mmict_results.json").read_text()) == json.loads(json.dumps(res))
+    assert (tmp_path / "mmict_accuracy.png").stat().st_size > 0
+    for placement in ("tokens", "residual"):
+        assert (tmp_path / "artifacts" / f"mmict_{placement}_partial.safetensors").is_file()
