@@ -9,7 +9,7 @@ Subpackages, from the bottom layer up (each imports only from the ones before it
   core           episodes, token layouts, prompts, family adapters, processors, loading
   tasks          procedural TrueMICL-style tasks and released dataset folders
   measure        attention capture
-  interventions  DARA, MTV (and function / task vectors), LoRA, their training loop
+  interventions  DARA, MTV (and function / task vectors), LoRA, MMICT's hub, their training loop
   evaluation     scoring, conditions, the harness, statistics, accuracy-vs-attention analysis
   organisms      the shipped model organisms, their recipes, trainer and cards
   viz            figures and the report page

@@ -15,6 +15,9 @@ gains one hub token per text token of that demo (question and answer): the hub's
 the query's question, `n_queries` hub tokens: the outputs of the learned queries. The processor's own tokens all stay
 (the frozen decoder keeps its native image tokens), so the layout keeps every role and adds "hub" positions, owned by
 the demo or query they describe: capture, `where_it_looks` ("demo_hub", "query_hub"), DARA and MTV see them.
+`placement="residual"` instead adds the outputs onto each demo's question and answer tokens and onto the query's image
+tokens (the query's hub then uses those image tokens as its query slots): the prompt keeps its tokens, and a
+zero-initialised hub is exactly the model. On the organisms the two differ sharply (docs/results.md, "MMICT").
 
 Inside the hub (`HubLayer`, per demo or query): self-attention over [learned queries; the item's text embeddings],
 cross-attention from the learned queries only to the item's image features (what the family's projector put at its
