@@ -215,7 +215,7 @@ def check(args) -> None:
         raise UsageError(f"--calibration {args.calibration}: choose heads and layers on at least 1 episode")
     if args.lora and not (Path(args.lora) / "adapter_config.json").is_file():
         raise UsageError(f"--lora {args.lora}: no adapter_config.json there (the folder a peft adapter was saved to: "
-                         "python -m micl_probe.train lora|icl-tune --out FOLDER)")
+                         "python -m micl_probe.train lora|icl-tune|finetune --out FOLDER)")
     for flag, paths in (("--dara", [args.dara]), ("--mtv", args.mtv or []), ("--mmict", [args.mmict])):
         for path in filter(None, paths):
             missing = [str(p) for p in artifact_paths(path) if not p.is_file()]
