@@ -13,8 +13,10 @@ from pathlib import Path
 
 
 def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, corpus: list[str], pad: str | None = None,
-                  vocab_size: int = 512):
-    """A byte-level BPE tokenizer (never produces <unk>) trained on `corpus`, with `specials` as special tokens."""
+                  vocab_size: int = 512, named: dict[str, str] | None = None):
+    """A byte-level BPE tokenizer (never produces <unk>) trained on `corpus`, with `specials` as special tokens;
+    `named`: {attribute: token} a family's processor reads (Gemma 3's `boi_token` …), kept by `save_pretrained` as
+    the published tokenizers keep them (each also gets `<attribute>_id`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -29,7 +31,8 @@ def bpe_tokenizer(specials: list[str], bos: str | None, eos: str, corpus: list[s
             single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
     extra = [s for s in specials if s not in (bos, eos, pad)]
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad or eos,
-                                   extra_special_tokens=extra, model_max_length=4096)
+                                   extra_special_tokens=extra, model_max_length=4096,
+                                   **({"model_specific_special_tokens": named} if named else {}))
 
 
 class NoVideo:

@@ -32,9 +32,10 @@ _IDEFICS3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<end_of_utteranc
                       + [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)])
 
 
-def tiny_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str | None = None):
-    """A byte-level BPE tokenizer on `CORPUS` with `specials` as special tokens."""
-    return bpe_tokenizer(specials, bos=bos, eos=eos, pad=pad, corpus=CORPUS)
+def tiny_tokenizer(specials: list[str], bos: str | None, eos: str, pad: str | None = None,
+                   named: dict[str, str] | None = None):
+    """A byte-level BPE tokenizer on `CORPUS` with `specials` as special tokens (`named`: `bpe_tokenizer`'s)."""
+    return bpe_tokenizer(specials, bos=bos, eos=eos, pad=pad, corpus=CORPUS, named=named)
 
 
 def _llama_text(vocab: int, **kw) -> dict:
@@ -239,11 +240,9 @@ def _internvl(image_size=32, patch=8):
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
     from transformers.models.internvl.processing_internvl import InternVLProcessor
     tok = tiny_tokenizer(_QWEN_SPECIALS + ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"], bos=None, eos="<|im_end|>",
-                         pad="<|endoftext|>")
-    for name, token in (("start_image_token", "<img>"), ("end_image_token", "</img>"),
-                        ("context_image_token", "<IMG_CONTEXT>"), ("video_token", "<video>")):
-        setattr(tok, name, token)  # the InternVL tokenizer's named tokens, which its processor reads
-        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
+                         pad="<|endoftext|>", named={"start_image_token": "<img>", "end_image_token": "</img>",
+                                                     "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
+    # the InternVL tokenizer's named tokens, which its processor reads
     seq = (image_size // patch) ** 2 // 4  # downsample_ratio 0.5: 2x2 pixel shuffle
     cfg = InternVLConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -261,11 +260,9 @@ def _gemma3(image_size=32, patch=8, sliding_window=24):
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
     from transformers.models.gemma3.processing_gemma3 import Gemma3Processor
     tok = tiny_tokenizer(["<bos>", "<eos>", "<pad>", "<start_of_image>", "<end_of_image>", "<image_soft_token>",
-                          "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>", pad="<pad>")
-    for name, token in (("boi_token", "<start_of_image>"), ("eoi_token", "<end_of_image>"),
-                        ("image_token", "<image_soft_token>")):
-        setattr(tok, name, token)  # the Gemma 3 tokenizer's named tokens, which its processor reads
-        setattr(tok, name + "_id", tok.convert_tokens_to_ids(token))
+                          "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>", pad="<pad>",
+                         named={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                "image_token": "<image_soft_token>"})  # Gemma 3's named tokens, read by its processor
     tokens_per_image = 4  # 4x4 patches average-pooled to 2x2
     text = _llama_text(len(tok), head_dim=16, query_pre_attn_scalar=16, sliding_window=sliding_window,
                        layer_types=["sliding_attention", "full_attention"], bos_token_id=tok.bos_token_id,
