@@ -355,7 +355,7 @@ def head_summary(loaded, args, calibration: Calibration) -> dict:
                      "tau": TAU, "max_ratio": float(sinks.ratio.nan_to_num(0).max()),
                      "ratio_bound": loaded.adapter.text_config(loaded.model).hidden_size ** 0.5}
         if with_evidence:
-            ev = evidence_attention(loaded, episodes, progress=False).as_dict()
+            ev = evidence_attention(loaded, episodes, progress=False, batch_size=args.batch_size).as_dict()
             out[task]["evidence"] = {**ev, "shots": out[task]["shots"]}
     return out
 

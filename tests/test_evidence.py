@@ -102,6 +102,22 @@ def test_evidence_attention_equals_eager_weights_summed_by_hand():
     assert evidence_attention(loaded, no_box, progress=False).mass.isnan().all()
 
 
+@pytest.mark.parametrize("name", ["organism:true-micl", "qwen2_vl"])
+def test_evidence_attention_in_batches_equals_one_at_a_time(name):
+    """Prompts of different lengths (1, 3 and 2 demos) and one without evidence, right-padded into one pass."""
+    loaded = load(name) if ":" in name else tiny_loaded(name)
+    episodes = [sample_episodes("clock_math", k, 1, seed=k)[0] for k in (1, 3, 2)]
+    blank = Episode((Demo((Image.new("RGB", (32, 32)),), "q?", "a"),), Query((Image.new("RGB", (32, 32)),), "q?"))
+    episodes.insert(2, blank)
+    one = evidence_attention(loaded, episodes, progress=False)
+    together = evidence_attention(loaded, episodes, progress=False, batch_size=3)
+    assert not one.mass[0].isnan().all() and one.mass[2].isnan().all()
+    torch.testing.assert_close(together.mass, one.mass, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(together.chance, one.chance, equal_nan=True)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        evidence_attention(loaded, episodes, batch_size=0)
+
+
 def test_a_folder_item_brings_its_evidence(tmp_path):
     """truemicl: items with a mask file and with boxes; the regions follow each; a malformed one is one line."""
     from micl_probe.tasks import FolderError, folder_episodes

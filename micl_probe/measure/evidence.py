@@ -103,42 +103,71 @@ def _plan(loaded: Loaded, episode: Episode):
     return prepared, rows, plan
 
 
-def evidence_attention(loaded: Loaded, episodes: Episode | list[Episode], progress: bool = True
-                       ) -> EvidenceAttention:
+def evidence_attention(loaded: Loaded, episodes: Episode | list[Episode], progress: bool = True,
+                       batch_size: int = 1) -> EvidenceAttention:
     """Attention of each demo's label tokens on its own image's evidence regions, and of the answer row on the
-    query image's, per layer and head (one traced forward pass per episode; see the module docstring)."""
+    query image's, per layer and head (see the module docstring): one traced forward pass per `batch_size`
+    episodes (right-padded, so each row keeps the positions it has alone; equal to one at a time)."""
     if isinstance(episodes, Episode):
         episodes = [episodes]
     if not episodes or not all(isinstance(e, Episode) for e in episodes):
         raise TypeError("evidence_attention takes an Episode or a non-empty list of them")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: give a whole number >= 1 of episodes a forward pass")
     adapter = loaded.adapter
     layers = adapter.attention_layers(loaded.model)
     n_layers, n_heads = adapter.n_layers(loaded.model), adapter.n_heads(loaded.model)
     mass = torch.full((len(episodes), n_layers, n_heads, len(SOURCES), len(REGIONS)), float("nan"))
     chance = torch.full((len(episodes), len(SOURCES), len(REGIONS)), float("nan"))
-    for e, episode in enumerate(tqdm(episodes, desc="evidence attention", disable=not progress or len(episodes) < 2)):
-        prepared, rows, plan = _plan(loaded, episode)
-        if not plan:
-            continue
-        pos = torch.tensor([rows])
-        saved = trace_layers(loaded, prepared.inputs, lambda x, pos=pos: rows_attention(
-            x["query"], x["key"], x["attention_mask"], x["scaling"], pos.to(x["query"].device))[0])  # [H, R, seq]
-        probs = _all_layers(loaded, layers, saved, 0)  # [layer, H, R, seq]
-        for s in range(len(SOURCES)):
-            parts = [(slots, regions) for source, slots, regions in plan if source == s]
-            if not parts:
-                continue
-            per_image, counts = [], torch.zeros(len(REGIONS))
-            for slots, regions in parts:
-                onehot = torch.zeros(probs.shape[-1], len(REGIONS))
-                for position, region in regions.items():
-                    onehot[position, region] = 1.0
-                per_image.append(probs[:, :, slots].mean(2) @ onehot)  # [layer, H, region]
-                counts += onehot.sum(0)
-            mass[e, :, :, s] = torch.stack(per_image).mean(0)
-            chance[e, s] = counts / counts.sum()
+    planned = [(e, *_plan(loaded, episode)) for e, episode in enumerate(episodes)]
+    planned = [p for p in planned if p[3]]  # episodes with evidence somewhere
+    bar = tqdm(total=len(planned), desc="evidence attention", disable=not progress or len(planned) < 2)
+    for start in range(0, len(planned), batch_size):
+        chunk = planned[start:start + batch_size]
+        for e, probs, plan in _probs(loaded, layers, chunk):
+            _reduce_evidence(probs, plan, mass[e], chance[e])
+        bar.update(len(chunk))
+    bar.close()
     return EvidenceAttention(mass, chance, {"model": loaded.name or type(loaded.model).__name__,
                                             "tasks": [e.task for e in episodes]})
+
+
+def _probs(loaded: Loaded, layers: list[int], chunk: list) -> list:
+    """[(episode index, probs [layer, H, R, seq], plan)] for a chunk of planned episodes, in one traced pass: the
+    episodes prepared together, right-padded, so each row's tokens stand where they stand alone (checked: where a
+    processor lays a batch out otherwise, each episode runs alone)."""
+    if len(chunk) == 1:
+        batch = chunk[0][1]
+    else:
+        batch = loaded.prepare_batch([prepared.episode for _, prepared, _, _ in chunk], padding_side="right")
+        ids = batch.inputs["input_ids"].cpu()
+        if any(not torch.equal(ids[b, :p.input_ids.shape[-1]], p.input_ids.reshape(-1).cpu())
+               for b, (_, p, _, _) in enumerate(chunk)):
+            return [found for one in chunk for found in _probs(loaded, layers, [one])]
+    width = max(len(rows) for _, _, rows, _ in chunk)
+    pos = torch.tensor([rows + [rows[-1]] * (width - len(rows)) for _, _, rows, _ in chunk])  # [B, R], padded
+    saved = trace_layers(loaded, batch.inputs, lambda x: rows_attention(
+        x["query"], x["key"], x["attention_mask"], x["scaling"], pos.to(x["query"].device)))  # [B, H, R, seq]
+    probs = _all_layers(loaded, layers, saved, 1)  # [B, layer, H, R, seq]
+    return [(e, probs[b, ..., :prepared.input_ids.shape[-1]], plan)
+            for b, (e, prepared, _, plan) in enumerate(chunk)]
+
+
+def _reduce_evidence(probs: torch.Tensor, plan: list, mass: torch.Tensor, chance: torch.Tensor) -> None:
+    """One episode's probs [layer, H, R, seq] into its mass [layer, H, source, region] and chance [source, region]."""
+    for s in range(len(SOURCES)):
+        parts = [(slots, regions) for source, slots, regions in plan if source == s]
+        if not parts:
+            continue
+        per_image, counts = [], torch.zeros(len(REGIONS))
+        for slots, regions in parts:
+            onehot = torch.zeros(probs.shape[-1], len(REGIONS))
+            for position, region in regions.items():
+                onehot[position, region] = 1.0
+            per_image.append(probs[:, :, slots].mean(2) @ onehot)  # [layer, H, region]
+            counts += onehot.sum(0)
+        mass[:, :, s] = torch.stack(per_image).mean(0)
+        chance[s] = counts / counts.sum()
 
 
 __all__ = ["EvidenceAttention", "REGIONS", "SOURCES", "evidence_attention", "token_regions"]
