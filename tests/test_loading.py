@@ -5,7 +5,8 @@ from micl_probe import load
 from micl_probe.testing import noise_episode, tiny_loaded
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "llava_onevision", "smolvlm", "gemma3", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3", "llava_onevision", "smolvlm", "gemma3",
+                                    "internvl"])
 def test_load_from_local_folder_offline(tmp_path, family, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = tiny_loaded(family)
