@@ -19,7 +19,7 @@ from ..measure import AttentionMass
 
 PALETTE = sns.color_palette("colorblind")
 ROLE_COLOURS = {"image": PALETTE[0], "image_markup": PALETTE[9], "question": PALETTE[2], "answer": PALETTE[1],
-                "template": PALETTE[7], "special": PALETTE[3]}
+                "template": PALETTE[7], "special": PALETTE[3], "hub": PALETTE[4]}
 
 
 N_BOOT = 200  # bootstrap resamples of the 95% bands over episodes (fixed seed): seaborn's 1,000 cost ~1 s a figure
@@ -117,6 +117,7 @@ def demo_stacked_bars(am: AttentionMass, layer: int | None = None, title: str | 
         ax.bar(order, vals, bottom=bottom, label=r, color=ROLE_COLOURS.get(r))
         bottom += vals
     labels = {"all": "special", "none": "system"}
+    ax.set_ylim(0, 1.15 * bottom.max())  # room above the tallest bar
     ax.set_xticks(range(len(order)), [labels.get(o, o) for o in order], rotation=30)
     ax.set_ylabel("attention mass")
     ax.set_title(title or f"Attention by turn and role ({'all layers' if layer is None else f'layer {layer}'})")
