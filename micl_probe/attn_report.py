@@ -309,7 +309,7 @@ class Calibration:
 
     def __init__(self, loaded, args):
         self.loaded, self.args = loaded, args
-        self._episodes, self._scores, self._means = {}, {}, {}
+        self._episodes, self._scores, self._sinks, self._means = {}, {}, {}, {}
 
     def episodes(self, task: str) -> list:
         if task not in self._episodes:
@@ -319,13 +319,19 @@ class Calibration:
         return self._episodes[task]
 
     def scores(self, task: str):
-        """`measure.head_scores` on the task's calibration episodes."""
+        """`measure.head_scores` on the task's calibration episodes (their sink tokens from the same passes)."""
         from .measure import head_scores
+        from .measure.heads import TAU
 
         if task not in self._scores:
-            self._scores[task] = head_scores(self.loaded, self.episodes(task), batch_size=self.args.batch_size,
-                                             progress=False)
+            self._scores[task], self._sinks[task] = head_scores(
+                self.loaded, self.episodes(task), batch_size=self.args.batch_size, progress=False, sinks=TAU)
         return self._scores[task]
+
+    def sinks(self, task: str):
+        """`measure.find_sinks` (τ = 20) on the task's calibration episodes, found with their head scores."""
+        self.scores(task)
+        return self._sinks[task]
 
     def means(self, task: str):
         """Every head's mean output at the answer row on the task's calibration episodes (mean ablations)."""
@@ -340,7 +346,7 @@ def head_summary(loaded, args, calibration: Calibration) -> dict:
     EvidenceAttention.as_dict() where the task's images carry evidence boxes}} on each task's calibration episodes
     (the head scores the knockout conditions chose on, not computed again): the report's heads-and-sinks and evidence
     sections."""
-    from .measure import evidence_attention, find_sinks
+    from .measure import evidence_attention
     from .measure.heads import TAU
 
     out = {}
@@ -349,7 +355,7 @@ def head_summary(loaded, args, calibration: Calibration) -> dict:
         with_evidence = loaded.adapter.patch_layout != "none" and any(
             evidence_boxes(im) for e in episodes[:1] for im in e.images)
         scores = calibration.scores(task).as_dict()
-        sinks = find_sinks(loaded, episodes, TAU, batch_size=args.batch_size)
+        sinks = calibration.sinks(task)
         out[task] = {"induction": scores["induction"], "previous_token": scores["previous_token"],
                      "n": len(episodes), "shots": pool_size(args.conditions)[0], "sinks": sinks.by_segment(),
                      "tau": TAU, "max_ratio": float(sinks.ratio.nan_to_num(0).max()),

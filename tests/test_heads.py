@@ -117,3 +117,26 @@ def test_sinks_found_where_planted_and_moved_out_of_their_segment():
         capture_attention(loaded, EPISODES[:1], sinks=-1)
     with pytest.raises(ValueError, match="needs the hidden states"):
         capture_attention(loaded, EPISODES[:1], sinks=20, backend="transformer_lens")
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen3_5"])
+def test_scores_with_sinks_are_the_two_measured_apart(name, monkeypatch):
+    """head_scores(…, sinks=τ) finds the sinks in the scores' own passes (qwen3_5, hybrid: a pass of its own for
+    the layers the scores' trace does not enter); padded batches; the same as head_scores and find_sinks apart."""
+    loaded = tiny_loaded(name)
+    ratio = find_sinks(loaded, EPISODES, tau=1.0).ratio
+    tau = float(ratio[~ratio.isnan()].quantile(0.9))  # a tenth of the tokens are sinks: a tiny model has no real ones
+    alone = head_scores(loaded, EPISODES, batch_size=2, progress=False)
+    apart = find_sinks(loaded, EPISODES, tau=tau, batch_size=2)
+    if name != "qwen3_5":  # the sinks come from the scores' passes, not a pass of their own
+        import micl_probe.measure.heads as heads
+
+        monkeypatch.setattr(heads, "find_sinks", lambda *a, **k: pytest.fail("a pass of its own"))
+    scores, sinks = head_scores(loaded, EPISODES, batch_size=2, progress=False, sinks=tau)
+    torch.testing.assert_close(scores.induction, alone.induction, equal_nan=True)
+    torch.testing.assert_close(scores.previous_token, alone.previous_token, equal_nan=True)
+    torch.testing.assert_close(sinks.ratio, apart.ratio, atol=1e-4, rtol=1e-5, equal_nan=True)
+    assert sinks.segments == apart.segments and sinks.by_segment() == apart.by_segment()
+    assert sinks.mask().any()  # the threshold finds some: the comparison is not of empty sets
+    with pytest.raises(ValueError, match="tau"):
+        head_scores(loaded, EPISODES, sinks=0)

@@ -132,8 +132,9 @@ def _text_rows(layouts) -> tuple[torch.Tensor, torch.Tensor]:
     return pos, weights * torch.tensor([[float(bool(r))] for r in found])
 
 
-def _scores_of_batch(loaded: Loaded, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """([B, layer, head] induction, [B, layer, head] previous-token) of one batch in one traced forward pass."""
+def _scores_of_batch(loaded: Loaded, batch: PreparedBatch, hidden: bool = False) -> tuple[torch.Tensor, ...]:
+    """([B, layer, head] induction, [B, layer, head] previous-token) of one batch in one traced forward pass; with
+    `hidden`, also the sink ratio [B, layer, seq] of the hidden states entering each (softmax-attention) layer."""
     answer = torch.tensor([[lay.answer_position] for lay in batch.layouts])
     answers = torch.stack([demo_answer_mask(lay) for lay in batch.layouts])  # [B, seq]
     rows, weights = _text_rows(batch.layouts)
@@ -145,11 +146,12 @@ def _scores_of_batch(loaded: Loaded, batch: PreparedBatch) -> tuple[torch.Tensor
         for i in range(0, rows.shape[1], CHUNK):
             r = rows[:, i:i + CHUNK].to(q.device)
             total = total + previous_from_probs(rows_attention(q, k, m, s, r), r, weights[:, i:i + CHUNK])
-        return induction_from_rows(row, answers.to(row.device)), total
+        scores = induction_from_rows(row, answers.to(row.device)), total
+        return scores + (sink_ratio(x["hidden"]),) if hidden else scores
 
-    saved = trace_layers(loaded, batch.inputs, per_layer)
+    saved = trace_layers(loaded, batch.inputs, per_layer, hidden=hidden)
     layers = loaded.adapter.attention_layers(loaded.model)
-    return tuple(_all_layers(loaded, layers, [t[i] for t in saved], 1) for i in (0, 1))
+    return tuple(_all_layers(loaded, layers, [t[i] for t in saved], 1) for i in range(3 if hidden else 2))
 
 
 def top_heads_of(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
@@ -161,31 +163,69 @@ def top_heads_of(scores: torch.Tensor, k: int) -> list[tuple[int, int]]:
 
 
 def head_scores(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, batch_size: int = 1,
-                progress: bool = True) -> HeadScores:
+                progress: bool = True, sinks: float | None = None) -> HeadScores | tuple[HeadScores, Sinks]:
     """Induction and previous-token scores of every head on each episode (see the module docstring); `episodes`
-    as `capture_attention` takes them, run `batch_size` at a time."""
-    induction, previous = [], []
+    as `capture_attention` takes them, run `batch_size` at a time. `sinks`: a threshold τ: returns (scores,
+    `find_sinks(…, τ)` of the same episodes) from the same passes (a hybrid decoder, whose linear-attention layers
+    the scores' trace does not enter, takes a pass of its own for the sinks)."""
+    if sinks is not None:
+        _check_tau(sinks)
+    induction, previous, ratios, names = [], [], [], []
     batches, all_episodes = _batches(loaded, episodes, batch_size, "head_scores")
+    layers = loaded.adapter.attention_layers(loaded.model)
+    together = sinks is not None and len(layers) == loaded.adapter.n_layers(loaded.model)
     bar = tqdm(total=len(all_episodes), desc="head scores", disable=not progress or len(all_episodes) < 2)
     for batch, eps in batches:
-        a, b = _scores_of_batch(loaded, batch)
-        induction.append(a)
-        previous.append(b)
+        found = _scores_of_batch(loaded, batch, hidden=together)
+        induction.append(found[0])
+        previous.append(found[1])
+        if together:
+            _sink_rows(found[2], batch, ratios, names)
         bar.update(len(eps))
     bar.close()
     meta = {"model": loaded.name or type(loaded.model).__name__, "family": loaded.adapter.family,
             "tasks": [getattr(e, "task", None) for e in all_episodes],
             "shots": [getattr(e, "shots", None) for e in all_episodes],
-            "layers_measured": loaded.adapter.attention_layers(loaded.model)}
-    return HeadScores(torch.cat(induction), torch.cat(previous), meta)
+            "layers_measured": layers}
+    scores = HeadScores(torch.cat(induction), torch.cat(previous), meta)
+    if sinks is None:
+        return scores
+    if not together:
+        return scores, find_sinks(loaded, episodes, sinks, batch_size)
+    return scores, _sinks(loaded, ratios, names, sinks)
+
+
+def _check_tau(tau) -> None:
+    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
+        raise ValueError(f"tau={tau!r}: give a threshold > 0 on max|h|/RMS(h) (Kang et al. use 20)")
+
+
+def _sink_rows(ratio: torch.Tensor, batch: PreparedBatch, ratios: list, names: list) -> None:
+    """A batch's sink ratios [B, layer, seq] (NaN on padding) and each row's segment names, appended."""
+    for b, lay in enumerate(batch.layouts):
+        r = ratio[b].clone()
+        r[:, lay.role == ROLE["pad"]] = float("nan")
+        seg_names, seg = lay.segment_ids()
+        ratios.append(r)
+        names.append([seg_names[i] if i >= 0 else "pad" for i in seg.tolist()])
+
+
+def _sinks(loaded: Loaded, ratios: list, names: list, tau: float) -> Sinks:
+    """`Sinks` from the episodes' ratios [layer, seq], padded to the widest prompt."""
+    width = max(r.shape[-1] for r in ratios)
+    ratio = torch.full((len(ratios), ratios[0].shape[0], width), float("nan"))
+    for e, r in enumerate(ratios):
+        ratio[e, :, : r.shape[-1]] = r
+    names = [ns + ["pad"] * (width - len(ns)) for ns in names]
+    return Sinks(ratio, float(tau), names, {"model": loaded.name or type(loaded.model).__name__,
+                                            "family": loaded.adapter.family})
 
 
 def find_sinks(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch, tau: float = TAU,
                batch_size: int = 1) -> Sinks:
     """Sink tokens (max_d |h_d| / RMS(h) ≥ `tau` in the hidden state entering each layer) of each episode's prompt,
     one traced forward pass per batch. Padded batches: the ratio is NaN on padding."""
-    if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0):
-        raise ValueError(f"tau={tau!r}: give a threshold > 0 on max|h|/RMS(h) (Kang et al. use 20)")
+    _check_tau(tau)
     decoder, n = loaded.decoder_envoy(), loaded.adapter.n_layers(loaded.model)
     ratios, names = [], []
     for batch, _ in _batches(loaded, episodes, batch_size, "find_sinks")[0]:
@@ -193,20 +233,8 @@ def find_sinks(loaded: Loaded, episodes: Episode | list[Episode] | PreparedBatch
         with torch.no_grad(), loaded.envoy.trace(**batch.inputs):
             for layer in range(n):
                 saved.append(sink_ratio(_layer_input(decoder.layers[layer])).save())  # [B, seq]
-        ratio = torch.stack([t.cpu() for t in saved], 1)  # [B, layer, seq]
-        for b, lay in enumerate(batch.layouts):
-            pad = lay.role == ROLE["pad"]
-            ratio[b, :, pad] = float("nan")
-            seg_names, seg = lay.segment_ids()
-            names.append([seg_names[i] if i >= 0 else "pad" for i in seg.tolist()])
-        ratios += list(ratio)
-    width = max(r.shape[-1] for r in ratios)
-    ratio = torch.full((len(ratios), n, width), float("nan"))
-    for e, r in enumerate(ratios):
-        ratio[e, :, : r.shape[-1]] = r
-    names = [ns + ["pad"] * (width - len(ns)) for ns in names]
-    return Sinks(ratio, float(tau), names, {"model": loaded.name or type(loaded.model).__name__,
-                                            "family": loaded.adapter.family})
+        _sink_rows(torch.stack([t.cpu() for t in saved], 1), batch, ratios, names)  # [B, layer, seq]
+    return _sinks(loaded, ratios, names, tau)
 
 
 __all__ = ["HeadScores", "SCORES", "Sinks", "TAU", "find_sinks", "head_scores", "induction_from_rows",
