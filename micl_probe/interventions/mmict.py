@@ -122,7 +122,8 @@ class MHub(nn.Module):
         return cls(d_model, **config).to(loaded.device)
 
     def forward(self, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
-        n, w, dtype = len(items), self.queries.shape[1], self.queries.dtype
+        n, w = len(items), self.queries.shape[1]
+        to = {"dtype": self.queries.dtype, "device": self.queries.device}  # the decoder's input may sit elsewhere
         n_slots = [self.n_queries if s is None else s.shape[0] for _, _, s in items]
         n_q, n_text = max(n_slots), max(1, max(t.shape[0] for t, _, _ in items))
         n_mem = 1 + max(v.shape[0] for _, v, _ in items)
@@ -132,13 +133,13 @@ class MHub(nn.Module):
         memory_pad = torch.ones(n, n_mem, dtype=torch.bool, device=x.device)
         memory_pad[:, 0] = False
         for i, ((t, v, slots), k) in enumerate(zip(items, n_slots)):
-            x[i, :k] = self.queries if slots is None else self.slot_in(slots.to(dtype))
+            x[i, :k] = self.queries if slots is None else self.slot_in(slots.to(**to))
             pad[i, :k] = False
             if t.shape[0]:
-                x[i, n_q:n_q + t.shape[0]] = self.text_in(t.to(dtype))
+                x[i, n_q:n_q + t.shape[0]] = self.text_in(t.to(**to))
                 pad[i, n_q:n_q + t.shape[0]] = False
             if v.shape[0]:
-                memory[i, 1:1 + v.shape[0]] = self.image_in(v.to(dtype))
+                memory[i, 1:1 + v.shape[0]] = self.image_in(v.to(**to))
                 memory_pad[i, 1:1 + v.shape[0]] = False
         for layer in self.layers:
             x = layer(x, n_q, pad, memory, memory_pad)
@@ -176,7 +177,7 @@ class MHub(nn.Module):
             queries, text_out = self(hub_in)
             x = x.clone()
             for k, (b, owner, _, _, target) in enumerate(flat):
-                out = (queries[k] if owner == QUERY else text_out[k])[:target.numel()].to(x.dtype)
+                out = (queries[k] if owner == QUERY else text_out[k])[:target.numel()].to(x.device, x.dtype)
                 x[b, target] = x[b, target] + out if residual else out
             return args, {**kwargs, "inputs_embeds": x}
 
