@@ -7,6 +7,7 @@ For each family's tiny random model (micl_probe.testing), moved to --device in -
   capture    nnsight and (bridged families) TransformerLens attention mass vs the fp32 eager reduction on the CPU
   dara       identity at alpha = 1, three training steps (finite gradients, loss moves), applied in generation
   mtv        extract, locate (a few REINFORCE steps), inject (logits move, stay finite)
+  mmict      a zero residual hub is the model; two training steps of each placement; +mmict in the harness
   harness    run() on a procedural task, teacher-forced and with generation + exact match
 Then, for llava and qwen2_vl, the model loaded with a device_map that puts the decoder's second half on the CPU
 and the rest on --device: capture vs the eager reference (per-layer devices). Last, attn_report from the command
@@ -32,9 +33,9 @@ import torch
 os.environ.setdefault("TQDM_DISABLE", "1")  # one line a check
 
 from micl_probe import DARA, RunConfig, capture_attention, load, run  # noqa: E402
-from micl_probe.core import Loaded, adapter_for  # noqa: E402
+from micl_probe.core import Loaded, adapter_for, prepared, within  # noqa: E402  # noqa: E402
 from micl_probe.evaluation.scoring import generate_answers  # noqa: E402
-from micl_probe.interventions import extract, inject, locate  # noqa: E402
+from micl_probe.interventions import FitConfig, MHub, extract, inject, locate, train_mmict  # noqa: E402
 from micl_probe.testing import FAMILIES, noise_episode, tiny_model  # noqa: E402
 
 TOLERANCE = 1e-3
@@ -109,6 +110,25 @@ def check_mtv(loaded: Loaded) -> list[tuple]:
     return [("mtv extract+locate+inject", bool(torch.isfinite(out).all()) and change > 0, change)]
 
 
+def check_mmict(loaded: Loaded) -> list[tuple]:
+    batch = loaded.prepare_batch([noise_episode(2)], with_answer=True)
+    zero = MHub.for_model(loaded, width=16, n_queries=4, layers=1, placement="residual").on(loaded)
+    with torch.no_grad():
+        plain = loaded.model(**batch.inputs).logits.float()
+        with within(zero, prepared(zero, batch).layouts) as kw:
+            same = float((loaded.model(**batch.inputs, **kw).logits.float() - plain).abs().max())
+    rows = [("mmict zero residual hub", same == 0.0, same)]
+    for placement in ("tokens", "residual"):
+        hub, history = train_mmict(loaded, ["outlier"], 2, FitConfig(steps=2, batch=2, eval_every=2, n_val=2),
+                                   width=16, n_queries=4, layers=1, placement=placement)
+        records = run(loaded, ["outlier"], ["2-shot+mmict"], RunConfig(n=2, progress=False, metric="exact",
+                                                                       max_new_tokens=3),
+                      interventions={"mmict": hub.on(loaded)})
+        ok = all(torch.isfinite(p).all() for p in hub.parameters()) and len(records) == 2 and history
+        rows.append((f"mmict {placement} train+harness", bool(ok), history[-1]["val_loss"]))
+    return rows
+
+
 def check_harness(loaded: Loaded) -> list[tuple]:
     rows = []
     for metric in ("teacher-forced", "exact"):
@@ -173,7 +193,8 @@ def main():
 
     for family in args.families:
         ref = reference(family)
-        for check in (lambda loaded, ref=ref: check_capture(loaded, ref), check_dara, check_mtv, check_harness):
+        for check in (lambda loaded, ref=ref: check_capture(loaded, ref), check_dara, check_mtv, check_mmict,
+                      check_harness):
             try:
                 report(family, check(moved(family, args.device, dtype)))
             except Exception as e:  # noqa: BLE001
