@@ -77,3 +77,27 @@ def test_half_precision_harness(half):
         records = run(half, ["outlier"], ["zero-shot", "2-shot"],
                       RunConfig(n=2, progress=False, metric=metric, max_new_tokens=3))
         assert len(records) == 4 and all(0 <= r["visual_share"] <= 1 for r in records)
+
+
+@pytest.mark.parametrize("placement", ["tokens", "residual"])
+def test_half_precision_mmict(half, placement):
+    """The hub stays fp32 and its outputs meet the decoder in its dtype; a zero residual hub is the model exactly;
+    the hub gets finite gradients through the half model."""
+    from micl_probe.core import prepared, within
+    from micl_probe.interventions import MHub
+    from micl_probe.interventions.fitting import query_labels
+
+    batch = half.prepare_batch([noise_episode(2)], with_answer=True)
+    hub = MHub.for_model(half, width=16, n_queries=4, layers=1, placement=placement)
+    iv = hub.on(half)
+    spliced = prepared(iv, batch)
+    if placement == "residual":
+        with torch.no_grad(), within(iv, spliced.layouts) as kw:
+            torch.testing.assert_close(half.model(**batch.inputs, **kw).logits, half.model(**batch.inputs).logits,
+                                       atol=0, rtol=0)
+    with within(iv, spliced.layouts) as kw:
+        loss = half.model(**spliced.inputs, **kw, labels=query_labels(spliced)).loss
+    loss.backward()
+    assert hub.out.weight.dtype == torch.float32 and torch.isfinite(hub.out.weight.grad).all()
+    assert hub.out.weight.grad.abs().sum() > 0
+    half.model.zero_grad(set_to_none=True)
