@@ -107,8 +107,7 @@ def mmict_experiment(organism: str = "partial", tasks=TASKS, n: int = 200, steps
     return results
 
 
-LABELS = {"base": "base (no training)", "finetune": "plain fine-tuning", "icl-tune": "in-context tuning",
-          "mmict-tokens": "MMICT, hub tokens", "mmict-residual": "MMICT, residual hub"}
+LABELS = {**plots.MMICT_LABELS, "base": "base (no training)"}
 
 
 def mmict_markdown(results: dict) -> str:

@@ -50,6 +50,9 @@ from .core.errors import Parser, UsageError, device_problem, one_line_errors
 from .core.loading import organism_problem
 from .core.provenance import artifact_paths, dumps, made_for, unwritable, write_atomic
 from .interventions import FitConfig, extract, locate, train_dara, train_lora, train_mmict
+from .interventions.dara import LR as DARA_LR
+from .interventions.lora import LR as LORA_LR
+from .interventions.mmict import LR as MMICT_LR
 from .tasks import check_task, task_stream
 
 COMMANDS = ("dara", "lora", "mtv", "icl-tune", "finetune", "mmict")
@@ -132,7 +135,7 @@ def check(args) -> None:
 def train(args) -> list[Path]:
     """Load the model, train, write the artifact(s); returns their paths."""
     loaded = load(args.model, **placement(args.device), dtype=getattr(torch, args.dtype) if args.dtype else None)
-    lr = args.lr or {"dara": 0.05, "mtv": None}.get(args.command, 1e-3)  # recorded as used, not as "default"
+    lr = args.lr or {"dara": DARA_LR, "mtv": None, "mmict": MMICT_LR}.get(args.command, LORA_LR)  # as used
     cfg = FitConfig(steps=args.steps or 200, lr=lr, batch=args.batch, seed=args.seed, style=args.prompt_style,
                     instruction=args.instruction)
     out, task = Path(args.out), args.task[0]

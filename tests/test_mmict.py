@@ -11,7 +11,7 @@ from micl_probe import RunConfig, capture_attention, run
 from micl_probe.core import QUERY, ROLE, TokenLayout, prepared
 from micl_probe.interventions import FitConfig, MHub, train_mmict
 from micl_probe.interventions.fitting import any_shot_batches
-from micl_probe.interventions.mmict import add_hub_tokens, hub_plan, hub_text, hub_token_ids
+from micl_probe.interventions.mmict import add_hub_tokens, hub_plan, hub_text, hub_token_id
 from micl_probe.testing import noise_episode, tiny_loaded
 
 FAMILIES = ("llava", "qwen2_vl", "llava_next")  # 1-D RoPE, M-RoPE, tiled images (anyres)
@@ -50,9 +50,9 @@ def test_hub_tokens_stand_before_each_question_and_the_prompt_keeps_every_token(
     for side in ("right", "left"):
         batch = loaded.prepare_batch(eps, with_answer=side == "right", padding_side=side)
         hub = _hub(loaded)
-        fill, pad = hub_token_ids(loaded.processor.tokenizer)
-        new = add_hub_tokens(batch, hub.n_queries, fill, pad)
-        assert add_hub_tokens(new, hub.n_queries, fill, pad) is new  # idempotent
+        pad = hub_token_id(loaded.processor.tokenizer)
+        new = add_hub_tokens(batch, hub.n_queries, pad)
+        assert add_hub_tokens(new, hub.n_queries, pad) is new  # idempotent
         for b, (old, lay) in enumerate(zip(batch.layouts, new.layouts)):
             real_old = old.role != ROLE["pad"]
             real_new = lay.role != ROLE["pad"]

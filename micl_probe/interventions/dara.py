@@ -59,6 +59,7 @@ from .fitting import FitConfig, episode_batches, fit, frozen, query_labels
 
 NAME = "micl_probe_dara"
 KWARG = "micl_dara"  # the forward kwarg that carries a DaraCall to the attention function
+LR = 0.05  # train_dara's default learning rate
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ def train_dara(loaded: Loaded, task: str, shots: int = 4, layers=None, mode: str
                fit_config: FitConfig | None = None) -> tuple[DARA, list[dict]]:
     """Learn one factor per (layer, head, image) on k-shot prompts of `task` (procedural, or a folder task's support
     set); the model stays frozen. Settings: `FitConfig` (default learning rate 0.05)."""
-    cfg = (fit_config or FitConfig()).with_lr(0.05)
+    cfg = (fit_config or FitConfig()).with_lr(LR)
     torch.manual_seed(cfg.seed)
     train = episode_batches(loaded, task, shots, cfg.batch, cfg.seed, "support", cfg)
     first = next(train)

@@ -26,6 +26,7 @@ from ..core.provenance import check_made_for, folder_digest, tagged
 from .fitting import FitConfig, any_shot_batches, episode_batches, fit, icl_labels, query_labels
 
 OBJECTIVES = ("query", "any-shot", "plain")
+LR = 1e-3  # train_lora's default learning rate
 
 
 def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers="first", rank: int = 4,
@@ -42,7 +43,7 @@ def train_lora(loaded: Loaded, task: str | list[str], shots: int = 4, layers="fi
     tasks = [task] if isinstance(task, str) else list(task)
     if objective == "query" and len(tasks) != 1:
         raise ValueError("objective 'query' trains on one task; use objective='any-shot' or 'plain' for several")
-    cfg = (fit_config or FitConfig()).with_lr(1e-3)
+    cfg = (fit_config or FitConfig()).with_lr(LR)
     torch.manual_seed(cfg.seed)
     prefix = loaded.adapter.decoder_path
     attention = loaded.adapter.attention_layers(loaded.model)

@@ -48,6 +48,7 @@ from .fitting import FitConfig, any_shot_batches, fit, frozen, query_labels
 
 HUB = ROLE["hub"]
 PLACEMENTS = ("tokens", "residual")
+LR = 1e-3  # train_mmict's default learning rate: a hub trained from scratch
 
 
 class HubLayer(nn.Module):
@@ -118,8 +119,7 @@ class MHub(nn.Module):
     @classmethod
     def for_model(cls, loaded: Loaded, **config) -> MHub:
         """A hub for `loaded`'s decoder width, on its device (float32)."""
-        d_model = loaded.adapter.decoder(loaded.model).get_input_embeddings().weight.shape[1]
-        return cls(d_model, **config).to(loaded.device)
+        return cls(loaded.adapter.text_config(loaded.model).hidden_size, **config).to(loaded.device)
 
     def forward(self, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
         n, w = len(items), self.queries.shape[1]
@@ -147,10 +147,6 @@ class MHub(nn.Module):
         return x[:, :n_q], x[:, n_q:]
 
     # --- as an intervention ---------------------------------------------------------------------------------------
-
-    def prepare_batch(self, batch: PreparedBatch, fill_id: int, pad_id: int) -> PreparedBatch:
-        """`add_hub_tokens` with this hub's number of queries (placement "tokens"); the batch itself ("residual")."""
-        return add_hub_tokens(batch, self.n_queries, fill_id, pad_id) if self.placement == "tokens" else batch
 
     @contextlib.contextmanager
     def applied(self, loaded: Loaded, layouts: list[TokenLayout]):
@@ -188,14 +184,13 @@ class MHub(nn.Module):
             handle.remove()
 
     def on(self, loaded: Loaded):
-        """`layouts -> context manager`: this hub as a harness intervention (the condition "+mmict"); its
-        `prepare_batch` adds the hub tokens to each batch first (`core.hooks.prepared`)."""
-        tok = loaded.processor.tokenizer
-        fill_id, pad_id = hub_token_ids(tok)
+        """`layouts -> context manager`: this hub as a harness intervention (the condition "+mmict"); placement
+        "tokens": its `prepare_batch` adds the hub tokens to each batch first (`core.hooks.prepared`)."""
         factory = tagged(lambda layouts: self.applied(loaded, layouts),
                          digest("mmict", *[p.detach() for p in self.state_dict().values()], self.config))
         if self.placement == "tokens":
-            factory.prepare_batch = lambda batch: self.prepare_batch(batch, fill_id, pad_id)
+            pad_id = hub_token_id(loaded.processor.tokenizer)
+            factory.prepare_batch = lambda batch: add_hub_tokens(batch, self.n_queries, pad_id)
         return factory
 
     # --- artifacts --------------------------------------------------------------------------------------------------
@@ -228,7 +223,7 @@ class MHub(nn.Module):
         hub = cls(**info["hub"])
         hub.load_state_dict(load_file(str(tensor_path)))
         if loaded is not None:
-            d_model = loaded.adapter.decoder(loaded.model).get_input_embeddings().weight.shape[1]
+            d_model = loaded.adapter.text_config(loaded.model).hidden_size
             if d_model != info["hub"]["d_model"]:
                 raise ValueError(f"MMICT hub {info_path.stem} was made for a decoder of width "
                                  f"{info['hub']['d_model']} ({info.get('model')}); this one has {d_model}")
@@ -238,11 +233,10 @@ class MHub(nn.Module):
         return hub
 
 
-def hub_token_ids(tokenizer) -> tuple[int, int]:
-    """(the id a hub position carries before its embedding is written, the padding id): the tokenizer's padding
-    token (else its end of sequence) for both; a hub position's embedding is always overwritten."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad), int(pad)
+def hub_token_id(tokenizer) -> int:
+    """The id a hub position carries before its embedding is written (and new padding carries): the tokenizer's
+    padding token, else its end of sequence; a hub position's embedding is always overwritten."""
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
 
 def hub_text(layout: TokenLayout, owner: int) -> torch.Tensor:
@@ -268,10 +262,10 @@ def hub_plan(layout: TokenLayout, placement: str = "tokens") -> list[tuple]:
     return plan
 
 
-def add_hub_tokens(batch: PreparedBatch, n_queries: int, fill_id: int, pad_id: int) -> PreparedBatch:
+def add_hub_tokens(batch: PreparedBatch, n_queries: int, pad_id: int) -> PreparedBatch:
     """`batch` with hub positions inserted: before each demo's first question token, one per text token of that demo
     (`hub_text`); before the query's first question token, `n_queries`. Every tensor of the processor's with one
-    value per token gains those positions (input_ids `fill_id`, attention_mask 1, token types 0); rows are padded
+    value per token gains those positions (input_ids `pad_id`, attention_mask 1, token types 0); rows are padded
     again on the side they were (`pad_id`), and each layout gains the role "hub" there. A batch that already has
     hub tokens comes back unchanged."""
     if any(bool((lay.role == HUB).any()) for lay in batch.layouts):
@@ -289,14 +283,14 @@ def add_hub_tokens(batch: PreparedBatch, n_queries: int, fill_id: int, pad_id: i
             count = n_queries if owner == QUERY else hub_text(lay, owner).numel()
             if question.numel() and count:
                 before[int(question[0])] = (owner, count)
-        src, own = [], []
+        src, own = [], []  # the old position of each new one (-1: a hub token), and a hub token's owner
         for pos in (lay.role != ROLE["pad"]).nonzero().flatten().tolist():
             if pos in before:
                 owner, count = before[pos]
                 src += [-1] * count
                 own += [owner] * count
             src.append(pos)
-            own.append(None)
+            own.append(0)  # not read: a kept token keeps its own owner
         sources.append(src)
         owners.append(own)
     width = max(len(s) for s in sources)
@@ -310,13 +304,13 @@ def add_hub_tokens(batch: PreparedBatch, n_queries: int, fill_id: int, pad_id: i
         is_hub = torch.tensor([s < 0 for s in src])
         for k in per_token:
             values = batch.inputs[k][b, old.to(ids.device)]
-            fill = fill_id if k == "input_ids" else 1 if k == "attention_mask" else 0
+            fill = pad_id if k == "input_ids" else 1 if k == "attention_mask" else 0
             values[is_hub.to(values.device)] = fill
             new[k][b, where.to(values.device)] = values
         owner = torch.full((width,), -2, dtype=torch.long)
         role = torch.full((width,), ROLE["pad"], dtype=torch.long)
         image = torch.full((width,), -1, dtype=torch.long)
-        owner[where] = torch.where(is_hub, torch.tensor([o if o is not None else 0 for o in own]), lay.owner[old])
+        owner[where] = torch.where(is_hub, torch.tensor(own), lay.owner[old])
         role[where] = torch.where(is_hub, HUB, lay.role[old])
         image[where] = torch.where(is_hub, -1, lay.image_index[old])
         moved = {p: int(start + i) for i, p in enumerate(src) if p >= 0}
@@ -335,7 +329,7 @@ def train_mmict(loaded: Loaded, tasks: str | list[str], shots: int = 4, fit_conf
     (MMICT's). Settings: `FitConfig` (default learning rate 1e-3), `hub_config` for `MHub`. Returns (hub,
     history)."""
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
-    cfg = (fit_config or FitConfig()).with_lr(1e-3)
+    cfg = (fit_config or FitConfig()).with_lr(LR)
     torch.manual_seed(cfg.seed)
     hub = MHub.for_model(loaded, **hub_config)
     intervention = hub.on(loaded)
@@ -357,4 +351,4 @@ def train_mmict(loaded: Loaded, tasks: str | list[str], shots: int = 4, fit_conf
     return hub.eval(), history
 
 
-__all__ = ["HubLayer", "MHub", "add_hub_tokens", "hub_plan", "hub_text", "hub_token_ids", "train_mmict"]
+__all__ = ["HubLayer", "MHub", "add_hub_tokens", "hub_plan", "hub_text", "hub_token_id", "train_mmict"]

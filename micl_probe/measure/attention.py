@@ -144,8 +144,8 @@ class AttentionMass:
             kind = {"image": "image", "hub": "hub", "question": "text", "answer": "text", "template": "text"}.get(role)
             return f"{who}_{kind}" if who and kind else "other"
 
-        hubs = tuple(p for p in HUB_PARTS if any(part(s) == p for s in self.segments if s not in ("special", SINK)))
-        parts = PARTS + hubs + ((SINK,) if SINK in self.segments else ())
+        present = {part(s) for s in self.segments}
+        parts = PARTS + tuple(p for p in HUB_PARTS + (SINK,) if p in present)
         index = [parts.index(part(s)) for s in self.segments]
         out = torch.zeros(*self.mass.shape[:3], len(parts))
         out.index_add_(3, torch.tensor(index, dtype=torch.long), self.mass)

@@ -16,6 +16,7 @@ import seaborn as sns
 from ..evaluation.harness import accuracy_table
 from ..evaluation.statistics import wilson
 from ..measure import AttentionMass
+from ..measure.attention import HUB_PARTS  # parts only prompts with MMICT's hub tokens have
 
 PALETTE = sns.color_palette("colorblind")
 ROLE_COLOURS = {"image": PALETTE[0], "image_markup": PALETTE[9], "question": PALETTE[2], "answer": PALETTE[1],
@@ -28,9 +29,6 @@ PART_COLOURS = {"demo_image": PALETTE[0], "query_image": PALETTE[9], "demo_text"
 PART_LABELS = {"demo_image": "demo images", "query_image": "query image", "demo_text": "demo text",
                "query_text": "query text", "special": "special tokens", "other": "other",
                "demo_hub": "demo hub tokens", "query_hub": "query hub tokens"}
-HUB_PARTS = ("demo_hub", "query_hub")  # parts only prompts with MMICT's hub tokens have
-
-
 def parts_present(cells) -> list[str]:
     """The parts of `PART_LABELS` to show for `cells` (records' `looks_at` dicts, or summary cells): every part but
     the hub tokens', which only when some cell has them."""
@@ -736,17 +734,20 @@ def micl_single_head_ablation(res: dict):
                       "causal heads)", "4-shot accuracy", edge=PALETTE[2], cmap="rocket", vmin=0.4, vmax=1.0)
 
 
+MMICT_LABELS = {"base": "base", "finetune": "plain fine-tuning", "icl-tune": "in-context tuning",
+                "mmict-tokens": "MMICT, hub tokens", "mmict-residual": "MMICT, residual hub"}  # experiments.mmict's
+
+
 def mmict_figure(results: dict):
     """MMICT against plain fine-tuning and in-context tuning (`experiments.mmict`): accuracy per task at 4 shots and
     with the demo images removed (95% Wilson intervals), and where the answer row looks at 4 shots (stacked, % of
     the row, mean over tasks)."""
     style()
     methods, tasks = results["methods"], results["tasks"]
-    labels = {"base": "base", "finetune": "plain fine-tuning", "icl-tune": "in-context tuning",
-              "mmict-tokens": "MMICT, hub tokens", "mmict-residual": "MMICT, residual hub"}
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.1]})
     for ax, cond in zip(axes[:2], ("4-shot", "no-image")):
-        _grouped_bars(ax, tasks, {labels.get(m, m): [r["tasks"][t][cond] for t in tasks] for m, r in methods.items()})
+        _grouped_bars(ax, tasks, {MMICT_LABELS.get(m, m): [r["tasks"][t][cond] for t in tasks]
+                                  for m, r in methods.items()})
         ax.set_title(f"accuracy, {cond}" + (" (demo images removed)" if cond == "no-image" else ""), fontsize=10)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, ncol=len(names), frameon=False, loc="upper center",
@@ -754,7 +755,7 @@ def mmict_figure(results: dict):
     cells = [r["tasks"][t]["4-shot"]["looks_at"] for r in methods.values() for t in tasks]
     parts = parts_present(c for c in cells if any(v > 0 for v in c.values()))
     ax = axes[2]
-    _part_stack(ax, [labels.get(m, m) for m in methods],
+    _part_stack(ax, [MMICT_LABELS.get(m, m) for m in methods],
                 {part: [100 * np.mean([r["tasks"][t]["4-shot"]["looks_at"].get(part, 0.0) for t in tasks])
                         for r in methods.values()] for part in parts}, "% of the answer row's attention (4-shot)")
     ax.set_title("where the answer row looks", fontsize=10)
